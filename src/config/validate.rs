@@ -1,0 +1,394 @@
+//! Turns the file format into checked runtime settings, collecting every problem with its field path.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::diag::{FieldPath, Locator, Problem};
+use super::model;
+
+/// The highest accepted backend weight (HAProxy's is 256; a little more room, still cheap to expand).
+pub const MAX_WEIGHT: u32 = 1000;
+/// Where the admin listener binds when the file has no `[admin]` address.
+pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9901";
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A validated configuration, ready to run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub listeners: Vec<ListenerSettings>,
+    pub admin: AdminSettings,
+    pub routes: Vec<RouteSettings>,
+    pub pools: BTreeMap<String, PoolSettings>,
+    pub runtime: RuntimeSettings,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerSettings {
+    pub address: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminSettings {
+    pub address: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteSettings {
+    /// Lower-cased, without a port.
+    pub host: Option<String>,
+    pub path_prefix: String,
+    pub pool: String,
+}
+
+/// How a pool picks among its backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    RoundRobin,
+    LeastConnections,
+}
+
+impl Algorithm {
+    pub const ALLOWED: [&'static str; 2] = ["round_robin", "least_connections"];
+
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "round_robin" => Some(Self::RoundRobin),
+            "least_connections" => Some(Self::LeastConnections),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RoundRobin => "round_robin",
+            Self::LeastConnections => "least_connections",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolSettings {
+    pub algorithm: Algorithm,
+    pub backends: Vec<BackendSettings>,
+    pub timeouts: Timeouts,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendSettings {
+    /// `host:port` as the operator wrote it; also the `backend` label of every metric.
+    pub address: String,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// Until the upstream's response headers arrive.
+    pub request: Duration,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RuntimeSettings {
+    pub workers: Option<usize>,
+}
+
+impl Config {
+    pub fn backend_count(&self) -> usize {
+        self.pools.values().map(|p| p.backends.len()).sum()
+    }
+
+    /// `1 listener, 3 routes, 2 pools, 5 backends`.
+    pub fn summary(&self) -> String {
+        fn n(count: usize, what: &str) -> String {
+            format!("{count} {what}{}", if count == 1 { "" } else { "s" })
+        }
+        format!(
+            "{}, {}, {}, {}",
+            n(self.listeners.len(), "listener"),
+            n(self.routes.len(), "route"),
+            n(self.pools.len(), "pool"),
+            n(self.backend_count(), "backend")
+        )
+    }
+}
+
+struct Checker<'l, 'a> {
+    at: &'l Locator<'a>,
+    problems: Vec<Problem>,
+}
+
+impl Checker<'_, '_> {
+    fn err(&mut self, field: FieldPath, message: impl Into<String>) {
+        self.problems.push(self.at.problem(field, false, message));
+    }
+
+    fn duration(&mut self, field: FieldPath, value: Option<&str>, default: Duration) -> Duration {
+        let Some(text) = value else { return default };
+        match humantime::parse_duration(text) {
+            Ok(d) if d.is_zero() => {
+                self.err(
+                    field,
+                    format!("{text:?} is zero; a duration must be positive"),
+                );
+                default
+            }
+            Ok(d) => d,
+            Err(e) => {
+                self.err(
+                    field,
+                    format!("{text:?} is not a duration ({e}); write it like \"250ms\", \"2s\" or \"1m\""),
+                );
+                default
+            }
+        }
+    }
+
+    fn socket_addr(&mut self, field: FieldPath, text: &str) -> Option<SocketAddr> {
+        match text.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.err(
+                    field,
+                    format!("{text:?} is not an address to listen on; expected IP:port, like \"127.0.0.1:8080\""),
+                );
+                None
+            }
+        }
+    }
+}
+
+/// Is `text` a `host:port` we can connect to (an IP address, or a DNS name, and a non-zero port)?
+pub fn is_backend_address(text: &str) -> bool {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return addr.port() != 0;
+    }
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return false;
+    };
+    let port_ok = port.parse::<u16>().is_ok_and(|p| p != 0);
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    port_ok && host_ok
+}
+
+fn is_host_name(text: &str) -> bool {
+    !text.is_empty()
+        && text.split('.').all(|l| {
+            !l.is_empty()
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+/// Checks a parsed file; returns the runtime config, or every problem found.
+pub fn validate(file: &model::File, at: &Locator<'_>) -> Result<Config, Vec<Problem>> {
+    let mut c = Checker {
+        at,
+        problems: Vec::new(),
+    };
+    let root = FieldPath::root();
+
+    let mut listeners = Vec::new();
+    let mut seen_listeners = HashSet::new();
+    if file.listeners.is_empty() {
+        c.err(
+            root.key("listeners"),
+            "no listener; add one, like [[listeners]] address = \"127.0.0.1:8080\"",
+        );
+    }
+    for (i, l) in file.listeners.iter().enumerate() {
+        let field = root.key("listeners").index(i).key("address");
+        if let Some(address) = c.socket_addr(field.clone(), &l.address) {
+            if !seen_listeners.insert(address) {
+                c.err(field, format!("{:?} is listed twice", l.address));
+            } else {
+                listeners.push(ListenerSettings { address });
+            }
+        }
+    }
+
+    let admin_text = file
+        .admin
+        .as_ref()
+        .and_then(|a| a.address.as_deref())
+        .unwrap_or(DEFAULT_ADMIN_ADDRESS);
+    let admin_field = root.key("admin").key("address");
+    let admin_address = c
+        .socket_addr(admin_field.clone(), admin_text)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9901)));
+    if admin_address.port() != 0 && seen_listeners.contains(&admin_address) {
+        c.err(
+            admin_field,
+            format!(
+                "{admin_text:?} is also a proxy listener; give the admin listener its own address"
+            ),
+        );
+    }
+
+    let mut pools = BTreeMap::new();
+    for (name, pool) in &file.pools {
+        let field = root.key("pools").key(name);
+        let algorithm = match pool.algorithm.as_deref() {
+            None => Algorithm::RoundRobin,
+            Some(text) => Algorithm::parse(text).unwrap_or_else(|| {
+                c.err(
+                    field.key("algorithm"),
+                    format!(
+                        "unknown algorithm {text:?}; allowed values: {}",
+                        Algorithm::ALLOWED.map(|a| format!("{a:?}")).join(", ")
+                    ),
+                );
+                Algorithm::RoundRobin
+            }),
+        };
+        if pool.backends.is_empty() {
+            c.err(
+                field.key("backends"),
+                "pool has no backends; add at least one, like { address = \"127.0.0.1:9001\" }",
+            );
+        }
+        let mut backends = Vec::new();
+        let mut seen = HashSet::new();
+        for (i, b) in pool.backends.iter().enumerate() {
+            let bfield = field.key("backends").index(i);
+            let address = b.address.trim();
+            if !is_backend_address(address) {
+                c.err(
+                    bfield.key("address"),
+                    format!("{:?} is not a backend address; expected host:port, like \"127.0.0.1:9001\"", b.address),
+                );
+            } else if !seen.insert(address.to_ascii_lowercase()) {
+                c.err(
+                    bfield.key("address"),
+                    format!("{address:?} appears twice in pool {name:?}"),
+                );
+            }
+            let weight = match b.weight {
+                None => 1,
+                Some(w) if (1..=i64::from(MAX_WEIGHT)).contains(&w) => w as u32,
+                Some(w) => {
+                    c.err(
+                        bfield.key("weight"),
+                        format!("weight {w} is out of range; allowed values: 1 to {MAX_WEIGHT}"),
+                    );
+                    1
+                }
+            };
+            backends.push(BackendSettings {
+                address: address.to_owned(),
+                weight,
+            });
+        }
+        let t = pool.timeouts.as_ref();
+        let timeouts = Timeouts {
+            connect: c.duration(
+                field.key("timeouts").key("connect"),
+                t.and_then(|t| t.connect.as_deref()),
+                DEFAULT_CONNECT_TIMEOUT,
+            ),
+            request: c.duration(
+                field.key("timeouts").key("request"),
+                t.and_then(|t| t.request.as_deref()),
+                DEFAULT_REQUEST_TIMEOUT,
+            ),
+        };
+        pools.insert(
+            name.clone(),
+            PoolSettings {
+                algorithm,
+                backends,
+                timeouts,
+            },
+        );
+    }
+
+    let mut routes = Vec::new();
+    let mut seen_routes = HashSet::new();
+    for (i, r) in file.routes.iter().enumerate() {
+        let field = root.key("routes").index(i);
+        if !file.pools.contains_key(&r.pool) {
+            let defined: Vec<String> = file.pools.keys().map(|k| format!("{k:?}")).collect();
+            c.err(
+                field.key("pool"),
+                format!(
+                    "pool {:?} is not defined; defined pools: {}",
+                    r.pool,
+                    if defined.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        defined.join(", ")
+                    }
+                ),
+            );
+        }
+        let host = match r.host.as_deref() {
+            None => None,
+            Some(h) if is_host_name(h) => Some(h.to_ascii_lowercase()),
+            Some(h) => {
+                c.err(
+                    field.key("host"),
+                    format!("{h:?} is not a host name; write the name only, like \"api.example.com\" (no scheme, port or path)"),
+                );
+                None
+            }
+        };
+        let path_prefix = r.path_prefix.clone().unwrap_or_else(|| "/".to_owned());
+        if !path_prefix.starts_with('/') {
+            c.err(
+                field.key("path_prefix"),
+                format!("{path_prefix:?} must start with \"/\""),
+            );
+        }
+        if !seen_routes.insert((host.clone(), path_prefix.clone())) {
+            c.err(
+                field,
+                format!(
+                    "another route already has host {} and path_prefix {path_prefix:?}",
+                    host.as_deref()
+                        .map_or("(any)".to_owned(), |h| format!("{h:?}"))
+                ),
+            );
+        }
+        routes.push(RouteSettings {
+            host,
+            path_prefix,
+            pool: r.pool.clone(),
+        });
+    }
+
+    let workers = match file.runtime.as_ref().and_then(|r| r.workers) {
+        None => None,
+        Some(w) if (1..=1024).contains(&w) => Some(w as usize),
+        Some(w) => {
+            c.err(
+                root.key("runtime").key("workers"),
+                format!("{w} is out of range; allowed values: 1 to 1024"),
+            );
+            None
+        }
+    };
+
+    if !c.problems.is_empty() {
+        return Err(c.problems);
+    }
+    Ok(Config {
+        listeners,
+        admin: AdminSettings {
+            address: admin_address,
+        },
+        routes,
+        pools,
+        runtime: RuntimeSettings { workers },
+    })
+}

@@ -1,0 +1,62 @@
+//! What can go wrong with a proxied request, and the one place that maps it to a status code and a reason.
+
+use http::StatusCode;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no route for this host and path")]
+    NoRoute,
+    #[error("malformed request target")]
+    BadRequest,
+    #[error("no backend available")]
+    NoBackend,
+    #[error("could not connect to the backend")]
+    Connect(#[source] hyper_util::client::legacy::Error),
+    #[error("the backend did not answer in time")]
+    Timeout,
+    #[error("the backend's answer was not valid HTTP")]
+    Protocol(#[source] hyper_util::client::legacy::Error),
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::BadRequest => StatusCode::BAD_REQUEST,
+            Self::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Connect(_) | Self::Protocol(_) => StatusCode::BAD_GATEWAY,
+            Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The plain-text body the client gets.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::NoRoute => "switchyard: no route for this host and path\n",
+            Self::BadRequest => "switchyard: malformed request target\n",
+            Self::NoBackend => "switchyard: no backend available\n",
+            Self::Connect(_) => "switchyard: could not connect to the backend\n",
+            Self::Timeout => "switchyard: the backend did not answer in time\n",
+            Self::Protocol(_) => "switchyard: the backend's answer was not valid HTTP\n",
+        }
+    }
+
+    /// The `kind` label of `switchyard_upstream_errors_total`, for errors that involve a backend.
+    pub fn upstream_kind(&self) -> Option<&'static str> {
+        match self {
+            Self::Connect(_) => Some("connect"),
+            Self::Timeout => Some("timeout"),
+            Self::Protocol(_) => Some("protocol"),
+            Self::NoRoute | Self::BadRequest | Self::NoBackend => None,
+        }
+    }
+
+    /// Classifies an error of the upstream client.
+    pub fn from_client(e: hyper_util::client::legacy::Error) -> Self {
+        if e.is_connect() {
+            Self::Connect(e)
+        } else {
+            Self::Protocol(e)
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! The `switchyard` command: `run`, `validate` and `demo`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tracing_subscriber::EnvFilter;
+
+use switchyard::config::{self, Config};
+use switchyard::demo;
+use switchyard::server::Server;
+
+/// How long in-flight requests may take to finish after SIGTERM or SIGINT.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "A load balancer and health-check proxy for HTTP services"
+)]
+struct Cli {
+    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "info")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Run {
+        /// The config file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Worker threads (default: [runtime] workers, else one per core).
+        #[arg(long)]
+        workers: Option<usize>,
+    },
+    /// Check a config file and print a summary, or every problem in it.
+    Validate {
+        /// The config file.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Start three local demo upstreams and the proxy on the example config.
+    Demo {
+        /// The config file (its backends become the demo upstreams).
+        #[arg(short, long, default_value = "config/example.toml")]
+        config: PathBuf,
+        /// Worker threads (default: one per core).
+        #[arg(long)]
+        workers: Option<usize>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&cli.log_level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    match cli.command {
+        Command::Validate { config } => match config::load(&config) {
+            Ok(c) => {
+                println!("{}: ok: {}", config.display(), c.summary());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                let n = e.problems.len();
+                eprintln!("{}: {n} error{}", e.file, if n == 1 { "" } else { "s" });
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run { config, workers } => match config::load(&config) {
+            Ok(c) => run(c, workers, None),
+            Err(e) => {
+                eprintln!("{e}");
+                eprintln!("switchyard: not starting: {} has errors", e.file);
+                ExitCode::FAILURE
+            }
+        },
+        Command::Demo { config, workers } => {
+            let (c, shown) = match demo_config(&config) {
+                Ok(pair) => pair,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            run(c, workers, Some(shown))
+        }
+    }
+}
+
+/// The demo's config: the given file, or the example compiled into the binary when that file is not there.
+fn demo_config(path: &Path) -> Result<(Config, String), config::ConfigError> {
+    if path.exists() {
+        config::load(path).map(|c| (c, path.display().to_string()))
+    } else {
+        let shown = "config/example.toml (built in)";
+        config::parse(include_str!("../config/example.toml"), shown).map(|c| (c, shown.to_owned()))
+    }
+}
+
+fn run(config: Config, workers: Option<usize>, demo: Option<String>) -> ExitCode {
+    let workers = workers
+        .or(config.runtime.workers)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("switchyard: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        if let Some(shown) = &demo {
+            if let Err(code) = start_demo_upstreams(&config).await {
+                return code;
+            }
+            tracing::info!(config = %shown, "demo upstreams started");
+        }
+        let server = match Server::start(config).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("switchyard: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!(workers, listeners = ?server.listen_addrs, admin = %server.admin_addr, "switchyard running");
+        if demo.is_some() {
+            show_demo(&server).await;
+        }
+        wait_for_signal().await;
+        tracing::info!(drain = ?DRAIN_TIMEOUT, "shutting down; send the signal again to exit at once");
+        tokio::spawn(async {
+            wait_for_signal().await;
+            tracing::warn!("second signal: exiting now");
+            std::process::exit(1);
+        });
+        server.shutdown(DRAIN_TIMEOUT).await;
+        tracing::info!("stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn start_demo_upstreams(config: &Config) -> Result<(), ExitCode> {
+    let mut addresses: Vec<&str> = Vec::new();
+    for pool in config.pools.values() {
+        for b in &pool.backends {
+            if !addresses.contains(&b.address.as_str()) {
+                addresses.push(&b.address);
+            }
+        }
+    }
+    let last = addresses.len().saturating_sub(1);
+    for (i, address) in addresses.iter().enumerate() {
+        let Ok(addr) = address.parse() else {
+            eprintln!(
+                "switchyard demo: backend {address} is not an IP:port on this machine; the demo needs local addresses"
+            );
+            return Err(ExitCode::FAILURE);
+        };
+        let flaky = (i == last && addresses.len() > 1).then_some(demo::DEMO_FLAKY);
+        let name = format!("upstream-{}", i + 1);
+        if let Err(e) = demo::spawn_upstream(addr, name.clone(), flaky).await {
+            eprintln!("switchyard demo: cannot start {name} on {address}: {e}");
+            return Err(ExitCode::FAILURE);
+        }
+        println!(
+            "  {name} on http://{address}{}",
+            if flaky.is_some() {
+                "  (flaky: answers 500 for 10 s of every 30 s)"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
+}
+
+async fn show_demo(server: &Server) {
+    let Some(proxy) = server.listen_addrs.first() else {
+        return;
+    };
+    let admin = server.admin_addr;
+    println!();
+    println!("switchyard is balancing the demo upstreams. Try:");
+    println!("  curl http://{proxy}/            (pool \"web\", weighted round-robin)");
+    println!("  curl http://{proxy}/api/hello   (pool \"api\", least-connections)");
+    println!("  curl http://{admin}/api/pools   (pools and backends)");
+    println!("  curl http://{admin}/metrics     (Prometheus metrics)");
+    println!();
+    println!("Ten requests to http://{proxy}/ now:");
+    let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    for i in 1..=10 {
+        let Ok(uri) = format!("http://{proxy}/demo/{i}").parse::<http::Uri>() else {
+            return;
+        };
+        match client.get(uri).await {
+            Ok(resp) => {
+                let status = resp.status();
+                let from = resp
+                    .headers()
+                    .get("x-upstream")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("switchyard")
+                    .to_owned();
+                let _ = resp.into_body().collect().await;
+                println!("  GET /demo/{i:<2} -> {status} from {from}");
+            }
+            Err(e) => println!("  GET /demo/{i:<2} -> failed: {e}"),
+        }
+    }
+    println!();
+    println!("Press Ctrl-C to stop.");
+}

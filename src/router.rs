@@ -1,0 +1,124 @@
+//! The routing table: host and longest path prefix to a pool, and the snapshot the data path reads.
+//!
+//! A route with a host beats a host-less one when both match; among routes for the same host the longest
+//! `path_prefix` wins. Prefixes match the raw path (as NGINX's and Envoy's prefix routes do): `/api` matches
+//! `/api/v1` and `/apix`; write `/api/` to match whole segments only.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::metrics::{BackendMetrics, Metrics, NONE};
+use crate::pool::Pool;
+
+/// Everything the data path needs, published whole with one `ArcSwap::store`.
+pub struct Snapshot {
+    pub routes: RouteTable,
+    pub pools: BTreeMap<String, Arc<Pool>>,
+    /// Label handles for requests no route matched (`pool="none", backend="none"`).
+    pub no_route_metrics: BackendMetrics,
+}
+
+impl Snapshot {
+    pub fn build(config: &Config, metrics: &Metrics) -> Result<Self, http::Error> {
+        let mut pools = BTreeMap::new();
+        for (name, settings) in &config.pools {
+            pools.insert(name.clone(), Arc::new(Pool::new(name, settings, metrics)?));
+        }
+        let mut table = RouteTable::default();
+        for r in &config.routes {
+            if let Some(pool) = pools.get(&r.pool) {
+                table.add(r.host.as_deref(), &r.path_prefix, Arc::clone(pool));
+            }
+        }
+        table.finish();
+        Ok(Self {
+            routes: table,
+            pools,
+            no_route_metrics: metrics.for_local(NONE),
+        })
+    }
+}
+
+type Prefixes = Vec<(String, Arc<Pool>)>;
+
+#[derive(Default)]
+pub struct RouteTable {
+    by_host: Vec<(String, Prefixes)>,
+    any_host: Prefixes,
+}
+
+impl RouteTable {
+    fn add(&mut self, host: Option<&str>, prefix: &str, pool: Arc<Pool>) {
+        let list = match host {
+            None => &mut self.any_host,
+            Some(h) => match self.by_host.iter().position(|(name, _)| name == h) {
+                Some(i) => &mut self.by_host[i].1,
+                None => {
+                    self.by_host.push((h.to_owned(), Vec::new()));
+                    let last = self.by_host.len() - 1;
+                    &mut self.by_host[last].1
+                }
+            },
+        };
+        list.push((prefix.to_owned(), pool));
+    }
+
+    fn finish(&mut self) {
+        let longest_first =
+            |a: &(String, Arc<Pool>), b: &(String, Arc<Pool>)| b.0.len().cmp(&a.0.len());
+        self.any_host.sort_by(longest_first);
+        for (_, list) in &mut self.by_host {
+            list.sort_by(longest_first);
+        }
+    }
+
+    /// The pool for a request to `host` (as sent: any case, maybe with a port) and `path`.
+    pub fn route(&self, host: Option<&str>, path: &str) -> Option<&Arc<Pool>> {
+        if let Some(host) = host.map(normalize_host).filter(|h| !h.is_empty()) {
+            let by_host = self
+                .by_host
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case(host))
+                .and_then(|(_, list)| longest_prefix(list, path));
+            if by_host.is_some() {
+                return by_host;
+            }
+        }
+        longest_prefix(&self.any_host, path)
+    }
+}
+
+fn longest_prefix<'a>(list: &'a Prefixes, path: &str) -> Option<&'a Arc<Pool>> {
+    list.iter()
+        .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+        .map(|(_, pool)| pool)
+}
+
+/// `API.example.com:8443` → `API.example.com`; `example.com.` → `example.com`.
+fn normalize_host(host: &str) -> &str {
+    let host = if host.starts_with('[') {
+        host.find(']')
+            .and_then(|end| host.get(..=end))
+            .unwrap_or(host)
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host,
+        }
+    };
+    host.strip_suffix('.').unwrap_or(host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_host;
+
+    #[test]
+    fn host_normalization() {
+        assert_eq!(normalize_host("a.example.com:8080"), "a.example.com");
+        assert_eq!(normalize_host("a.example.com."), "a.example.com");
+        assert_eq!(normalize_host("a.example.com"), "a.example.com");
+        assert_eq!(normalize_host("[::1]:80"), "[::1]");
+    }
+}
