@@ -42,6 +42,11 @@ impl Backend {
         self.healthy.load(Ordering::Relaxed)
     }
 
+    /// Takes the backend out of (or back into) rotation; the health checker's lever.
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::Relaxed);
+    }
+
     /// Requests sent to this backend whose responses have not finished yet.
     pub fn active_requests(&self) -> usize {
         self.active.load(Ordering::Relaxed)

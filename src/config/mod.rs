@@ -71,7 +71,10 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
             problems.push(Problem {
                 position: span.map(|s| at.position(s.start)),
                 field,
-                message: e.message().to_owned(),
+                message: e
+                    .message()
+                    .replace("expected i64", "expected an integer")
+                    .replace("expected u32", "expected an integer"),
             });
             return Err(fail(problems));
         }

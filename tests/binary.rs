@@ -1,0 +1,215 @@
+//! The real binary: graceful shutdown on SIGTERM, flat memory while a large body streams through, and the demo.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::BodyExt;
+
+use common::*;
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([&format!("-{sig}"), &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{sig} failed");
+}
+
+/// Starts `switchyard run` on a config and waits until its admin `/healthz` answers.
+async fn spawn(dir: &std::path::Path, toml: &str, admin: SocketAddr) -> Proc {
+    let path = dir.join("switchyard.toml");
+    std::fs::write(&path, toml).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["run", "--config", path.to_str().unwrap(), "--workers", "2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let up = eventually(Duration::from_secs(20), || async move {
+        let Ok(uri) = format!("http://{admin}/healthz").parse::<http::Uri>() else { return false };
+        let client: hyper_util::client::legacy::Client<_, BoxBody> =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+        matches!(client.get(uri).await, Ok(r) if r.status() == 200)
+    })
+    .await;
+    assert!(up, "switchyard did not come up");
+    Proc(child)
+}
+
+fn config_for(port: u16, admin: u16, backend: SocketAddr) -> String {
+    format!(
+        r#"
+[[listeners]]
+address = "127.0.0.1:{port}"
+[admin]
+address = "127.0.0.1:{admin}"
+[[routes]]
+pool = "p"
+[pools.p]
+backends = [{{ address = "{backend}" }}]
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_request_in_flight_finish_then_exits_zero() {
+    let slow = named_backend("slow", Duration::from_millis(1500)).await;
+    let (port, admin) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let mut proc = spawn(dir.path(), &config_for(port, admin, slow), ([127, 0, 0, 1], admin).into()).await;
+    let proxy: SocketAddr = ([127, 0, 0, 1], port).into();
+    let in_flight = tokio::spawn(async move { get(proxy, "/", None).await });
+    // Wait until the request has reached the proxy's backend, then ask it to stop.
+    let reached = eventually(Duration::from_secs(5), || async move {
+        let (_, _, body) = get(([127, 0, 0, 1], admin).into(), "/api/pools", None).await;
+        body.contains("\"active_requests\": 1")
+    })
+    .await;
+    assert!(reached);
+    signal(&proc.0, "TERM");
+    let (status, _, body) = in_flight.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body, "slow");
+    let exited = eventually(Duration::from_secs(10), || {
+        let done = matches!(proc.0.try_wait(), Ok(Some(_)));
+        async move { done }
+    })
+    .await;
+    assert!(exited, "switchyard did not exit after SIGTERM");
+    assert_eq!(proc.0.try_wait().unwrap().and_then(|s| s.code()), Some(0));
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_stream_with_flat_memory() {
+    const SIZE: u64 = 256 * 1024 * 1024;
+    let sink = backend(|req: Request<hyper::body::Incoming>| async move {
+        if req.method() == http::Method::POST {
+            let mut body = req.into_body();
+            let mut len = 0u64;
+            while let Some(Ok(frame)) = body.frame().await {
+                len += frame.into_data().map_or(0, |d| d.len() as u64);
+            }
+            http::Response::new(full(len.to_string()))
+        } else {
+            http::Response::new(PatternBody::new(SIZE).boxed())
+        }
+    })
+    .await;
+    let (port, admin) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let proc = spawn(dir.path(), &config_for(port, admin, sink), ([127, 0, 0, 1], admin).into()).await;
+    let before = peak_rss_kib(proc.0.id());
+
+    let req = Request::post(format!("http://127.0.0.1:{port}/up"))
+        .body(PatternBody::new(SIZE).boxed())
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let got = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(got, Bytes::from(SIZE.to_string()));
+
+    let req = Request::get(format!("http://127.0.0.1:{port}/down")).body(full("")).unwrap();
+    let mut body = client().request(req).await.unwrap().into_body();
+    let mut len = 0u64;
+    while let Some(frame) = body.frame().await {
+        len += frame.unwrap().into_data().map_or(0, |d| d.len() as u64);
+    }
+    assert_eq!(len, SIZE);
+
+    let after = peak_rss_kib(proc.0.id());
+    eprintln!("peak RSS: {before} KiB at start, {after} KiB after 2 x 256 MiB through the proxy");
+    // 512 MiB went through; buffering any real share of it would show here.
+    assert!(after < before + 32 * 1024, "peak RSS grew from {before} KiB to {after} KiB");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_starts_upstreams_and_shows_balancing() {
+    let (port, admin) = (free_port(), free_port());
+    let ups: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("demo.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[[listeners]]
+address = "127.0.0.1:{port}"
+[admin]
+address = "127.0.0.1:{admin}"
+[[routes]]
+pool = "web"
+[pools.web]
+backends = [{{ address = "127.0.0.1:{}" }}, {{ address = "127.0.0.1:{}" }}, {{ address = "127.0.0.1:{}" }}]
+"#,
+            ups[0], ups[1], ups[2]
+        ),
+    )
+    .unwrap();
+    let mut child = Proc(
+        Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["demo", "--config", path.to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.0.stdout.take().unwrap();
+    let lines = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let done = line.contains("Ctrl-C");
+            out.push(line);
+            if done {
+                break;
+            }
+        }
+        out
+    });
+    let lines = tokio::time::timeout(Duration::from_secs(30), lines).await.unwrap().unwrap();
+    let text = lines.join("\n");
+    assert!(text.contains(&format!("http://127.0.0.1:{admin}/api/pools")), "{text}");
+    assert!(text.contains(&format!("http://127.0.0.1:{admin}/metrics")), "{text}");
+    assert!(text.contains(&format!("http://127.0.0.1:{port}/")), "{text}");
+    let answers: Vec<&String> = lines.iter().filter(|l| l.contains("-> 200 OK from upstream-")).collect();
+    assert_eq!(answers.len(), 10, "{text}");
+    for n in 1..=3 {
+        assert!(text.contains(&format!("from upstream-{n}")), "upstream-{n} never answered:\n{text}");
+    }
+    signal(&child.0, "TERM");
+    let exited = eventually(Duration::from_secs(10), || {
+        let done = matches!(child.0.try_wait(), Ok(Some(_)));
+        async move { done }
+    })
+    .await;
+    assert!(exited);
+}

@@ -1,0 +1,167 @@
+//! The `switchyard` command itself: `validate` reports every problem with file, line, column and field;
+//! `run` refuses the same files with the same messages; `validate` summarizes a good file.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn switchyard(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(args)
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run switchyard")
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+const BAD: &str = r#"[[listeners]]
+address = "127.0.0.1:0"
+colour = "blue"
+
+[admin]
+address = "127.0.0.1:0"
+
+[[routes]]
+path_prefix = "/api"
+pool = "missing"
+
+[[routes]]
+host = "a.example.com"
+pool = "web"
+
+[[routes]]
+host = "A.Example.com"
+path_prefix = "/"
+pool = "web"
+
+[pools.web]
+algorithm = "fastest"
+backends = [
+  { address = "127.0.0.1:9001", weight = 0 },
+  { address = "127.0.0.1:9001" },
+  { address = "not-an-address" },
+]
+
+[pools.web.timeouts]
+connect = "soon"
+
+[pools.empty]
+backends = []
+"#;
+
+#[test]
+fn validate_lists_every_error_with_file_line_column_field_and_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "bad.toml", BAD);
+    let out = switchyard(&["validate", "--config", &file]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let expect = [
+        format!("{file}:3:1: listeners[0].colour: unknown field \"colour\""),
+        format!("{file}:10:8: routes[0].pool: pool \"missing\" is not defined; defined pools: \"empty\", \"web\""),
+        format!("{file}:16:1: routes[2]: another route already has host \"a.example.com\" and path_prefix \"/\""),
+        format!(
+            "{file}:22:13: pools.web.algorithm: unknown algorithm \"fastest\"; allowed values: \"round_robin\", \"least_connections\""
+        ),
+        format!("{file}:24:42: pools.web.backends[0].weight: weight 0 is out of range; allowed values: 1 to 1000"),
+        format!("{file}:25:15: pools.web.backends[1].address: \"127.0.0.1:9001\" appears twice in pool \"web\""),
+        format!(
+            "{file}:26:15: pools.web.backends[2].address: \"not-an-address\" is not a backend address; expected host:port, like \"127.0.0.1:9001\""
+        ),
+        format!("{file}:30:11: pools.web.timeouts.connect: \"soon\" is not a duration"),
+        format!("{file}:33:12: pools.empty.backends: pool has no backends"),
+        format!("{file}: 9 errors"),
+    ];
+    for line in &expect {
+        assert!(err.contains(line.as_str()), "missing {line:?} in:\n{err}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn run_refuses_a_bad_file_with_the_same_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(dir.path(), "bad.toml", BAD);
+    let validate = String::from_utf8_lossy(&switchyard(&["validate", "-c", &file]).stderr).into_owned();
+    let out = switchyard(&["run", "-c", &file]);
+    assert_eq!(out.status.code(), Some(1));
+    let run = String::from_utf8_lossy(&out.stderr);
+    let problems: Vec<&str> = validate.lines().filter(|l| !l.ends_with(" errors")).collect();
+    assert_eq!(problems.len(), 9);
+    for line in problems {
+        assert!(run.contains(line), "run lacks {line:?}:\n{run}");
+    }
+    assert!(run.contains("not starting"), "{run}");
+}
+
+#[test]
+fn type_errors_and_syntax_errors_name_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "types.toml",
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n[pools.a]\nbackends = [ { address = \"127.0.0.1:5\", weight = \"heavy\" } ]\n",
+    );
+    let err = String::from_utf8_lossy(&switchyard(&["validate", "-c", &file]).stderr).into_owned();
+    assert!(err.contains(&format!("{file}:4:50: pools.a.backends[0].weight: invalid type: string \"heavy\", expected an integer")), "{err}");
+
+    let file = write(dir.path(), "syntax.toml", "[[listeners]]\naddress = \"127.0.0.1:0\"\n[pools.a\n");
+    let out = switchyard(&["validate", "-c", &file]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{file}:3:")) && err.contains("not valid TOML"), "{err}");
+
+    let out = switchyard(&["validate", "-c", &dir.path().join("absent.toml").display().to_string()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the config file"));
+}
+
+#[test]
+fn more_checks_addresses_durations_hosts_prefixes() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "more.toml",
+        r#"[[listeners]]
+address = "localhost:80"
+
+[[routes]]
+host = "http://a.example"
+path_prefix = "api"
+pool = "p"
+
+[pools.p]
+backends = [{ address = "10.0.0.1:0" }, { address = "10.0.0.2:8080", weight = -3 }]
+[pools.p.timeouts]
+request = "0s"
+"#,
+    );
+    let err = String::from_utf8_lossy(&switchyard(&["validate", "-c", &file]).stderr).into_owned();
+    for want in [
+        ":2:11: listeners[0].address: \"localhost:80\" is not an address to listen on; expected IP:port",
+        ":5:8: routes[0].host: \"http://a.example\" is not a host name",
+        ":6:15: routes[0].path_prefix: \"api\" must start with \"/\"",
+        ":10:25: pools.p.backends[0].address: \"10.0.0.1:0\" is not a backend address",
+        ":10:79: pools.p.backends[1].weight: weight -3 is out of range",
+        ":12:11: pools.p.timeouts.request: \"0s\" is zero",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn validate_summarizes_a_good_file() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/example.toml");
+    let out = switchyard(&["validate", "--config", example]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("ok: 1 listener, 2 routes, 2 pools, 5 backends"),
+        "{text}"
+    );
+}

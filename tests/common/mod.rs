@@ -1,0 +1,254 @@
+//! Test helpers: real backends on 127.0.0.1:0, the proxy started in-process from a TOML string, a real client.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use switchyard::server::Server;
+
+pub type BoxBody = http_body_util::combinators::BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+pub fn full(data: impl Into<Bytes>) -> BoxBody {
+    Full::new(data.into()).map_err(|never| match never {}).boxed()
+}
+
+/// Starts an HTTP backend on 127.0.0.1:0 that answers every request with `handler`.
+pub async fn backend<H, F>(handler: H) -> SocketAddr
+where
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<BoxBody>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { continue };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let fut = handler(req);
+                    async move { Ok::<_, Infallible>(fut.await) }
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A backend that answers 200 with its name in the body and in `x-backend`, after `delay`.
+pub async fn named_backend(name: &'static str, delay: Duration) -> SocketAddr {
+    backend(move |req: Request<Incoming>| async move {
+        drop(req.into_body().collect().await);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        Response::builder()
+            .header("x-backend", name)
+            .body(full(name))
+            .unwrap()
+    })
+    .await
+}
+
+/// A backend that answers with a JSON echo of the request it saw: method, uri, version and headers.
+pub async fn echo_backend() -> SocketAddr {
+    backend(|req: Request<Incoming>| async move {
+        let headers: Vec<(String, String)> = req
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect();
+        let json = serde_json::json!({
+            "method": req.method().as_str(),
+            "uri": req.uri().to_string(),
+            "version": format!("{:?}", req.version()),
+            "headers": headers,
+        });
+        Response::builder()
+            .header("content-type", "application/json")
+            .header("connection", "x-upstream-hop")
+            .header("x-upstream-hop", "secret")
+            .header("keep-alive", "timeout=5")
+            .header("x-upstream-kept", "yes")
+            .body(full(json.to_string()))
+            .unwrap()
+    })
+    .await
+}
+
+/// A port nothing listens on (bound, then closed), so connecting is refused.
+pub async fn closed_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    addr
+}
+
+/// A backend that accepts connections and reads, but never answers.
+pub async fn hanging_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else { continue };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = tcp.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Starts switchyard in-process on a config text.
+pub async fn start_proxy(toml: &str) -> Server {
+    let config = switchyard::config::parse(toml, "test.toml").unwrap_or_else(|e| panic!("bad test config:\n{e}"));
+    Server::start(config).await.unwrap()
+}
+
+/// A minimal config: one listener and admin on port 0, plus `rest`.
+pub fn config(rest: &str) -> String {
+    format!(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n\n[admin]\naddress = \"127.0.0.1:0\"\n\n{rest}"
+    )
+}
+
+pub fn client() -> Client<HttpConnector, BoxBody> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A GET through the proxy; returns status, headers and body text.
+pub async fn get(addr: SocketAddr, path: &str, host: Option<&str>) -> (StatusCode, http::HeaderMap, String) {
+    let mut req = Request::get(format!("http://{addr}{path}"));
+    if let Some(h) = host {
+        req = req.header("host", h);
+    }
+    let resp = client().request(req.body(full("")).unwrap()).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (parts.status, parts.headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Sends raw bytes on a new connection and reads until the server closes it or `timeout` passes.
+pub async fn raw(addr: SocketAddr, request: &[u8], timeout: Duration) -> String {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(timeout, tcp.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Polls `check` until it returns true or `deadline` passes.
+pub async fn eventually<F, Fut>(deadline: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() > end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A body of `len` deterministic bytes, produced in 64 KiB chunks as it is polled (never held whole).
+pub struct PatternBody {
+    pub remaining: u64,
+    pub offset: u64,
+}
+
+impl PatternBody {
+    pub fn new(len: u64) -> Self {
+        Self { remaining: len, offset: 0 }
+    }
+
+    /// The byte at position `i` of every pattern body.
+    pub fn byte_at(i: u64) -> u8 {
+        (i.wrapping_mul(31) % 251) as u8
+    }
+
+    /// The SHA-256 of a pattern body of `len` bytes, computed without the proxy.
+    pub fn sha256(len: u64) -> String {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        let mut body = PatternBody::new(len);
+        while let Some(chunk) = body.next_chunk() {
+            h.update(&chunk);
+        }
+        hex(&h.finalize())
+    }
+
+    fn next_chunk(&mut self) -> Option<Bytes> {
+        if self.remaining == 0 {
+            return None;
+        }
+        let n = self.remaining.min(64 * 1024);
+        let chunk: Vec<u8> = (self.offset..self.offset + n).map(Self::byte_at).collect();
+        self.offset += n;
+        self.remaining -= n;
+        Some(Bytes::from(chunk))
+    }
+}
+
+impl Body for PatternBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Poll::Ready(self.get_mut().next_chunk().map(|c| Ok(Frame::data(c))))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.remaining)
+    }
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The value of one sample line in a Prometheus text exposition, e.g.
+/// `switchyard_requests_total{backend="none",code="404",pool="none"}`; labels must be in sorted order.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+pub async fn admin_get(server: &Server, path: &str) -> (StatusCode, String) {
+    let (s, _, b) = get(server.admin_addr, path, None).await;
+    (s, b)
+}
+
+pub fn shared_count(map: &std::collections::HashMap<String, usize>, key: &str) -> usize {
+    map.get(key).copied().unwrap_or(0)
+}
