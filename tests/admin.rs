@@ -13,7 +13,10 @@ async fn healthz_and_unknown_paths() {
         "[[routes]]\npool = \"p\"\n[pools.p]\nbackends = [{{ address = \"{b}\" }}]\n"
     )))
     .await;
-    assert_eq!(admin_get(&server, "/healthz").await, (http::StatusCode::OK, "ok\n".to_owned()));
+    assert_eq!(
+        admin_get(&server, "/healthz").await,
+        (http::StatusCode::OK, "ok\n".to_owned())
+    );
     assert_eq!(admin_get(&server, "/nope").await.0, 404);
     let resp = client()
         .request(
@@ -40,9 +43,19 @@ backends = [{{ address = "{b}" }}]
     )))
     .await;
     for _ in 0..3 {
-        assert_eq!(get(server.listen_addrs[0], "/", Some("known.example")).await.0, 200);
+        assert_eq!(
+            get(server.listen_addrs[0], "/", Some("known.example"))
+                .await
+                .0,
+            200
+        );
     }
-    assert_eq!(get(server.listen_addrs[0], "/", Some("unknown.example")).await.0, 404);
+    assert_eq!(
+        get(server.listen_addrs[0], "/", Some("unknown.example"))
+            .await
+            .0,
+        404
+    );
 
     let (status, text) = admin_get(&server, "/metrics").await;
     assert_eq!(status, 200);
@@ -52,15 +65,32 @@ backends = [{{ address = "{b}" }}]
     assert_eq!(metric(&text, none), Some(1.0), "{text}");
     let count = format!("switchyard_request_duration_seconds_count{{backend=\"{b}\",pool=\"p\"}}");
     assert_eq!(metric(&text, &count), Some(3.0), "{text}");
-    let bucket = format!("switchyard_request_duration_seconds_bucket{{backend=\"{b}\",pool=\"p\",le=\"0.0005\"}}");
-    assert!(metric(&text, &bucket).is_some(), "0.5 ms bucket missing:\n{text}");
-    let bucket = format!("switchyard_request_duration_seconds_bucket{{backend=\"{b}\",pool=\"p\",le=\"10\"}}");
+    let bucket = format!(
+        "switchyard_request_duration_seconds_bucket{{backend=\"{b}\",pool=\"p\",le=\"0.0005\"}}"
+    );
+    assert!(
+        metric(&text, &bucket).is_some(),
+        "0.5 ms bucket missing:\n{text}"
+    );
+    let bucket = format!(
+        "switchyard_request_duration_seconds_bucket{{backend=\"{b}\",pool=\"p\",le=\"10\"}}"
+    );
     assert_eq!(metric(&text, &bucket), Some(3.0), "{text}");
     let active = format!("switchyard_backend_active_requests{{backend=\"{b}\",pool=\"p\"}}");
     assert_eq!(metric(&text, &active), Some(0.0), "{text}");
-    assert!(metric(&text, "switchyard_open_connections").is_some(), "{text}");
-    for family in ["process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds"] {
-        assert!(text.contains(&format!("# TYPE {family}")), "{family} missing:\n{text}");
+    assert!(
+        metric(&text, "switchyard_open_connections").is_some(),
+        "{text}"
+    );
+    for family in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+    ] {
+        assert!(
+            text.contains(&format!("# TYPE {family}")),
+            "{family} missing:\n{text}"
+        );
     }
 }
 
@@ -85,7 +115,10 @@ async fn active_requests_and_open_connections_follow_traffic() {
     let (_, text) = admin_get(&server, "/metrics").await;
     let active = format!("switchyard_backend_active_requests{{backend=\"{slow}\",pool=\"p\"}}");
     assert_eq!(metric(&text, &active), Some(1.0), "{text}");
-    assert!(metric(&text, "switchyard_open_connections").unwrap_or(0.0) >= 1.0, "{text}");
+    assert!(
+        metric(&text, "switchyard_open_connections").unwrap_or(0.0) >= 1.0,
+        "{text}"
+    );
 
     assert_eq!(in_flight.await.unwrap(), 200);
     let idle = eventually(Duration::from_secs(5), || async move {

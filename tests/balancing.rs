@@ -84,7 +84,9 @@ backends = [{{ address = "{fast}" }}, {{ address = "{slow}" }}]
             for _ in 0..25 {
                 let (status, headers, _) = get(addr, "/", None).await;
                 assert_eq!(status, 200);
-                *counts.entry(headers["x-backend"].to_str().unwrap().to_owned()).or_insert(0) += 1;
+                *counts
+                    .entry(headers["x-backend"].to_str().unwrap().to_owned())
+                    .or_insert(0) += 1;
             }
             counts
         }));

@@ -23,7 +23,11 @@ impl Drop for Proc {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn signal(child: &Child, sig: &str) {
@@ -46,9 +50,12 @@ async fn spawn(dir: &std::path::Path, toml: &str, admin: SocketAddr) -> Proc {
         .spawn()
         .unwrap();
     let up = eventually(Duration::from_secs(20), || async move {
-        let Ok(uri) = format!("http://{admin}/healthz").parse::<http::Uri>() else { return false };
+        let Ok(uri) = format!("http://{admin}/healthz").parse::<http::Uri>() else {
+            return false;
+        };
         let client: hyper_util::client::legacy::Client<_, BoxBody> =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http();
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http();
         matches!(client.get(uri).await, Ok(r) if r.status() == 200)
     })
     .await;
@@ -76,7 +83,12 @@ async fn sigterm_lets_the_request_in_flight_finish_then_exits_zero() {
     let slow = named_backend("slow", Duration::from_millis(1500)).await;
     let (port, admin) = (free_port(), free_port());
     let dir = tempfile::tempdir().unwrap();
-    let mut proc = spawn(dir.path(), &config_for(port, admin, slow), ([127, 0, 0, 1], admin).into()).await;
+    let mut proc = spawn(
+        dir.path(),
+        &config_for(port, admin, slow),
+        ([127, 0, 0, 1], admin).into(),
+    )
+    .await;
     let proxy: SocketAddr = ([127, 0, 0, 1], port).into();
     let in_flight = tokio::spawn(async move { get(proxy, "/", None).await });
     // Wait until the request has reached the proxy's backend, then ask it to stop.
@@ -126,7 +138,12 @@ async fn large_bodies_stream_with_flat_memory() {
     .await;
     let (port, admin) = (free_port(), free_port());
     let dir = tempfile::tempdir().unwrap();
-    let proc = spawn(dir.path(), &config_for(port, admin, sink), ([127, 0, 0, 1], admin).into()).await;
+    let proc = spawn(
+        dir.path(),
+        &config_for(port, admin, sink),
+        ([127, 0, 0, 1], admin).into(),
+    )
+    .await;
     let before = peak_rss_kib(proc.0.id());
 
     let req = Request::post(format!("http://127.0.0.1:{port}/up"))
@@ -137,7 +154,9 @@ async fn large_bodies_stream_with_flat_memory() {
     let got = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(got, Bytes::from(SIZE.to_string()));
 
-    let req = Request::get(format!("http://127.0.0.1:{port}/down")).body(full("")).unwrap();
+    let req = Request::get(format!("http://127.0.0.1:{port}/down"))
+        .body(full(""))
+        .unwrap();
     let mut body = client().request(req).await.unwrap().into_body();
     let mut len = 0u64;
     while let Some(frame) = body.frame().await {
@@ -148,7 +167,10 @@ async fn large_bodies_stream_with_flat_memory() {
     let after = peak_rss_kib(proc.0.id());
     eprintln!("peak RSS: {before} KiB at start, {after} KiB after 2 x 256 MiB through the proxy");
     // 512 MiB went through; buffering any real share of it would show here.
-    assert!(after < before + 32 * 1024, "peak RSS grew from {before} KiB to {after} KiB");
+    assert!(
+        after < before + 32 * 1024,
+        "peak RSS grew from {before} KiB to {after} KiB"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -195,15 +217,33 @@ backends = [{{ address = "127.0.0.1:{}" }}, {{ address = "127.0.0.1:{}" }}, {{ a
         }
         out
     });
-    let lines = tokio::time::timeout(Duration::from_secs(30), lines).await.unwrap().unwrap();
+    let lines = tokio::time::timeout(Duration::from_secs(30), lines)
+        .await
+        .unwrap()
+        .unwrap();
     let text = lines.join("\n");
-    assert!(text.contains(&format!("http://127.0.0.1:{admin}/api/pools")), "{text}");
-    assert!(text.contains(&format!("http://127.0.0.1:{admin}/metrics")), "{text}");
-    assert!(text.contains(&format!("http://127.0.0.1:{port}/")), "{text}");
-    let answers: Vec<&String> = lines.iter().filter(|l| l.contains("-> 200 OK from upstream-")).collect();
+    assert!(
+        text.contains(&format!("http://127.0.0.1:{admin}/api/pools")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("http://127.0.0.1:{admin}/metrics")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("http://127.0.0.1:{port}/")),
+        "{text}"
+    );
+    let answers: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("-> 200 OK from upstream-"))
+        .collect();
     assert_eq!(answers.len(), 10, "{text}");
     for n in 1..=3 {
-        assert!(text.contains(&format!("from upstream-{n}")), "upstream-{n} never answered:\n{text}");
+        assert!(
+            text.contains(&format!("from upstream-{n}")),
+            "upstream-{n} never answered:\n{text}"
+        );
     }
     signal(&child.0, "TERM");
     let exited = eventually(Duration::from_secs(10), || {

@@ -62,13 +62,21 @@ fn validate_lists_every_error_with_file_line_column_field_and_value() {
     let err = String::from_utf8_lossy(&out.stderr);
     let expect = [
         format!("{file}:3:1: listeners[0].colour: unknown field \"colour\""),
-        format!("{file}:10:8: routes[0].pool: pool \"missing\" is not defined; defined pools: \"empty\", \"web\""),
-        format!("{file}:16:1: routes[2]: another route already has host \"a.example.com\" and path_prefix \"/\""),
+        format!(
+            "{file}:10:8: routes[0].pool: pool \"missing\" is not defined; defined pools: \"empty\", \"web\""
+        ),
+        format!(
+            "{file}:16:1: routes[2]: another route already has host \"a.example.com\" and path_prefix \"/\""
+        ),
         format!(
             "{file}:22:13: pools.web.algorithm: unknown algorithm \"fastest\"; allowed values: \"round_robin\", \"least_connections\""
         ),
-        format!("{file}:24:42: pools.web.backends[0].weight: weight 0 is out of range; allowed values: 1 to 1000"),
-        format!("{file}:25:15: pools.web.backends[1].address: \"127.0.0.1:9001\" appears twice in pool \"web\""),
+        format!(
+            "{file}:24:42: pools.web.backends[0].weight: weight 0 is out of range; allowed values: 1 to 1000"
+        ),
+        format!(
+            "{file}:25:15: pools.web.backends[1].address: \"127.0.0.1:9001\" appears twice in pool \"web\""
+        ),
         format!(
             "{file}:26:15: pools.web.backends[2].address: \"not-an-address\" is not a backend address; expected host:port, like \"127.0.0.1:9001\""
         ),
@@ -87,11 +95,15 @@ fn validate_lists_every_error_with_file_line_column_field_and_value() {
 fn run_refuses_a_bad_file_with_the_same_messages() {
     let dir = tempfile::tempdir().unwrap();
     let file = write(dir.path(), "bad.toml", BAD);
-    let validate = String::from_utf8_lossy(&switchyard(&["validate", "-c", &file]).stderr).into_owned();
+    let validate =
+        String::from_utf8_lossy(&switchyard(&["validate", "-c", &file]).stderr).into_owned();
     let out = switchyard(&["run", "-c", &file]);
     assert_eq!(out.status.code(), Some(1));
     let run = String::from_utf8_lossy(&out.stderr);
-    let problems: Vec<&str> = validate.lines().filter(|l| !l.ends_with(" errors")).collect();
+    let problems: Vec<&str> = validate
+        .lines()
+        .filter(|l| !l.ends_with(" errors"))
+        .collect();
     assert_eq!(problems.len(), 9);
     for line in problems {
         assert!(run.contains(line), "run lacks {line:?}:\n{run}");
@@ -110,13 +122,24 @@ fn type_errors_and_syntax_errors_name_line_and_field() {
     let err = String::from_utf8_lossy(&switchyard(&["validate", "-c", &file]).stderr).into_owned();
     assert!(err.contains(&format!("{file}:4:50: pools.a.backends[0].weight: invalid type: string \"heavy\", expected an integer")), "{err}");
 
-    let file = write(dir.path(), "syntax.toml", "[[listeners]]\naddress = \"127.0.0.1:0\"\n[pools.a\n");
+    let file = write(
+        dir.path(),
+        "syntax.toml",
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n[pools.a\n",
+    );
     let out = switchyard(&["validate", "-c", &file]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("{file}:3:")) && err.contains("not valid TOML"), "{err}");
+    assert!(
+        err.contains(&format!("{file}:3:")) && err.contains("not valid TOML"),
+        "{err}"
+    );
 
-    let out = switchyard(&["validate", "-c", &dir.path().join("absent.toml").display().to_string()]);
+    let out = switchyard(&[
+        "validate",
+        "-c",
+        &dir.path().join("absent.toml").display().to_string(),
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read the config file"));
 }
@@ -158,7 +181,12 @@ request = "0s"
 fn validate_summarizes_a_good_file() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config/example.toml");
     let out = switchyard(&["validate", "--config", example]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("ok: 1 listener, 2 routes, 2 pools, 5 backends"),

@@ -34,20 +34,41 @@ X-Forwarded-For: 203.0.113.7\r\n\
 X-Custom: kept\r\n\
 \r\n";
     let response = raw(server.listen_addrs[0], request, Duration::from_secs(5)).await;
-    let (head, body) = response.split_once("\r\n\r\n").expect("a complete response");
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .expect("a complete response");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
 
     // What the backend saw.
     let seen: serde_json::Value = serde_json::from_str(body).expect("echo JSON");
     let headers: Vec<(String, String)> = serde_json::from_value(seen["headers"].clone()).unwrap();
     let get = |name: &str| -> Vec<&str> {
-        headers.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str()).collect()
+        headers
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
     };
-    for gone in ["x-drop-me", "keep-alive", "proxy-connection", "te", "trailer", "upgrade", "transfer-encoding"] {
-        assert!(get(gone).is_empty(), "{gone} reached the backend: {headers:?}");
+    for gone in [
+        "x-drop-me",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+        "transfer-encoding",
+    ] {
+        assert!(
+            get(gone).is_empty(),
+            "{gone} reached the backend: {headers:?}"
+        );
     }
     // Connection may be re-added by the upstream client for its own keep-alive, never the client's tokens.
-    assert!(get("connection").iter().all(|v| !v.to_ascii_lowercase().contains("x-drop-me")));
+    assert!(
+        get("connection")
+            .iter()
+            .all(|v| !v.to_ascii_lowercase().contains("x-drop-me"))
+    );
     assert_eq!(get("host"), ["Www.Example.com:8080"]);
     assert_eq!(get("x-forwarded-for"), ["203.0.113.7, 127.0.0.1"]);
     assert_eq!(get("x-forwarded-proto"), ["http"]);
@@ -71,8 +92,14 @@ async fn forwarded_for_starts_when_absent() {
     assert_eq!(status, 200);
     let seen: serde_json::Value = serde_json::from_str(&body).unwrap();
     let headers: Vec<(String, String)> = serde_json::from_value(seen["headers"].clone()).unwrap();
-    assert!(headers.contains(&("x-forwarded-for".into(), "127.0.0.1".into())), "{headers:?}");
-    assert!(headers.contains(&("host".into(), "h.example".into())), "{headers:?}");
+    assert!(
+        headers.contains(&("x-forwarded-for".into(), "127.0.0.1".into())),
+        "{headers:?}"
+    );
+    assert!(
+        headers.contains(&("host".into(), "h.example".into())),
+        "{headers:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,7 +117,10 @@ async fn http2_prior_knowledge_reaches_an_http1_backend() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.version(), http::Version::HTTP_2);
-    let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
     let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(seen["version"], "HTTP/1.1");
     assert_eq!(seen["uri"], "/h2?x=1");

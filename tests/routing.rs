@@ -76,8 +76,14 @@ backends = [{{ address = "{host}" }}]
     )))
     .await;
     let addr = server.listen_addrs[0];
-    assert_eq!(get(addr, "/only/x", Some("a.example")).await.1["x-backend"], "host");
-    assert_eq!(get(addr, "/else", Some("a.example")).await.1["x-backend"], "any");
+    assert_eq!(
+        get(addr, "/only/x", Some("a.example")).await.1["x-backend"],
+        "host"
+    );
+    assert_eq!(
+        get(addr, "/else", Some("a.example")).await.1["x-backend"],
+        "any"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,7 +121,9 @@ backends = [{{ address = "{dead}" }}]
     assert_eq!(status, 502);
     assert!(body.contains("could not connect"), "{body}");
     let (_, metrics) = admin_get(&server, "/metrics").await;
-    let series = format!("switchyard_upstream_errors_total{{backend=\"{dead}\",kind=\"connect\",pool=\"p\"}}");
+    let series = format!(
+        "switchyard_upstream_errors_total{{backend=\"{dead}\",kind=\"connect\",pool=\"p\"}}"
+    );
     assert_eq!(metric(&metrics, &series), Some(1.0), "{metrics}");
     let series = "switchyard_requests_total{backend=\"none\",code=\"502\",pool=\"p\"}";
     assert_eq!(metric(&metrics, series), Some(1.0), "{metrics}");
@@ -141,10 +149,15 @@ request = "300ms"
     let took = started.elapsed();
     assert_eq!(status, 504);
     assert!(body.contains("did not answer in time"), "{body}");
-    assert!(took >= Duration::from_millis(300), "answered after {took:?}");
+    assert!(
+        took >= Duration::from_millis(300),
+        "answered after {took:?}"
+    );
     assert!(took < Duration::from_secs(5), "answered after {took:?}");
     let (_, metrics) = admin_get(&server, "/metrics").await;
-    let series = format!("switchyard_upstream_errors_total{{backend=\"{hang}\",kind=\"timeout\",pool=\"p\"}}");
+    let series = format!(
+        "switchyard_upstream_errors_total{{backend=\"{hang}\",kind=\"timeout\",pool=\"p\"}}"
+    );
     assert_eq!(metric(&metrics, &series), Some(1.0), "{metrics}");
 }
 

@@ -55,7 +55,10 @@ async fn upload_64mb_arrives_intact() {
     let resp = client().request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
     let body = resp.into_body().collect().await.unwrap().to_bytes();
-    assert_eq!(String::from_utf8_lossy(&body), format!("{SIZE} {}", PatternBody::sha256(SIZE)));
+    assert_eq!(
+        String::from_utf8_lossy(&body),
+        format!("{SIZE} {}", PatternBody::sha256(SIZE))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -23,10 +23,13 @@ use tokio::net::{TcpListener, TcpStream};
 
 use switchyard::server::Server;
 
-pub type BoxBody = http_body_util::combinators::BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+pub type BoxBody =
+    http_body_util::combinators::BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 pub fn full(data: impl Into<Bytes>) -> BoxBody {
-    Full::new(data.into()).map_err(|never| match never {}).boxed()
+    Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// Starts an HTTP backend on 127.0.0.1:0 that answers every request with `handler`.
@@ -39,7 +42,9 @@ where
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = listener.accept().await else { continue };
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
             let handler = handler.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req| {
@@ -76,7 +81,12 @@ pub async fn echo_backend() -> SocketAddr {
         let headers: Vec<(String, String)> = req
             .headers()
             .iter()
-            .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect();
         let json = serde_json::json!({
             "method": req.method().as_str(),
@@ -110,7 +120,9 @@ pub async fn hanging_backend() -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((mut tcp, _)) = listener.accept().await else { continue };
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                continue;
+            };
             tokio::spawn(async move {
                 let mut buf = [0u8; 4096];
                 while let Ok(n) = tcp.read(&mut buf).await {
@@ -126,7 +138,8 @@ pub async fn hanging_backend() -> SocketAddr {
 
 /// Starts switchyard in-process on a config text.
 pub async fn start_proxy(toml: &str) -> Server {
-    let config = switchyard::config::parse(toml, "test.toml").unwrap_or_else(|e| panic!("bad test config:\n{e}"));
+    let config = switchyard::config::parse(toml, "test.toml")
+        .unwrap_or_else(|e| panic!("bad test config:\n{e}"));
     Server::start(config).await.unwrap()
 }
 
@@ -142,7 +155,11 @@ pub fn client() -> Client<HttpConnector, BoxBody> {
 }
 
 /// A GET through the proxy; returns status, headers and body text.
-pub async fn get(addr: SocketAddr, path: &str, host: Option<&str>) -> (StatusCode, http::HeaderMap, String) {
+pub async fn get(
+    addr: SocketAddr,
+    path: &str,
+    host: Option<&str>,
+) -> (StatusCode, http::HeaderMap, String) {
     let mut req = Request::get(format!("http://{addr}{path}"));
     if let Some(h) = host {
         req = req.header("host", h);
@@ -150,7 +167,11 @@ pub async fn get(addr: SocketAddr, path: &str, host: Option<&str>) -> (StatusCod
     let resp = client().request(req.body(full("")).unwrap()).await.unwrap();
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.unwrap().to_bytes();
-    (parts.status, parts.headers, String::from_utf8_lossy(&body).into_owned())
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
 }
 
 /// Sends raw bytes on a new connection and reads until the server closes it or `timeout` passes.
@@ -188,7 +209,10 @@ pub struct PatternBody {
 
 impl PatternBody {
     pub fn new(len: u64) -> Self {
-        Self { remaining: len, offset: 0 }
+        Self {
+            remaining: len,
+            offset: 0,
+        }
     }
 
     /// The byte at position `i` of every pattern body.
@@ -223,7 +247,10 @@ impl Body for PatternBody {
     type Data = Bytes;
     type Error = Box<dyn std::error::Error + Send + Sync>;
 
-    fn poll_frame(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         Poll::Ready(self.get_mut().next_chunk().map(|c| Ok(Frame::data(c))))
     }
 
@@ -240,7 +267,10 @@ pub fn hex(bytes: &[u8]) -> String {
 /// `switchyard_requests_total{backend="none",code="404",pool="none"}`; labels must be in sorted order.
 pub fn metric(text: &str, series: &str) -> Option<f64> {
     text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
         .and_then(|v| v.trim().parse().ok())
 }
 
