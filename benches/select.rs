@@ -1,1 +1,51 @@
-fn main() {}
+//! One backend pick, for each algorithm, at 2, 16 and 256 backends (the pool's `pick`, availability check
+//! included). Run with `cargo bench --bench select`.
+
+use std::hint::black_box;
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+
+use switchyard::config::{Algorithm, BackendSettings, PoolSettings, Timeouts};
+use switchyard::metrics::Metrics;
+use switchyard::pool::Pool;
+
+fn pool(algorithm: Algorithm, n: usize, metrics: &Metrics) -> Pool {
+    let settings = PoolSettings {
+        algorithm,
+        backends: (0..n)
+            .map(|i| BackendSettings {
+                address: format!("10.0.{}.{}:8080", i / 250, i % 250 + 1),
+                weight: 1 + (i % 3) as u32,
+            })
+            .collect(),
+        timeouts: Timeouts {
+            connect: std::time::Duration::from_secs(1),
+            request: std::time::Duration::from_secs(30),
+        },
+    };
+    Pool::new("bench", &settings, metrics).expect("valid pool")
+}
+
+fn pick(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _guard = runtime.enter();
+    let metrics = Metrics::new();
+    let mut group = c.benchmark_group("pick");
+    for algorithm in [Algorithm::RoundRobin, Algorithm::LeastConnections] {
+        for n in [2usize, 16, 256] {
+            let pool = pool(algorithm, n, &metrics);
+            // Some requests in flight, so least-connections has real comparisons to make.
+            let _busy: Vec<_> = pool.backends.iter().step_by(3).map(|b| b.begin()).collect();
+            group.bench_with_input(BenchmarkId::new(algorithm.as_str(), n), &pool, |b, pool| {
+                b.iter(|| black_box(pool.pick().map(|b| b.weight)))
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, pick);
+criterion_main!(benches);
