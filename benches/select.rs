@@ -1,5 +1,5 @@
-//! One backend pick, for each algorithm, at 2, 16 and 256 backends (the pool's `pick`, availability check
-//! included). Run with `cargo bench --bench select`.
+//! One backend pick, for each algorithm, at 2, 16 and 256 backends: the pool's `pick`, with the health,
+//! request-cap and circuit-breaker checks and the breaker claim included. Run with `cargo bench --bench select`.
 
 use std::hint::black_box;
 
@@ -7,7 +7,7 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 
 use switchyard::config::{Algorithm, BackendSettings, PoolSettings, Timeouts};
 use switchyard::metrics::Metrics;
-use switchyard::pool::Pool;
+use switchyard::pool::{Pool, Tried};
 
 fn pool(algorithm: Algorithm, n: usize, metrics: &Metrics) -> Pool {
     let settings = PoolSettings {
@@ -22,8 +22,12 @@ fn pool(algorithm: Algorithm, n: usize, metrics: &Metrics) -> Pool {
             connect: std::time::Duration::from_secs(1),
             request: std::time::Duration::from_secs(30),
         },
+        health_check: None,
+        breaker: Default::default(),
+        retry: Default::default(),
+        panic_threshold: 0.0,
     };
-    Pool::new("bench", &settings, metrics).expect("valid pool")
+    Pool::new("bench", &settings, metrics)
 }
 
 fn pick(c: &mut Criterion) {
@@ -40,7 +44,13 @@ fn pick(c: &mut Criterion) {
             // Some requests in flight, so least-connections has real comparisons to make.
             let _busy: Vec<_> = pool.backends.iter().step_by(3).map(|b| b.begin()).collect();
             group.bench_with_input(BenchmarkId::new(algorithm.as_str(), n), &pool, |b, pool| {
-                b.iter(|| black_box(pool.pick().map(|b| b.weight)))
+                b.iter(|| {
+                    let mut tried = Tried::default();
+                    black_box(
+                        pool.pick(tokio::time::Instant::now(), &mut tried)
+                            .map(|b| b.weight),
+                    )
+                })
             });
         }
     }

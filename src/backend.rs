@@ -1,41 +1,76 @@
-//! Per-backend state shared by the data path and the control plane, all in atomics.
+//! Per-backend state shared by the data path and the control plane, in atomics (and one small lock-free slot).
 //!
-//! A backend is built once per pool and address and shared by `Arc`; the selector reads it, the proxy counts
-//! requests in flight on it with an [`InFlight`] guard, and health checks (later) flip its flags.
+//! A backend is built once per pool and address and shared by `Arc`. The selector reads it, the proxy counts
+//! requests in flight with an [`InFlight`] guard and feeds its circuit breaker, the health checker flips
+//! `healthy`, and it owns the idle keep-alive connections to its address.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::time::SystemTime;
 
-use http::uri::Authority;
+use arc_swap::ArcSwapOption;
+use tokio::time::Instant;
 
+use crate::breaker::{BreakerSettings, CircuitBreaker, State, Transition};
 use crate::metrics::BackendMetrics;
+use crate::upstream::ConnectionPool;
+
+/// The last failed health check: why, and when.
+#[derive(Debug, Clone)]
+pub struct CheckError {
+    pub reason: String,
+    pub at: SystemTime,
+}
 
 pub struct Backend {
+    pub pool: String,
     /// `host:port` as written in the config.
     pub address: String,
-    /// The same, ready to put in an upstream request URI.
-    pub authority: Authority,
     pub weight: u32,
     healthy: AtomicBool,
     active: AtomicUsize,
+    max_active: AtomicU32,
+    pub breaker: CircuitBreaker,
+    last_check_error: ArcSwapOption<CheckError>,
+    pub connections: ConnectionPool,
     pub metrics: BackendMetrics,
 }
 
 impl Backend {
-    pub fn new(address: &str, weight: u32, metrics: BackendMetrics) -> Result<Self, http::Error> {
-        Ok(Self {
+    pub fn new(
+        pool: &str,
+        address: &str,
+        weight: u32,
+        breaker: BreakerSettings,
+        metrics: BackendMetrics,
+    ) -> Self {
+        Self {
+            pool: pool.to_owned(),
             address: address.to_owned(),
-            authority: Authority::try_from(address)?,
             weight,
             healthy: AtomicBool::new(true),
             active: AtomicUsize::new(0),
+            max_active: AtomicU32::new(breaker.max_active_requests),
+            breaker: CircuitBreaker::new(breaker),
+            last_check_error: ArcSwapOption::empty(),
+            connections: ConnectionPool::new(address, metrics.connections_opened.clone()),
             metrics,
-        })
+        }
     }
 
-    /// May the balancer send this backend a new request?
-    pub fn is_available(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+    /// May the balancer choose this backend now? Healthy (unless the pool is in panic mode), its circuit not
+    /// blocking, and under its request cap.
+    #[inline]
+    pub fn is_available(&self, now: Instant, ignore_health: bool) -> bool {
+        (ignore_health || self.healthy.load(Ordering::Relaxed))
+            && self.under_cap()
+            && self.breaker.would_admit(now)
+    }
+
+    #[inline]
+    fn under_cap(&self) -> bool {
+        let max = self.max_active.load(Ordering::Relaxed);
+        max == 0 || self.active.load(Ordering::Relaxed) < max as usize
     }
 
     pub fn is_healthy(&self) -> bool {
@@ -45,11 +80,73 @@ impl Backend {
     /// Takes the backend out of (or back into) rotation; the health checker's lever.
     pub fn set_healthy(&self, healthy: bool) {
         self.healthy.store(healthy, Ordering::Relaxed);
+        self.metrics.set_up(healthy);
+    }
+
+    pub fn last_check_error(&self) -> Option<Arc<CheckError>> {
+        self.last_check_error.load_full()
+    }
+
+    pub fn set_last_check_error(&self, reason: String, at: SystemTime) {
+        self.last_check_error
+            .store(Some(Arc::new(CheckError { reason, at })));
     }
 
     /// Requests sent to this backend whose responses have not finished yet.
     pub fn active_requests(&self) -> usize {
         self.active.load(Ordering::Relaxed)
+    }
+
+    pub fn set_breaker_settings(&self, settings: BreakerSettings) {
+        self.max_active
+            .store(settings.max_active_requests, Ordering::Relaxed);
+        self.breaker.set_settings(settings);
+    }
+
+    /// Claims the right to send a request through the circuit breaker (the one trial when half-open).
+    #[inline]
+    pub fn admit(&self, now: Instant) -> bool {
+        let (admitted, transition) = self.breaker.admit(now);
+        if let Some(t) = transition {
+            self.on_transition(&t);
+        }
+        admitted
+    }
+
+    /// Feeds one attempt's outcome to the circuit breaker.
+    #[inline]
+    pub fn record_outcome(&self, ok: bool, now: Instant, what: &dyn std::fmt::Display) {
+        let transition = if ok {
+            self.breaker.on_success()
+        } else {
+            self.breaker.on_failure(now, &what.to_string())
+        };
+        if let Some(t) = transition {
+            self.on_transition(&t);
+        }
+    }
+
+    /// Applies the passing of time to the breaker (open → half-open) for observers.
+    pub fn refresh_breaker(&self, now: Instant) {
+        if let Some(t) = self.breaker.refresh(now) {
+            self.on_transition(&t);
+        }
+    }
+
+    fn on_transition(&self, t: &Transition) {
+        let index = State::ALL.iter().position(|s| *s == t.to).unwrap_or(0);
+        self.metrics.breaker_transition(index, t.to.as_str());
+        match t.to {
+            State::Open => {
+                tracing::warn!(pool = %self.pool, backend = %self.address, reason = %t.reason, "circuit open")
+            }
+            State::HalfOpen => {
+                tracing::info!(pool = %self.pool, backend = %self.address, reason = %t.reason, "circuit half-open")
+            }
+            State::Closed => {
+                tracing::info!(pool = %self.pool, backend = %self.address, reason = %t.reason, "circuit closed")
+            }
+        }
     }
 
     /// Counts a request in flight until the guard is dropped.
@@ -65,6 +162,7 @@ impl Backend {
 impl std::fmt::Debug for Backend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Backend")
+            .field("pool", &self.pool)
             .field("address", &self.address)
             .field("weight", &self.weight)
             .field("active", &self.active_requests())

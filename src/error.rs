@@ -11,11 +11,11 @@ pub enum ProxyError {
     #[error("no backend available")]
     NoBackend,
     #[error("could not connect to the backend")]
-    Connect(#[source] hyper_util::client::legacy::Error),
+    Connect(#[source] std::io::Error),
     #[error("the backend did not answer in time")]
     Timeout,
     #[error("the backend's answer was not valid HTTP")]
-    Protocol(#[source] hyper_util::client::legacy::Error),
+    Protocol(#[source] hyper::Error),
 }
 
 impl ProxyError {
@@ -48,15 +48,6 @@ impl ProxyError {
             Self::Timeout => Some("timeout"),
             Self::Protocol(_) => Some("protocol"),
             Self::NoRoute | Self::BadRequest | Self::NoBackend => None,
-        }
-    }
-
-    /// Classifies an error of the upstream client.
-    pub fn from_client(e: hyper_util::client::legacy::Error) -> Self {
-        if e.is_connect() {
-            Self::Connect(e)
-        } else {
-            Self::Protocol(e)
         }
     }
 }

@@ -4,8 +4,8 @@
 //!
 //! * the **data path** — [`server`] accepts connections, [`proxy`] routes ([`router`]), picks a backend
 //!   ([`pool`], [`select`]) and forwards the request;
-//! * the **control plane** — [`config`] loads and validates the TOML file, [`admin`] serves `/metrics` and the
-//!   `/api` endpoints.
+//! * the **control plane** — [`config`] loads and validates the TOML file, [`health`] checks backends,
+//!   [`breaker`] holds each backend's circuit state, [`admin`] serves `/metrics` and the `/api` endpoints.
 //!
 //! They share only an [`arc_swap::ArcSwap`] holding the current [`router::Snapshot`] and the per-backend state in
 //! [`backend::Backend`], which is made of atomics.
@@ -13,12 +13,15 @@
 
 pub mod admin;
 pub mod backend;
+pub mod breaker;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod health;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod router;
 pub mod select;
 pub mod server;
+pub mod upstream;

@@ -25,6 +25,12 @@ pub struct Metrics {
     pub backend_active_requests: IntGaugeVec,
     pub upstream_errors_total: IntCounterVec,
     pub open_connections: IntGauge,
+    pub backend_up: IntGaugeVec,
+    pub health_checks_total: IntCounterVec,
+    pub circuit_breaker_state: IntGaugeVec,
+    pub circuit_breaker_transitions_total: IntCounterVec,
+    pub retries_total: IntCounterVec,
+    pub upstream_connections_opened_total: IntCounterVec,
 }
 
 fn must<T>(result: prometheus::Result<T>) -> T {
@@ -71,12 +77,60 @@ impl Metrics {
             "switchyard_open_connections",
             "Client connections currently open on the proxy listeners.",
         ));
+        let backend_up = must(IntGaugeVec::new(
+            Opts::new(
+                "switchyard_backend_up",
+                "1 while the backend passes its health checks (or has none), else 0.",
+            ),
+            &["pool", "backend"],
+        ));
+        let health_checks_total = must(IntCounterVec::new(
+            Opts::new(
+                "switchyard_health_checks_total",
+                "Active health checks, by result: success, failure.",
+            ),
+            &["pool", "backend", "result"],
+        ));
+        let circuit_breaker_state = must(IntGaugeVec::new(
+            Opts::new(
+                "switchyard_circuit_breaker_state",
+                "1 for the breaker's current state (closed, open, half_open), 0 for the others.",
+            ),
+            &["pool", "backend", "state"],
+        ));
+        let circuit_breaker_transitions_total = must(IntCounterVec::new(
+            Opts::new(
+                "switchyard_circuit_breaker_transitions_total",
+                "Circuit breaker state changes, by the state entered.",
+            ),
+            &["pool", "backend", "to"],
+        ));
+        let retries_total = must(IntCounterVec::new(
+            Opts::new(
+                "switchyard_retries_total",
+                "Retries sent (attempts after the first).",
+            ),
+            &["pool"],
+        ));
+        let upstream_connections_opened_total = must(IntCounterVec::new(
+            Opts::new(
+                "switchyard_upstream_connections_opened_total",
+                "Connections opened to a backend (requests on reused connections do not count).",
+            ),
+            &["pool", "backend"],
+        ));
         for c in [
             Box::new(requests_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration_seconds.clone()),
             Box::new(backend_active_requests.clone()),
             Box::new(upstream_errors_total.clone()),
             Box::new(open_connections.clone()),
+            Box::new(backend_up.clone()),
+            Box::new(health_checks_total.clone()),
+            Box::new(circuit_breaker_state.clone()),
+            Box::new(circuit_breaker_transitions_total.clone()),
+            Box::new(retries_total.clone()),
+            Box::new(upstream_connections_opened_total.clone()),
         ] {
             must(registry.register(c));
         }
@@ -91,6 +145,12 @@ impl Metrics {
             backend_active_requests,
             upstream_errors_total,
             open_connections,
+            backend_up,
+            health_checks_total,
+            circuit_breaker_state,
+            circuit_breaker_transitions_total,
+            retries_total,
+            upstream_connections_opened_total,
         }
     }
 
@@ -104,19 +164,38 @@ impl Metrics {
 
     /// Label handles for one backend of one pool.
     pub fn for_backend(&self, pool: &str, backend: &str) -> BackendMetrics {
+        let labels = [pool, backend];
+        let up = self.backend_up.with_label_values(&labels);
+        up.set(1);
+        let breaker_state = [
+            self.circuit_breaker_state
+                .with_label_values(&[pool, backend, "closed"]),
+            self.circuit_breaker_state
+                .with_label_values(&[pool, backend, "open"]),
+            self.circuit_breaker_state
+                .with_label_values(&[pool, backend, "half_open"]),
+        ];
+        breaker_state[0].set(1);
         BackendMetrics {
             pool: pool.to_owned(),
             backend: backend.to_owned(),
-            duration: self
-                .request_duration_seconds
-                .with_label_values(&[pool, backend]),
-            active: Some(
-                self.backend_active_requests
-                    .with_label_values(&[pool, backend]),
-            ),
+            duration: self.request_duration_seconds.with_label_values(&labels),
+            active: Some(self.backend_active_requests.with_label_values(&labels)),
             requests: self.requests_total.clone(),
             common_codes: Default::default(),
             errors: self.upstream_errors_total.clone(),
+            up: Some(up),
+            health_checks: Some([
+                self.health_checks_total
+                    .with_label_values(&[pool, backend, "success"]),
+                self.health_checks_total
+                    .with_label_values(&[pool, backend, "failure"]),
+            ]),
+            breaker_state: Some(breaker_state),
+            transitions: self.circuit_breaker_transitions_total.clone(),
+            connections_opened: self
+                .upstream_connections_opened_total
+                .with_label_values(&labels),
         }
     }
 
@@ -132,6 +211,12 @@ impl Metrics {
             requests: self.requests_total.clone(),
             common_codes: Default::default(),
             errors: self.upstream_errors_total.clone(),
+            up: None,
+            health_checks: None,
+            breaker_state: None,
+            transitions: self.circuit_breaker_transitions_total.clone(),
+            connections_opened: IntCounter::with_opts(Opts::new("unregistered", "never exported"))
+                .unwrap_or_else(|e| panic!("metric definition: {e}")),
         }
     }
 }
@@ -155,6 +240,11 @@ pub struct BackendMetrics {
     requests: IntCounterVec,
     common_codes: [OnceLock<IntCounter>; COMMON_CODES.len()],
     errors: IntCounterVec,
+    up: Option<IntGauge>,
+    health_checks: Option<[IntCounter; 2]>,
+    breaker_state: Option<[IntGauge; 3]>,
+    transitions: IntCounterVec,
+    pub connections_opened: IntCounter,
 }
 
 impl BackendMetrics {
@@ -179,6 +269,30 @@ impl BackendMetrics {
     pub fn count_error(&self, kind: &str) {
         self.errors
             .with_label_values(&[&self.pool, &self.backend, kind])
+            .inc();
+    }
+
+    pub fn set_up(&self, up: bool) {
+        if let Some(g) = &self.up {
+            g.set(i64::from(up));
+        }
+    }
+
+    pub fn count_health_check(&self, ok: bool) {
+        if let Some([success, failure]) = &self.health_checks {
+            if ok { success.inc() } else { failure.inc() }
+        }
+    }
+
+    /// Records a breaker transition into `state` (index into closed, open, half_open).
+    pub fn breaker_transition(&self, state: usize, name: &str) {
+        if let Some(gauges) = &self.breaker_state {
+            for (i, g) in gauges.iter().enumerate() {
+                g.set(i64::from(i == state));
+            }
+        }
+        self.transitions
+            .with_label_values(&[&self.pool, &self.backend, name])
             .inc();
     }
 }

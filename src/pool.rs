@@ -1,19 +1,17 @@
-//! A pool: interchangeable backends, the selector that balances over them, and the upstream client they share.
+//! A pool: interchangeable backends, the selector that balances over them, and the pool's policies (timeouts,
+//! retries and their budget, panic mode).
 
 use std::sync::Arc;
 
-use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use prometheus::IntCounter;
+use tokio::time::Instant;
 
 use crate::backend::Backend;
 use crate::config::{Algorithm, PoolSettings, Timeouts};
+use crate::health::HealthCheckSettings;
 use crate::metrics::{BackendMetrics, Metrics};
+use crate::proxy::retry::{RetryBudget, RetrySettings};
 use crate::select::Selector;
-
-/// The HTTP/1.1 client a pool forwards with; it keeps idle keep-alive connections per backend.
-pub type UpstreamClient = Client<HttpConnector, Incoming>;
 
 pub struct Pool {
     pub name: String,
@@ -21,54 +19,92 @@ pub struct Pool {
     pub backends: Vec<Arc<Backend>>,
     selector: Selector,
     pub timeouts: Timeouts,
-    pub client: UpstreamClient,
+    pub retry: RetrySettings,
+    pub budget: RetryBudget,
+    pub retries: IntCounter,
+    pub panic_threshold: f64,
+    pub health_check: Option<HealthCheckSettings>,
     /// Label handles for answers the proxy gives itself for this pool (`backend="none"`).
     pub local_metrics: BackendMetrics,
 }
 
+/// Backends already tried (or refused by their breaker) for one request. Inline: no allocation.
+#[derive(Debug, Default)]
+pub struct Tried {
+    list: [u32; 16],
+    len: usize,
+}
+
+impl Tried {
+    #[inline]
+    pub fn contains(&self, i: usize) -> bool {
+        self.list[..self.len].contains(&(i as u32))
+    }
+
+    #[inline]
+    fn push(&mut self, i: usize) {
+        if self.len < self.list.len() {
+            self.list[self.len] = i as u32;
+            self.len += 1;
+        }
+    }
+}
+
 impl Pool {
-    pub fn new(
-        name: &str,
-        settings: &PoolSettings,
-        metrics: &Metrics,
-    ) -> Result<Self, http::Error> {
+    pub fn new(name: &str, settings: &PoolSettings, metrics: &Metrics) -> Self {
         let backends = settings
             .backends
             .iter()
             .map(|b| {
-                Backend::new(&b.address, b.weight, metrics.for_backend(name, &b.address))
-                    .map(Arc::new)
+                Arc::new(Backend::new(
+                    name,
+                    &b.address,
+                    b.weight,
+                    settings.breaker,
+                    metrics.for_backend(name, &b.address),
+                ))
             })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self {
+            .collect::<Vec<_>>();
+        Self {
             name: name.to_owned(),
             algorithm: settings.algorithm,
             selector: Selector::new(settings.algorithm, &backends),
             backends,
             timeouts: settings.timeouts,
-            client: upstream_client(&settings.timeouts),
+            retry: settings.retry,
+            budget: RetryBudget::new(),
+            retries: metrics.retries_total.with_label_values(&[name]),
+            panic_threshold: settings.panic_threshold,
+            health_check: settings.health_check.clone(),
             local_metrics: metrics.for_local(name),
-        })
+        }
     }
 
-    /// Picks an available backend, or `None` when none is.
+    /// Picks an available backend not in `tried` and claims it through its circuit breaker; `None` when no
+    /// backend is available.
     #[inline]
-    pub fn pick(&self) -> Option<&Arc<Backend>> {
+    pub fn pick(&self, now: Instant, tried: &mut Tried) -> Option<&Arc<Backend>> {
         let backends = &self.backends;
-        self.selector
-            .pick(backends, |i| backends[i].is_available())
-            .map(|i| &backends[i])
+        let ignore_health = self.in_panic();
+        // A half-open backend may be claimed by a concurrent request between the check and the claim.
+        for _ in 0..4 {
+            let i = self.selector.pick(backends, |i| {
+                !tried.contains(i) && backends[i].is_available(now, ignore_health)
+            })?;
+            tried.push(i);
+            if backends[i].admit(now) {
+                return Some(&backends[i]);
+            }
+        }
+        None
     }
-}
 
-fn upstream_client(timeouts: &Timeouts) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(timeouts.connect));
-    connector.set_nodelay(true);
-    connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .pool_idle_timeout(std::time::Duration::from_secs(90))
-        .build(connector)
+    /// Is the healthy share of the pool below `panic_threshold`, so health checks are ignored?
+    pub fn in_panic(&self) -> bool {
+        if self.panic_threshold <= 0.0 || self.backends.is_empty() {
+            return false;
+        }
+        let healthy = self.backends.iter().filter(|b| b.is_healthy()).count();
+        (healthy as f64) < self.panic_threshold * self.backends.len() as f64
+    }
 }

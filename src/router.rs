@@ -20,10 +20,10 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn build(config: &Config, metrics: &Metrics) -> Result<Self, http::Error> {
+    pub fn build(config: &Config, metrics: &Metrics) -> Self {
         let mut pools = BTreeMap::new();
         for (name, settings) in &config.pools {
-            pools.insert(name.clone(), Arc::new(Pool::new(name, settings, metrics)?));
+            pools.insert(name.clone(), Arc::new(Pool::new(name, settings, metrics)));
         }
         let mut table = RouteTable::default();
         for r in &config.routes {
@@ -32,11 +32,11 @@ impl Snapshot {
             }
         }
         table.finish();
-        Ok(Self {
+        Self {
             routes: table,
             pools,
             no_route_metrics: metrics.for_local(NONE),
-        })
+        }
     }
 }
 

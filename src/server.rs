@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::health::{self, HealthChecks};
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, ProxyBody};
 use crate::router::Snapshot;
@@ -39,6 +40,7 @@ pub struct Server {
     pub admin_addr: SocketAddr,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    health_checks: HealthChecks,
 }
 
 /// Why the server could not start.
@@ -51,15 +53,13 @@ pub enum StartError {
         #[source]
         source: io::Error,
     },
-    #[error("cannot build pool: {0}")]
-    Pool(#[from] http::Error),
 }
 
 impl Server {
     /// Binds every listener and starts serving. Must be called inside a tokio runtime.
     pub async fn start(config: Config) -> Result<Self, StartError> {
         let metrics = Arc::new(Metrics::new());
-        let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(&config, &metrics)?));
+        let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(&config, &metrics)));
         let shared = Arc::new(Shared {
             config: ArcSwap::from_pointee(config.clone()),
             snapshot: Arc::clone(&snapshot),
@@ -114,18 +114,30 @@ impl Server {
             admin_handler,
         )));
 
+        let mut health_checks = HealthChecks::default();
+        for pool in shared.snapshot.load().pools.values() {
+            if let Some(settings) = &pool.health_check {
+                for backend in &pool.backends {
+                    health_checks
+                        .push(health::spawn_checker(Arc::clone(backend), settings.clone()));
+                }
+            }
+        }
+
         Ok(Self {
             shared,
             listen_addrs,
             admin_addr,
             stop,
             tasks,
+            health_checks,
         })
     }
 
     /// Stops accepting, lets requests in flight finish for up to `drain`, then closes what is left.
     pub async fn shutdown(self, drain: Duration) {
         let _ = self.stop.send(true);
+        drop(self.health_checks);
         let all = join_all(self.tasks);
         if tokio::time::timeout(drain, all).await.is_err() {
             tracing::warn!(

@@ -48,6 +48,58 @@ pub struct Pool {
     #[serde(default)]
     pub backends: Vec<Backend>,
     pub timeouts: Option<Timeouts>,
+    pub health_check: Option<HealthCheck>,
+    pub circuit_breaker: Option<CircuitBreaker>,
+    pub retry: Option<Retry>,
+    pub panic_threshold: Option<Number>,
+}
+
+/// A number written either way in TOML (`0`, `0.5`).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(untagged)]
+pub enum Number {
+    Integer(i64),
+    Float(f64),
+}
+
+impl Number {
+    pub fn as_f64(self) -> f64 {
+        match self {
+            Number::Integer(i) => i as f64,
+            Number::Float(f) => f,
+        }
+    }
+}
+
+/// `[pools.NAME.health_check]`.
+#[derive(Debug, Deserialize)]
+pub struct HealthCheck {
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    pub path: Option<String>,
+    pub expected_status: Option<String>,
+    pub interval: Option<String>,
+    pub timeout: Option<String>,
+    pub healthy_threshold: Option<i64>,
+    pub unhealthy_threshold: Option<i64>,
+    pub host: Option<String>,
+}
+
+/// `[pools.NAME.circuit_breaker]`.
+#[derive(Debug, Deserialize)]
+pub struct CircuitBreaker {
+    pub failure_threshold: Option<i64>,
+    pub open_duration: Option<String>,
+    pub max_open_duration: Option<String>,
+    pub max_active_requests: Option<i64>,
+}
+
+/// `[pools.NAME.retry]`.
+#[derive(Debug, Deserialize)]
+pub struct Retry {
+    pub max_retries: Option<i64>,
+    pub backoff: Option<String>,
+    pub budget_percent: Option<i64>,
 }
 
 /// One entry of a pool's `backends` list.

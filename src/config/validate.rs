@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use super::diag::{FieldPath, Locator, Problem};
 use super::model;
+use crate::breaker::BreakerSettings;
+use crate::health::{CheckKind, HealthCheckSettings, StatusRanges};
+use crate::proxy::retry::RetrySettings;
 
 /// The highest accepted backend weight (HAProxy's is 256; a little more room, still cheap to expand).
 pub const MAX_WEIGHT: u32 = 1000;
@@ -73,6 +76,12 @@ pub struct PoolSettings {
     pub algorithm: Algorithm,
     pub backends: Vec<BackendSettings>,
     pub timeouts: Timeouts,
+    /// `None`: no active checks.
+    pub health_check: Option<HealthCheckSettings>,
+    pub breaker: BreakerSettings,
+    pub retry: RetrySettings,
+    /// Below this healthy share the pool ignores health checks (Envoy's panic mode); 0 = never.
+    pub panic_threshold: f64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -125,9 +134,19 @@ impl Checker<'_, '_> {
     }
 
     fn duration(&mut self, field: FieldPath, value: Option<&str>, default: Duration) -> Duration {
+        self.duration_in(field, value, default, false)
+    }
+
+    fn duration_in(
+        &mut self,
+        field: FieldPath,
+        value: Option<&str>,
+        default: Duration,
+        zero_ok: bool,
+    ) -> Duration {
         let Some(text) = value else { return default };
         match humantime::parse_duration(text) {
-            Ok(d) if d.is_zero() => {
+            Ok(d) if d.is_zero() && !zero_ok => {
                 self.err(
                     field,
                     format!("{text:?} is zero; a duration must be positive"),
@@ -142,6 +161,173 @@ impl Checker<'_, '_> {
                 );
                 default
             }
+        }
+    }
+
+    fn int(
+        &mut self,
+        field: FieldPath,
+        value: Option<i64>,
+        default: u32,
+        min: u32,
+        max: u32,
+    ) -> u32 {
+        match value {
+            None => default,
+            Some(v) if (i64::from(min)..=i64::from(max)).contains(&v) => v as u32,
+            Some(v) => {
+                self.err(
+                    field,
+                    format!("{v} is out of range; allowed values: {min} to {max}"),
+                );
+                default
+            }
+        }
+    }
+
+    fn health_check(&mut self, field: FieldPath, h: &model::HealthCheck) -> HealthCheckSettings {
+        let kind = match h.kind.as_deref() {
+            None | Some("http") => {
+                let path = h.path.clone().unwrap_or_else(|| "/healthz".to_owned());
+                if !path.starts_with('/') {
+                    self.err(field.key("path"), format!("{path:?} must start with \"/\""));
+                }
+                let text = h.expected_status.as_deref().unwrap_or("200-399");
+                let expected = StatusRanges::parse(text).unwrap_or_else(|| {
+                    self.err(
+                        field.key("expected_status"),
+                        format!("{text:?} is not a status range; write it like \"200-399\", \"200\" or \"200,204\" (codes 100 to 599)"),
+                    );
+                    StatusRanges(vec![(200, 399)])
+                });
+                if let Some(host) = &h.host {
+                    if host.is_empty() || http::HeaderValue::from_str(host).is_err() {
+                        self.err(
+                            field.key("host"),
+                            format!("{host:?} is not a valid Host header value"),
+                        );
+                    }
+                }
+                CheckKind::Http {
+                    path,
+                    expected,
+                    host: h.host.clone(),
+                }
+            }
+            Some("tcp") => CheckKind::Tcp,
+            Some(other) => {
+                self.err(
+                    field.key("type"),
+                    format!(
+                        "unknown health check type {other:?}; allowed values: \"http\", \"tcp\""
+                    ),
+                );
+                CheckKind::Tcp
+            }
+        };
+        let interval = self.duration(
+            field.key("interval"),
+            h.interval.as_deref(),
+            Duration::from_secs(2),
+        );
+        let timeout = self.duration(
+            field.key("timeout"),
+            h.timeout.as_deref(),
+            Duration::from_secs(1),
+        );
+        if timeout >= interval {
+            self.err(
+                field.key("timeout"),
+                format!(
+                    "timeout {} must be shorter than interval {}",
+                    humantime::format_duration(timeout),
+                    humantime::format_duration(interval)
+                ),
+            );
+        }
+        HealthCheckSettings {
+            kind,
+            interval,
+            timeout,
+            healthy_threshold: self.int(
+                field.key("healthy_threshold"),
+                h.healthy_threshold,
+                2,
+                1,
+                1000,
+            ),
+            unhealthy_threshold: self.int(
+                field.key("unhealthy_threshold"),
+                h.unhealthy_threshold,
+                3,
+                1,
+                1000,
+            ),
+        }
+    }
+
+    fn breaker(&mut self, field: FieldPath, b: Option<&model::CircuitBreaker>) -> BreakerSettings {
+        let d = BreakerSettings::default();
+        let Some(b) = b else { return d };
+        let open_duration = self.duration(
+            field.key("open_duration"),
+            b.open_duration.as_deref(),
+            d.open_duration,
+        );
+        let max_open_duration = self.duration(
+            field.key("max_open_duration"),
+            b.max_open_duration.as_deref(),
+            d.max_open_duration.max(open_duration),
+        );
+        if max_open_duration < open_duration {
+            self.err(
+                field.key("max_open_duration"),
+                format!(
+                    "{} is shorter than open_duration {}",
+                    humantime::format_duration(max_open_duration),
+                    humantime::format_duration(open_duration)
+                ),
+            );
+        }
+        BreakerSettings {
+            failure_threshold: self.int(
+                field.key("failure_threshold"),
+                b.failure_threshold,
+                d.failure_threshold,
+                1,
+                1_000_000,
+            ),
+            open_duration,
+            max_open_duration,
+            max_active_requests: self.int(
+                field.key("max_active_requests"),
+                b.max_active_requests,
+                0,
+                0,
+                1_000_000,
+            ),
+        }
+    }
+
+    fn retry(&mut self, field: FieldPath, r: Option<&model::Retry>) -> RetrySettings {
+        let d = RetrySettings::default();
+        let Some(r) = r else { return d };
+        RetrySettings {
+            max_retries: self.int(
+                field.key("max_retries"),
+                r.max_retries,
+                d.max_retries,
+                0,
+                10,
+            ),
+            backoff: self.duration_in(field.key("backoff"), r.backoff.as_deref(), d.backoff, true),
+            budget_percent: self.int(
+                field.key("budget_percent"),
+                r.budget_percent,
+                d.budget_percent,
+                0,
+                100,
+            ),
         }
     }
 
@@ -303,12 +489,33 @@ pub fn validate(file: &model::File, at: &Locator<'_>) -> Result<Config, Vec<Prob
                 DEFAULT_REQUEST_TIMEOUT,
             ),
         };
+        let health_check = pool
+            .health_check
+            .as_ref()
+            .map(|h| c.health_check(field.key("health_check"), h));
+        let breaker = c.breaker(field.key("circuit_breaker"), pool.circuit_breaker.as_ref());
+        let retry = c.retry(field.key("retry"), pool.retry.as_ref());
+        let panic_threshold = match pool.panic_threshold.map(model::Number::as_f64) {
+            None => 0.0,
+            Some(v) if (0.0..=1.0).contains(&v) => v,
+            Some(v) => {
+                c.err(
+                    field.key("panic_threshold"),
+                    format!("{v} is out of range; allowed values: 0.0 to 1.0 (a share of the pool's backends)"),
+                );
+                0.0
+            }
+        };
         pools.insert(
             name.clone(),
             PoolSettings {
                 algorithm,
                 backends,
                 timeouts,
+                health_check,
+                breaker,
+                retry,
+                panic_threshold,
             },
         );
     }

@@ -1,7 +1,8 @@
 //! The body of every response the proxy sends: an upstream's body streamed through, or a short local answer.
 //!
 //! An upstream body carries the request's [`Completion`]: the backend's in-flight count and the request's
-//! duration end when the body ends (or the client goes away), not when the headers pass.
+//! duration end when the body ends (or the client goes away), not when the headers pass; and a connection whose
+//! response was read to the end goes back to the backend's idle pool.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -12,10 +13,17 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::backend::InFlight;
+use crate::upstream::Sender;
 
 pub enum ProxyBody {
-    Upstream { body: Incoming, done: Completion },
+    Upstream(UpstreamBody),
     Local(Option<Bytes>),
+}
+
+pub struct UpstreamBody {
+    body: Incoming,
+    ended: bool,
+    done: Completion,
 }
 
 impl ProxyBody {
@@ -26,18 +34,35 @@ impl ProxyBody {
     pub fn owned(bytes: Vec<u8>) -> Self {
         Self::Local(Some(Bytes::from(bytes)))
     }
+
+    pub fn upstream(body: Incoming, done: Completion) -> Self {
+        Self::Upstream(UpstreamBody {
+            body,
+            ended: false,
+            done,
+        })
+    }
 }
 
 /// Ends a forwarded request's bookkeeping when dropped.
 pub struct Completion {
     pub started: Instant,
     pub in_flight: InFlight,
+    pub connection: Option<Sender>,
 }
 
-impl Drop for Completion {
+impl Drop for UpstreamBody {
     fn drop(&mut self) {
-        let elapsed = self.started.elapsed().as_secs_f64();
-        self.in_flight.backend().metrics.duration.observe(elapsed);
+        let backend = self.done.in_flight.backend();
+        backend
+            .metrics
+            .duration
+            .observe(self.done.started.elapsed().as_secs_f64());
+        if self.ended || self.body.is_end_stream() {
+            if let Some(sender) = self.done.connection.take() {
+                backend.connections.checkin(sender);
+            }
+        }
     }
 }
 
@@ -50,21 +75,27 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            Self::Upstream { body, .. } => Pin::new(body).poll_frame(cx),
+            Self::Upstream(up) => {
+                let polled = Pin::new(&mut up.body).poll_frame(cx);
+                if let Poll::Ready(None) = polled {
+                    up.ended = true;
+                }
+                polled
+            }
             Self::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            Self::Upstream { body, .. } => body.is_end_stream(),
+            Self::Upstream(up) => up.ended || up.body.is_end_stream(),
             Self::Local(bytes) => bytes.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            Self::Upstream { body, .. } => body.size_hint(),
+            Self::Upstream(up) => up.body.size_hint(),
             Self::Local(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }

@@ -1,27 +1,38 @@
-//! The data path, top to bottom: route → pick → forward → record.
+//! The data path, top to bottom: route → pick → forward (retrying where it is safe) → record.
 
 mod body;
 pub mod headers;
+pub mod retry;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
-use http::uri::{PathAndQuery, Scheme, Uri};
+use http::uri::Uri;
 use http::{Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use tokio::time::Instant;
 
 pub use body::{Completion, ProxyBody};
 
+use crate::backend::Backend;
 use crate::error::ProxyError;
 use crate::metrics::BackendMetrics;
+use crate::pool::{Pool, Tried};
 use crate::router::Snapshot;
+use crate::upstream::{self, RequestBody, SendError};
 
 /// The proxy service shared by every connection of every listener.
 pub struct Proxy {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
+}
+
+/// How one attempt ended, when it did not give a response to pass on.
+enum Failure {
+    /// A response the proxy may retry (502/503/504 to an idempotent, replayable request); passed on if not.
+    Response(Response<Incoming>, Completion),
+    Error(ProxyError),
 }
 
 impl Proxy {
@@ -30,11 +41,7 @@ impl Proxy {
     }
 
     /// Serves one client request.
-    pub async fn handle(
-        &self,
-        mut req: Request<Incoming>,
-        peer: SocketAddr,
-    ) -> Response<ProxyBody> {
+    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
         let started = Instant::now();
         let pool = {
             let snapshot = self.snapshot.load();
@@ -46,64 +53,184 @@ impl Proxy {
                 }
             }
         };
-        let Some(backend) = pool.pick() else {
+        pool.budget.record_request(started);
+        let mut tried = Tried::default();
+        let Some(first) = pool.pick(started, &mut tried).cloned() else {
             return local_answer(&ProxyError::NoBackend, &pool.local_metrics, started);
         };
-        let in_flight = backend.begin();
-
-        let original_host = req.headers().get(header::HOST).cloned().or_else(|| {
-            req.uri()
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
-        let headers = req.headers_mut();
-        headers::strip_hop_by_hop(headers);
-        headers::add_forwarded(headers, peer.ip(), "http", original_host.clone());
-        if !headers.contains_key(header::HOST) {
-            if let Some(host) = original_host {
-                headers.insert(header::HOST, host);
-            }
-        }
-        *req.version_mut() = Version::HTTP_11;
-        let path = req
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(backend.authority.clone());
-        parts.path_and_query = Some(path);
-        match Uri::from_parts(parts) {
-            Ok(uri) => *req.uri_mut() = uri,
-            Err(_) => return local_answer(&ProxyError::BadRequest, &pool.local_metrics, started),
-        }
-
-        let result =
-            match tokio::time::timeout(pool.timeouts.request, pool.client.request(req)).await {
-                Ok(Ok(resp)) => Ok(resp),
-                Ok(Err(e)) => Err(ProxyError::from_client(e)),
-                Err(_) => Err(ProxyError::Timeout),
-            };
-        match result {
-            Ok(resp) => {
-                let (mut parts, body) = resp.into_parts();
-                headers::strip_hop_by_hop(&mut parts.headers);
-                backend.metrics.count_response(parts.status);
-                let done = Completion { started, in_flight };
-                Response::from_parts(parts, ProxyBody::Upstream { body, done })
-            }
+        let mut req = match prepare(req, peer) {
+            Ok(r) => r,
             Err(e) => {
-                if let Some(kind) = e.upstream_kind() {
-                    backend.metrics.count_error(kind);
-                }
-                tracing::warn!(pool = %pool.name, backend = %backend.address, error = %e,
-                    cause = ?std::error::Error::source(&e), "upstream request failed");
-                drop(in_flight);
-                local_answer(&e, &pool.local_metrics, started)
+                first.breaker.cancel_trial();
+                return local_answer(&e, &pool.local_metrics, started);
             }
+        };
+        let replayable =
+            matches!(req.body(), RequestBody::Empty) && retry::is_idempotent(req.method());
+
+        let mut backend = first;
+        let mut retries = 0u32;
+        loop {
+            let may_retry = retries < pool.retry.max_retries;
+            let copy = (may_retry && replayable).then(|| copy_request(&req));
+            let (failure, back) = match attempt(&pool, &backend, req, started).await {
+                Ok(resp) => return resp,
+                Err((Failure::Response(resp, done), _)) if copy.is_none() => {
+                    return pass_on(resp, done);
+                }
+                Err(other) => other,
+            };
+            // Nothing was sent (connect failure): the request itself comes back, whatever its method.
+            let next_req = back.or(copy);
+            let next = match next_req {
+                Some(r)
+                    if may_retry
+                        && pool
+                            .budget
+                            .try_retry(Instant::now(), pool.retry.budget_percent) =>
+                {
+                    pool.pick(Instant::now(), &mut tried)
+                        .cloned()
+                        .map(|b| (b, r))
+                }
+                _ => None,
+            };
+            let Some((next_backend, next_req)) = next else {
+                return match failure {
+                    Failure::Response(resp, done) => pass_on(resp, done),
+                    Failure::Error(e) => local_answer(&e, &pool.local_metrics, started),
+                };
+            };
+            drop(failure);
+            retries += 1;
+            pool.retries.inc();
+            tokio::time::sleep(retry::backoff(pool.retry.backoff, retries)).await;
+            backend = next_backend;
+            req = next_req;
         }
     }
+}
+
+/// One attempt on one backend. `Err` carries the failure and, when nothing was sent, the request.
+async fn attempt(
+    pool: &Pool,
+    backend: &Arc<Backend>,
+    req: Request<RequestBody>,
+    started: Instant,
+) -> Result<Response<ProxyBody>, (Failure, Option<Request<RequestBody>>)> {
+    let in_flight = backend.begin();
+    let mut outcome = OutcomeGuard(Some(backend));
+    let sent = tokio::time::timeout(
+        pool.timeouts.request,
+        upstream::send(&backend.connections, req, pool.timeouts.connect),
+    )
+    .await;
+    let error = match sent {
+        Ok(Ok((resp, sender))) => {
+            let status = resp.status();
+            outcome.record(!status.is_server_error(), &status);
+            let done = Completion {
+                started,
+                in_flight,
+                connection: Some(sender),
+            };
+            if matches!(status.as_u16(), 502..=504) {
+                return Err((Failure::Response(resp, done), None));
+            }
+            return Ok(pass_on(resp, done));
+        }
+        Ok(Err(SendError::Connect(e, back))) => {
+            let error = ProxyError::Connect(e);
+            backend.metrics.count_error("connect");
+            outcome.record(false, &error);
+            log_failure(backend, &error);
+            return Err((Failure::Error(error), Some(*back)));
+        }
+        Ok(Err(SendError::Sent(e))) => ProxyError::Protocol(e),
+        Err(_) => ProxyError::Timeout,
+    };
+    if let Some(kind) = error.upstream_kind() {
+        backend.metrics.count_error(kind);
+    }
+    outcome.record(false, &error);
+    log_failure(backend, &error);
+    Err((Failure::Error(error), None))
+}
+
+fn log_failure(backend: &Backend, error: &ProxyError) {
+    tracing::debug!(pool = %backend.pool, backend = %backend.address, error = %error,
+        cause = ?std::error::Error::source(error), "upstream attempt failed");
+}
+
+/// Feeds an attempt's result to the backend's breaker exactly once; if the attempt is abandoned (the client
+/// went away), releases a half-open trial so the breaker cannot stay stuck.
+struct OutcomeGuard<'a>(Option<&'a Arc<Backend>>);
+
+impl OutcomeGuard<'_> {
+    fn record(&mut self, ok: bool, what: &dyn std::fmt::Display) {
+        if let Some(b) = self.0.take() {
+            b.record_outcome(ok, Instant::now(), what);
+        }
+    }
+}
+
+impl Drop for OutcomeGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(b) = self.0.take() {
+            b.breaker.cancel_trial();
+        }
+    }
+}
+
+/// Rewrites a client request for the upstream: hop-by-hop headers out, forwarding headers in, HTTP/1.1,
+/// origin-form target.
+fn prepare(req: Request<Incoming>, peer: SocketAddr) -> Result<Request<RequestBody>, ProxyError> {
+    let (mut parts, body) = req.into_parts();
+    let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    headers::strip_hop_by_hop(&mut parts.headers);
+    headers::add_forwarded(&mut parts.headers, peer.ip(), "http", original_host.clone());
+    if !parts.headers.contains_key(header::HOST) {
+        if let Some(host) = original_host {
+            parts.headers.insert(header::HOST, host);
+        }
+    }
+    parts.version = Version::HTTP_11;
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        parts.uri = Uri::try_from(path).map_err(|_| ProxyError::BadRequest)?;
+    }
+    let body = if body.is_end_stream() {
+        RequestBody::Empty
+    } else {
+        RequestBody::Streaming(body)
+    };
+    Ok(Request::from_parts(parts, body))
+}
+
+/// A copy of a body-less request, for a retry after it was sent.
+fn copy_request(req: &Request<RequestBody>) -> Request<RequestBody> {
+    let mut copy = Request::new(RequestBody::Empty);
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    copy
+}
+
+/// Passes an upstream response on to the client.
+fn pass_on(resp: Response<Incoming>, done: Completion) -> Response<ProxyBody> {
+    let (mut parts, body) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    done.in_flight
+        .backend()
+        .metrics
+        .count_response(parts.status);
+    Response::from_parts(parts, ProxyBody::upstream(body, done))
 }
 
 /// The host a request is for: the authority of an absolute-form target (and HTTP/2's `:authority`), else `Host`.

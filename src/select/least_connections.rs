@@ -60,7 +60,13 @@ mod tests {
             .enumerate()
             .map(|(i, &w)| {
                 let addr = format!("127.0.0.1:{}", 9000 + i);
-                Arc::new(Backend::new(&addr, w, m.for_backend("p", &addr)).unwrap())
+                Arc::new(Backend::new(
+                    "p",
+                    &addr,
+                    w,
+                    Default::default(),
+                    m.for_backend("p", &addr),
+                ))
             })
             .collect()
     }

@@ -1,0 +1,479 @@
+//! The per-backend circuit breaker: closed (traffic flows) → open (traffic blocked) → half-open (one trial at a
+//! time) → closed again, or open for twice as long.
+//!
+//! [`Breaker`] is the pure state machine, driven with explicit instants so every transition is unit-tested.
+//! [`CircuitBreaker`] shares it between requests: a closed breaker and an open one that has not yet expired are
+//! read from atomics without taking the lock; only failures, half-open trials and expiries lock, briefly, and
+//! never across an `.await`.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Breaker settings for one pool (`[pools.NAME.circuit_breaker]`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BreakerSettings {
+    /// Consecutive failures (connect error, timeout, 5xx) that open the circuit.
+    pub failure_threshold: u32,
+    pub open_duration: Duration,
+    pub max_open_duration: Duration,
+    /// Requests in flight above which the backend is skipped; 0 = unlimited.
+    pub max_active_requests: u32,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        Self {
+            failure_threshold: 5,
+            open_duration: Duration::from_secs(30),
+            max_open_duration: Duration::from_secs(300),
+            max_active_requests: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl State {
+    pub const ALL: [State; 3] = [State::Closed, State::Open, State::HalfOpen];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Closed => "closed",
+            State::Open => "open",
+            State::HalfOpen => "half_open",
+        }
+    }
+
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => State::Open,
+            2 => State::HalfOpen,
+            _ => State::Closed,
+        }
+    }
+
+    fn to_u8(self) -> u8 {
+        match self {
+            State::Closed => 0,
+            State::Open => 1,
+            State::HalfOpen => 2,
+        }
+    }
+}
+
+/// A change of state, with the reason to log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub to: State,
+    pub reason: String,
+}
+
+/// The pure state machine.
+#[derive(Debug, Clone)]
+pub struct Breaker {
+    settings: BreakerSettings,
+    state: State,
+    consecutive_failures: u32,
+    /// How long the next (or current) open period lasts; doubles on each reopening.
+    open_for: Duration,
+    open_until: Option<Instant>,
+    trial_in_flight: bool,
+}
+
+impl Breaker {
+    pub fn new(settings: BreakerSettings) -> Self {
+        Self {
+            settings,
+            state: State::Closed,
+            consecutive_failures: 0,
+            open_for: settings.open_duration,
+            open_until: None,
+            trial_in_flight: false,
+        }
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    pub fn consecutive_failures(&self) -> u32 {
+        self.consecutive_failures
+    }
+
+    /// When an open circuit turns half-open.
+    pub fn open_until(&self) -> Option<Instant> {
+        if self.state == State::Open {
+            self.open_until
+        } else {
+            None
+        }
+    }
+
+    pub fn settings(&self) -> &BreakerSettings {
+        &self.settings
+    }
+
+    /// New settings apply from now on; the state is kept.
+    pub fn set_settings(&mut self, settings: BreakerSettings) {
+        self.settings = settings;
+        self.open_for = self.open_for.clamp(
+            settings.open_duration,
+            settings.max_open_duration.max(settings.open_duration),
+        );
+    }
+
+    /// Applies the passing of time: an open circuit whose time is up turns half-open.
+    pub fn refresh(&mut self, now: Instant) -> Option<Transition> {
+        match (self.state, self.open_until) {
+            (State::Open, Some(until)) if now >= until => {
+                self.state = State::HalfOpen;
+                self.trial_in_flight = false;
+                Some(Transition {
+                    to: State::HalfOpen,
+                    reason: format!(
+                        "open for {}; letting one trial request through",
+                        humantime::format_duration(self.open_for)
+                    ),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Could a request be sent now (without claiming anything)?
+    pub fn would_admit(&self, now: Instant) -> bool {
+        match self.state {
+            State::Closed => true,
+            State::Open => self.open_until.is_some_and(|until| now >= until),
+            State::HalfOpen => !self.trial_in_flight,
+        }
+    }
+
+    /// Claims the right to send a request: always when closed; the single trial when half-open.
+    pub fn admit(&mut self, now: Instant) -> (bool, Option<Transition>) {
+        let transition = self.refresh(now);
+        let admitted = match self.state {
+            State::Closed => true,
+            State::Open => false,
+            State::HalfOpen if self.trial_in_flight => false,
+            State::HalfOpen => {
+                self.trial_in_flight = true;
+                true
+            }
+        };
+        (admitted, transition)
+    }
+
+    /// An admitted request ended without an outcome (the client went away): free the half-open trial.
+    pub fn cancel_trial(&mut self) {
+        self.trial_in_flight = false;
+    }
+
+    pub fn on_success(&mut self) -> Option<Transition> {
+        self.consecutive_failures = 0;
+        match self.state {
+            State::HalfOpen => {
+                self.state = State::Closed;
+                self.trial_in_flight = false;
+                self.open_for = self.settings.open_duration;
+                self.open_until = None;
+                Some(Transition {
+                    to: State::Closed,
+                    reason: "trial request succeeded".to_owned(),
+                })
+            }
+            // Closed: the count is reset. Open: a request admitted before the circuit opened; it changes nothing.
+            State::Closed | State::Open => None,
+        }
+    }
+
+    pub fn on_failure(&mut self, now: Instant, what: &str) -> Option<Transition> {
+        match self.state {
+            State::Closed => {
+                self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+                if self.consecutive_failures >= self.settings.failure_threshold {
+                    self.open_for = self.settings.open_duration;
+                    Some(self.open(
+                        now,
+                        format!(
+                            "{} consecutive failures, the last: {what}",
+                            self.consecutive_failures
+                        ),
+                    ))
+                } else {
+                    None
+                }
+            }
+            State::HalfOpen => {
+                self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+                self.open_for = (self.open_for * 2).min(
+                    self.settings
+                        .max_open_duration
+                        .max(self.settings.open_duration),
+                );
+                Some(self.open(now, format!("trial request failed: {what}")))
+            }
+            State::Open => None,
+        }
+    }
+
+    fn open(&mut self, now: Instant, reason: String) -> Transition {
+        self.state = State::Open;
+        self.trial_in_flight = false;
+        self.open_until = Some(now + self.open_for);
+        Transition {
+            to: State::Open,
+            reason: format!(
+                "{reason}; open for {}",
+                humantime::format_duration(self.open_for)
+            ),
+        }
+    }
+}
+
+/// A [`Breaker`] shared by every request to one backend.
+#[derive(Debug)]
+pub struct CircuitBreaker {
+    machine: Mutex<Breaker>,
+    state: AtomicU8,
+    /// Mirrors `consecutive_failures`, so a success in a clean closed state takes no lock.
+    failures: AtomicU32,
+    /// Milliseconds after `epoch` at which an open circuit may turn half-open.
+    open_until_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl CircuitBreaker {
+    pub fn new(settings: BreakerSettings) -> Self {
+        Self {
+            machine: Mutex::new(Breaker::new(settings)),
+            state: AtomicU8::new(State::Closed.to_u8()),
+            failures: AtomicU32::new(0),
+            open_until_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    pub fn state(&self) -> State {
+        State::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    fn millis(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Runs `f` on the machine and publishes its state to the atomics.
+    fn with<R>(&self, f: impl FnOnce(&mut Breaker) -> R) -> R {
+        let mut m = match self.machine.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let out = f(&mut m);
+        self.failures
+            .store(m.consecutive_failures, Ordering::Relaxed);
+        if let Some(until) = m.open_until() {
+            self.open_until_ms
+                .store(self.millis(until), Ordering::Relaxed);
+        }
+        self.state.store(m.state.to_u8(), Ordering::Release);
+        out
+    }
+
+    /// Read-only: may this backend be chosen now? (Lock-free unless a half-open trial is in question.)
+    #[inline]
+    pub fn would_admit(&self, now: Instant) -> bool {
+        match self.state() {
+            State::Closed => true,
+            State::Open => self.millis(now) >= self.open_until_ms.load(Ordering::Relaxed),
+            State::HalfOpen => self.with(|m| m.would_admit(now)),
+        }
+    }
+
+    /// Claims the right to send one request (the single trial when half-open).
+    #[inline]
+    pub fn admit(&self, now: Instant) -> (bool, Option<Transition>) {
+        if self.state() == State::Closed {
+            return (true, None);
+        }
+        self.with(|m| m.admit(now))
+    }
+
+    #[inline]
+    pub fn on_success(&self) -> Option<Transition> {
+        if self.state() == State::Closed && self.failures.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        self.with(|m| m.on_success())
+    }
+
+    pub fn on_failure(&self, now: Instant, what: &str) -> Option<Transition> {
+        self.with(|m| m.on_failure(now, what))
+    }
+
+    /// Releases a claimed half-open trial that produced no outcome.
+    pub fn cancel_trial(&self) {
+        if self.state() == State::HalfOpen {
+            self.with(|m| m.cancel_trial());
+        }
+    }
+
+    /// Applies expiry (open → half-open) without a request; for observers like `/api/pools` and `/metrics`.
+    pub fn refresh(&self, now: Instant) -> Option<Transition> {
+        if self.state() != State::Open {
+            return None;
+        }
+        self.with(|m| m.refresh(now))
+    }
+
+    /// State, consecutive failures and, when open, the instant it turns half-open.
+    pub fn snapshot(&self) -> (State, u32, Option<Instant>) {
+        self.with(|m| (m.state, m.consecutive_failures, m.open_until()))
+    }
+
+    pub fn set_settings(&self, settings: BreakerSettings) {
+        self.with(|m| m.set_settings(settings));
+    }
+
+    pub fn settings(&self) -> BreakerSettings {
+        self.with(|m| *m.settings())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> BreakerSettings {
+        BreakerSettings {
+            failure_threshold: 3,
+            open_duration: Duration::from_secs(10),
+            max_open_duration: Duration::from_secs(35),
+            max_active_requests: 0,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn opens_after_threshold_consecutive_failures() {
+        let mut b = Breaker::new(settings());
+        let now = Instant::now();
+        assert_eq!(b.on_failure(now, "500"), None);
+        assert_eq!(b.on_failure(now, "500"), None);
+        let t = b.on_failure(now, "connect refused").unwrap();
+        assert_eq!(t.to, State::Open);
+        assert!(t.reason.contains("3 consecutive failures"), "{}", t.reason);
+        assert_eq!(b.open_until(), Some(now + Duration::from_secs(10)));
+        assert!(!b.admit(now).0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_success_resets_the_count() {
+        let mut b = Breaker::new(settings());
+        let now = Instant::now();
+        b.on_failure(now, "x");
+        b.on_failure(now, "x");
+        assert_eq!(b.on_success(), None);
+        assert_eq!(b.consecutive_failures(), 0);
+        assert_eq!(b.on_failure(now, "x"), None);
+        assert_eq!(b.state(), State::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn half_open_lets_exactly_one_trial_and_success_closes() {
+        let mut b = Breaker::new(settings());
+        let start = Instant::now();
+        for _ in 0..3 {
+            b.on_failure(start, "x");
+        }
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let now = Instant::now();
+        let (first, t) = b.admit(now);
+        assert!(first);
+        assert_eq!(t.unwrap().to, State::HalfOpen);
+        assert!(!b.admit(now).0, "a second request during the trial");
+        assert!(!b.would_admit(now));
+        let t = b.on_success().unwrap();
+        assert_eq!(t.to, State::Closed);
+        assert!(b.admit(now).0);
+        assert!(b.admit(now).0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_trial_reopens_for_double_capped() {
+        let mut b = Breaker::new(settings());
+        let mut now = Instant::now();
+        for _ in 0..3 {
+            b.on_failure(now, "x");
+        }
+        for expected in [20, 35, 35] {
+            now = b.open_until().unwrap();
+            assert!(b.admit(now).0);
+            let t = b.on_failure(now, "still 500").unwrap();
+            assert_eq!(t.to, State::Open);
+            assert_eq!(b.open_until(), Some(now + Duration::from_secs(expected)));
+        }
+        // Recovery resets the open duration to the base.
+        now = b.open_until().unwrap();
+        assert!(b.admit(now).0);
+        b.on_success();
+        for _ in 0..3 {
+            b.on_failure(now, "x");
+        }
+        assert_eq!(b.open_until(), Some(now + Duration::from_secs(10)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refresh_turns_half_open_without_traffic() {
+        let mut b = Breaker::new(settings());
+        let now = Instant::now();
+        for _ in 0..3 {
+            b.on_failure(now, "x");
+        }
+        assert_eq!(b.refresh(now + Duration::from_secs(9)), None);
+        assert_eq!(
+            b.refresh(now + Duration::from_secs(10)).unwrap().to,
+            State::HalfOpen
+        );
+        assert_eq!(b.refresh(now + Duration::from_secs(11)), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shared_breaker_mirrors_state_in_atomics() {
+        let cb = CircuitBreaker::new(settings());
+        let now = Instant::now();
+        assert!(cb.would_admit(now));
+        for _ in 0..3 {
+            cb.on_failure(now, "x");
+        }
+        assert_eq!(cb.state(), State::Open);
+        assert!(!cb.would_admit(now + Duration::from_secs(9)));
+        assert!(cb.would_admit(now + Duration::from_secs(10)));
+        let (ok, t) = cb.admit(now + Duration::from_secs(10));
+        assert!(ok);
+        assert_eq!(t.unwrap().to, State::HalfOpen);
+        assert!(!cb.admit(now + Duration::from_secs(10)).0);
+        assert_eq!(cb.on_success().unwrap().to, State::Closed);
+        assert_eq!(cb.state(), State::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_while_open_change_nothing() {
+        let mut b = Breaker::new(settings());
+        let now = Instant::now();
+        for _ in 0..3 {
+            b.on_failure(now, "x");
+        }
+        let until = b.open_until();
+        assert_eq!(b.on_failure(now + Duration::from_secs(1), "late"), None);
+        assert_eq!(b.on_success(), None);
+        assert_eq!(b.open_until(), until);
+        assert_eq!(b.state(), State::Open);
+    }
+}

@@ -1,0 +1,203 @@
+//! Active health checks: one task per backend, on its own connections, feeding a [`RiseFall`] counter and
+//! flipping the backend's `healthy` flag only on a transition.
+
+mod rise_fall;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{Request, StatusCode, header};
+use http_body_util::Empty;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+
+pub use rise_fall::{Flip, RiseFall};
+
+use crate::backend::Backend;
+
+/// `[pools.NAME.health_check]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheckSettings {
+    pub kind: CheckKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CheckKind {
+    /// GET `path`; healthy when the status is in `expected`.
+    Http {
+        path: String,
+        expected: StatusRanges,
+        host: Option<String>,
+    },
+    /// Healthy when a TCP connection opens.
+    Tcp,
+}
+
+/// Status codes as written in `expected_status`: `"200-399"`, `"200"`, `"200,204,300-399"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusRanges(pub Vec<(u16, u16)>);
+
+impl StatusRanges {
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut ranges = Vec::new();
+        for item in text.split(',') {
+            let item = item.trim();
+            let (lo, hi) = match item.split_once('-') {
+                Some((lo, hi)) => (
+                    lo.trim().parse::<u16>().ok()?,
+                    hi.trim().parse::<u16>().ok()?,
+                ),
+                None => {
+                    let code = item.parse::<u16>().ok()?;
+                    (code, code)
+                }
+            };
+            if !(100..=599).contains(&lo) || !(100..=599).contains(&hi) || lo > hi {
+                return None;
+            }
+            ranges.push((lo, hi));
+        }
+        Some(Self(ranges))
+    }
+
+    pub fn contains(&self, status: StatusCode) -> bool {
+        let code = status.as_u16();
+        self.0.iter().any(|&(lo, hi)| (lo..=hi).contains(&code))
+    }
+}
+
+/// The health-check tasks of a set of backends; dropping it stops them.
+#[derive(Default)]
+pub struct HealthChecks {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl HealthChecks {
+    pub fn push(&mut self, task: JoinHandle<()>) {
+        self.tasks.push(task);
+    }
+
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+}
+
+impl Drop for HealthChecks {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Starts checking `backend` every `interval` (±10% jitter, first check at a random point of the first interval).
+pub fn spawn_checker(backend: Arc<Backend>, settings: HealthCheckSettings) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut counter = RiseFall::with_state(
+            settings.healthy_threshold,
+            settings.unhealthy_threshold,
+            backend.is_healthy(),
+        );
+        tokio::time::sleep(jitter(settings.interval, 0.0, 1.0)).await;
+        loop {
+            let result =
+                match tokio::time::timeout(settings.timeout, check_once(&backend, &settings.kind))
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(_) => Err(format!(
+                        "no answer within {}",
+                        humantime::format_duration(settings.timeout)
+                    )),
+                };
+            backend.metrics.count_health_check(result.is_ok());
+            if let Err(reason) = &result {
+                backend.set_last_check_error(reason.clone(), SystemTime::now());
+            }
+            if let Some(flip) = counter.record(result.is_ok()) {
+                match flip {
+                    Flip::Down => tracing::warn!(
+                        pool = %backend.pool, backend = %backend.address,
+                        reason = result.as_ref().err().map_or("", String::as_str),
+                        "backend down: {} consecutive failed health checks", settings.unhealthy_threshold
+                    ),
+                    Flip::Up => tracing::info!(
+                        pool = %backend.pool, backend = %backend.address,
+                        "backend up: {} consecutive successful health checks", settings.healthy_threshold
+                    ),
+                }
+                backend.set_healthy(flip == Flip::Up);
+            }
+            tokio::time::sleep(jitter(settings.interval, 0.9, 1.1)).await;
+        }
+    })
+}
+
+fn jitter(interval: Duration, low: f64, high: f64) -> Duration {
+    interval.mul_f64(rand::random_range(low..high))
+}
+
+async fn check_once(backend: &Backend, kind: &CheckKind) -> Result<(), String> {
+    let tcp = TcpStream::connect(backend.address.as_str())
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let (path, expected, host) = match kind {
+        CheckKind::Tcp => return Ok(()),
+        CheckKind::Http {
+            path,
+            expected,
+            host,
+        } => (path, expected, host),
+    };
+    let (mut sender, conn) = http1::handshake::<_, Empty<Bytes>>(TokioIo::new(tcp))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let conn = tokio::spawn(conn);
+    let host = host.as_deref().unwrap_or(backend.address.as_str());
+    let req = Request::get(path.as_str())
+        .header(header::HOST, host)
+        .header(header::USER_AGENT, "switchyard-health-check")
+        .header(header::CONNECTION, "close")
+        .body(Empty::new())
+        .map_err(|e| format!("request: {e}"))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("request: {e}"));
+    conn.abort();
+    let status = resp?.status();
+    if expected.contains(status) {
+        Ok(())
+    } else {
+        Err(format!("status {}", status.as_u16()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_ranges() {
+        let r = StatusRanges::parse("200-399").unwrap();
+        assert!(r.contains(StatusCode::OK) && r.contains(StatusCode::PERMANENT_REDIRECT));
+        assert!(!r.contains(StatusCode::BAD_REQUEST));
+        let r = StatusRanges::parse("204, 300-301").unwrap();
+        assert!(r.contains(StatusCode::NO_CONTENT) && r.contains(StatusCode::MOVED_PERMANENTLY));
+        assert!(!r.contains(StatusCode::OK));
+        for bad in ["", "abc", "399-200", "99", "200-600", "200-", "-"] {
+            assert_eq!(StatusRanges::parse(bad), None, "{bad:?}");
+        }
+    }
+}
