@@ -4,7 +4,10 @@
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use std::time::SystemTime;
+
 use serde_json::{Value, json};
+use tokio::time::Instant;
 
 use crate::proxy::{ProxyBody, plain};
 use crate::server::Shared;
@@ -21,17 +24,37 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBo
     }
     match path {
         "/healthz" => plain(StatusCode::OK, "ok\n"),
-        "/metrics" => with_type(
-            ProxyBody::owned(shared.metrics.render()),
-            "text/plain; version=0.0.4; charset=utf-8",
-        ),
+        "/metrics" => {
+            refresh_breakers(shared);
+            with_type(
+                ProxyBody::owned(shared.metrics.render()),
+                "text/plain; version=0.0.4; charset=utf-8",
+            )
+        }
         "/api/pools" => json_response(&pools_json(shared)),
         _ => plain(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
 
+/// Applies the passing of time to every breaker (open → half-open), so observers see the current state.
+fn refresh_breakers(shared: &Shared) {
+    let now = Instant::now();
+    for pool in shared.snapshot.load().pools.values() {
+        for b in &pool.backends {
+            b.refresh_breaker(now);
+        }
+    }
+}
+
+fn rfc3339(at: SystemTime) -> String {
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
 /// `{"pools": {"NAME": {"algorithm": ..., "backends": [...]}}}`
 pub fn pools_json(shared: &Shared) -> Value {
+    refresh_breakers(shared);
+    let now = Instant::now();
+    let wall = SystemTime::now();
     let snapshot = shared.snapshot.load();
     let pools: serde_json::Map<String, Value> = snapshot
         .pools
@@ -41,18 +64,29 @@ pub fn pools_json(shared: &Shared) -> Value {
                 .backends
                 .iter()
                 .map(|b| {
+                    let (state, failures, open_until) = b.breaker.snapshot();
+                    let last_error = b.last_check_error();
                     json!({
                         "address": b.address,
                         "weight": b.weight,
                         "healthy": b.is_healthy(),
-                        "circuit": "closed",
+                        "circuit": state.as_str(),
                         "active_requests": b.active_requests(),
+                        "consecutive_failures": failures,
+                        "half_open_at": open_until.map(|u| rfc3339(wall + u.saturating_duration_since(now))),
+                        "last_check_error": last_error.as_ref().map(|e| e.reason.clone()),
+                        "last_check_error_at": last_error.as_ref().map(|e| rfc3339(e.at)),
                     })
                 })
                 .collect();
             (
                 name.clone(),
-                json!({ "algorithm": pool.algorithm.as_str(), "backends": backends }),
+                json!({
+                    "algorithm": pool.algorithm.as_str(),
+                    "health_checks": pool.health_check.is_some(),
+                    "panic": pool.in_panic(),
+                    "backends": backends,
+                }),
             )
         })
         .collect();

@@ -148,9 +148,12 @@ backends = [{{ address = "{a}" }}, {{ address = "{b}", weight = 3 }}]
     assert_eq!(status, 200);
     assert_eq!(headers["content-type"], "application/json");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let want = serde_json::json!({"pools": {"api": {"algorithm": "least_connections", "backends": [
-        {"address": a.to_string(), "weight": 1, "healthy": true, "circuit": "closed", "active_requests": 0},
-        {"address": b.to_string(), "weight": 3, "healthy": true, "circuit": "closed", "active_requests": 0},
-    ]}}});
+    let backend = |addr: std::net::SocketAddr, weight: u32| {
+        serde_json::json!({"address": addr.to_string(), "weight": weight, "healthy": true, "circuit": "closed",
+            "active_requests": 0, "consecutive_failures": 0, "half_open_at": null, "last_check_error": null,
+            "last_check_error_at": null})
+    };
+    let want = serde_json::json!({"pools": {"api": {"algorithm": "least_connections", "health_checks": false,
+        "panic": false, "backends": [backend(a, 1), backend(b, 3)]}}});
     assert_eq!(v, want);
 }

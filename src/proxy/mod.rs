@@ -80,19 +80,16 @@ impl Proxy {
                 }
                 Err(other) => other,
             };
-            // Nothing was sent (connect failure): the request itself comes back, whatever its method.
-            let next_req = back.or(copy);
+            // Nothing was sent (connect failure): the request itself comes back, whatever its method, and
+            // goes to another backend without touching the budget: the failing backend saw nothing.
+            let now = Instant::now();
+            let next_req = match (back, copy) {
+                (Some(r), _) => Some(r),
+                (None, Some(r)) if pool.budget.try_retry(now, pool.retry.budget_percent) => Some(r),
+                _ => None,
+            };
             let next = match next_req {
-                Some(r)
-                    if may_retry
-                        && pool
-                            .budget
-                            .try_retry(Instant::now(), pool.retry.budget_percent) =>
-                {
-                    pool.pick(Instant::now(), &mut tried)
-                        .cloned()
-                        .map(|b| (b, r))
-                }
+                Some(r) if may_retry => pool.pick(now, &mut tried).cloned().map(|b| (b, r)),
                 _ => None,
             };
             let Some((next_backend, next_req)) = next else {

@@ -14,7 +14,8 @@ pub struct RetrySettings {
     pub max_retries: u32,
     /// Base of the exponential backoff (full jitter, capped at [`MAX_BACKOFF`]).
     pub backoff: Duration,
-    /// Retries may add at most this share of the requests of the last [`WINDOW_SECS`] seconds.
+    /// Retries may add at most this share of the requests of the last [`WINDOW_SECS`] seconds (requests that
+    /// never reached a backend, after a connect failure, are rerouted outside the budget).
     pub budget_percent: u32,
 }
 
@@ -32,7 +33,7 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(1);
 pub const WINDOW_SECS: u64 = 10;
 /// Retries always allowed per window, so that a quiet pool can still retry its rare failure (as Envoy's
 /// `min_retry_concurrency` and Finagle's `minRetriesPerSec` do).
-pub const MIN_RETRIES_PER_WINDOW: u64 = 3;
+pub const MIN_RETRIES_PER_WINDOW: u64 = 10;
 
 /// Methods whose repetition has the same effect as one request (RFC 9110 §9.2.2), minus those we never retry.
 pub fn is_idempotent(method: &Method) -> bool {
@@ -195,29 +196,27 @@ mod tests {
         let budget = RetryBudget::new();
         let now = Instant::now();
         budget.record_request(now);
-        let granted = (0..10).filter(|_| budget.try_retry(now, 20)).count();
+        let granted = (0..50).filter(|_| budget.try_retry(now, 20)).count();
         assert_eq!(granted as u64, MIN_RETRIES_PER_WINDOW);
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_window_slides() {
         let budget = RetryBudget::new();
-        for _ in 0..100 {
+        for _ in 0..200 {
             budget.record_request(Instant::now());
         }
-        assert_eq!(
-            (0..50)
-                .filter(|_| budget.try_retry(Instant::now(), 10))
-                .count(),
-            10
-        );
+        let granted = (0..100)
+            .filter(|_| budget.try_retry(Instant::now(), 20))
+            .count();
+        assert_eq!(granted, 40);
         tokio::time::advance(Duration::from_secs(5)).await;
         // Same window: nothing new.
-        assert!(!budget.try_retry(Instant::now(), 10));
+        assert!(!budget.try_retry(Instant::now(), 20));
         tokio::time::advance(Duration::from_secs(6)).await;
         // The old requests and retries have left the window; only the floor remains.
-        let granted = (0..50)
-            .filter(|_| budget.try_retry(Instant::now(), 10))
+        let granted = (0..100)
+            .filter(|_| budget.try_retry(Instant::now(), 20))
             .count();
         assert_eq!(granted as u64, MIN_RETRIES_PER_WINDOW);
     }

@@ -282,3 +282,98 @@ pub async fn admin_get(server: &Server, path: &str) -> (StatusCode, String) {
 pub fn shared_count(map: &std::collections::HashMap<String, usize>, key: &str) -> usize {
     map.get(key).copied().unwrap_or(0)
 }
+
+/// A backend whose answers the test controls: `status` for every path but `/healthz`, `health` for that one.
+/// `hits` counts the non-health requests it received, `methods` remembers their methods.
+pub struct Controlled {
+    pub addr: SocketAddr,
+    pub status: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    pub health: std::sync::Arc<std::sync::atomic::AtomicU16>,
+    pub hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    pub health_hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Controlled {
+    pub fn set_status(&self, status: u16) {
+        self.status
+            .store(status, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn set_health(&self, status: u16) {
+        self.health
+            .store(status, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn health_hits(&self) -> usize {
+        self.health_hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+pub async fn controlled(name: &'static str, status: u16) -> Controlled {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+    let status = Arc::new(AtomicU16::new(status));
+    let health = Arc::new(AtomicU16::new(200));
+    let hits = Arc::new(AtomicUsize::new(0));
+    let health_hits = Arc::new(AtomicUsize::new(0));
+    let (s, h, n, hn) = (
+        status.clone(),
+        health.clone(),
+        hits.clone(),
+        health_hits.clone(),
+    );
+    let addr = backend(move |req: Request<Incoming>| {
+        let (s, h, n, hn) = (s.clone(), h.clone(), n.clone(), hn.clone());
+        async move {
+            let code = if req.uri().path() == "/healthz" {
+                hn.fetch_add(1, Ordering::SeqCst);
+                h.load(Ordering::SeqCst)
+            } else {
+                n.fetch_add(1, Ordering::SeqCst);
+                s.load(Ordering::SeqCst)
+            };
+            drop(req.into_body().collect().await);
+            Response::builder()
+                .status(code)
+                .header("x-backend", name)
+                .body(full(name))
+                .unwrap()
+        }
+    })
+    .await;
+    Controlled {
+        addr,
+        status,
+        health,
+        hits,
+        health_hits,
+    }
+}
+
+/// `/api/pools` as JSON.
+pub async fn pools(server: &Server) -> serde_json::Value {
+    let (_, body) = admin_get(server, "/api/pools").await;
+    serde_json::from_str(&body).unwrap()
+}
+
+/// A request with any method and body through the proxy.
+pub async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &'static str,
+) -> (StatusCode, String) {
+    let req = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}{path}"))
+        .body(full(body))
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
