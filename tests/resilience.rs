@@ -22,7 +22,7 @@ fn pool_config(backends: &[SocketAddr], extra: &str) -> String {
     ))
 }
 
-fn backend_json<'a>(pools: &'a serde_json::Value, addr: SocketAddr) -> &'a serde_json::Value {
+fn backend_json(pools: &serde_json::Value, addr: SocketAddr) -> &serde_json::Value {
     pools["pools"]["p"]["backends"]
         .as_array()
         .unwrap()
