@@ -193,3 +193,61 @@ fn validate_summarizes_a_good_file() {
         "{text}"
     );
 }
+
+#[test]
+fn resilience_sections_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "resilience.toml",
+        r#"[[listeners]]
+address = "127.0.0.1:0"
+
+[pools.p]
+backends = [{ address = "127.0.0.1:9001" }]
+panic_threshold = 1.5
+
+[pools.p.health_check]
+type = "udp"
+expected_status = "399-200"
+interval = "1s"
+timeout = "2s"
+healthy_threshold = 0
+unhealthy_threshold = 0
+path = "healthz"
+
+[pools.p.circuit_breaker]
+failure_threshold = 0
+open_duration = "10s"
+max_open_duration = "5s"
+max_active_requests = -1
+
+[pools.p.retry]
+max_retries = 50
+backoff = "fast"
+budget_percent = 101
+jitter = true
+"#,
+    );
+    let out = switchyard(&["validate", "-c", &file]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        ":6:19: pools.p.panic_threshold: 1.5 is out of range; allowed values: 0.0 to 1.0",
+        ":9:8: pools.p.health_check.type: unknown health check type \"udp\"; allowed values: \"http\", \"tcp\"",
+        ":10:19: pools.p.health_check.expected_status: \"399-200\" is not a status range",
+        ":12:11: pools.p.health_check.timeout: timeout 2s must be shorter than interval 1s",
+        ":13:21: pools.p.health_check.healthy_threshold: 0 is out of range; allowed values: 1 to 1000",
+        ":14:23: pools.p.health_check.unhealthy_threshold: 0 is out of range",
+        ":15:8: pools.p.health_check.path: \"healthz\" must start with \"/\"",
+        ":18:21: pools.p.circuit_breaker.failure_threshold: 0 is out of range",
+        ":20:21: pools.p.circuit_breaker.max_open_duration: 5s is shorter than open_duration 10s",
+        ":21:23: pools.p.circuit_breaker.max_active_requests: -1 is out of range",
+        ":24:15: pools.p.retry.max_retries: 50 is out of range; allowed values: 0 to 10",
+        ":25:11: pools.p.retry.backoff: \"fast\" is not a duration",
+        ":26:18: pools.p.retry.budget_percent: 101 is out of range; allowed values: 0 to 100",
+        ":27:1: pools.p.retry.jitter: unknown field \"jitter\"",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+}

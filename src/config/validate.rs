@@ -186,34 +186,32 @@ impl Checker<'_, '_> {
     }
 
     fn health_check(&mut self, field: FieldPath, h: &model::HealthCheck) -> HealthCheckSettings {
-        let kind = match h.kind.as_deref() {
-            None | Some("http") => {
-                let path = h.path.clone().unwrap_or_else(|| "/healthz".to_owned());
-                if !path.starts_with('/') {
-                    self.err(field.key("path"), format!("{path:?} must start with \"/\""));
-                }
-                let text = h.expected_status.as_deref().unwrap_or("200-399");
-                let expected = StatusRanges::parse(text).unwrap_or_else(|| {
-                    self.err(
-                        field.key("expected_status"),
-                        format!("{text:?} is not a status range; write it like \"200-399\", \"200\" or \"200,204\" (codes 100 to 599)"),
-                    );
-                    StatusRanges(vec![(200, 399)])
-                });
-                if let Some(host) = &h.host {
-                    if host.is_empty() || http::HeaderValue::from_str(host).is_err() {
-                        self.err(
-                            field.key("host"),
-                            format!("{host:?} is not a valid Host header value"),
-                        );
-                    }
-                }
-                CheckKind::Http {
-                    path,
-                    expected,
-                    host: h.host.clone(),
-                }
+        let path = h.path.clone().unwrap_or_else(|| "/healthz".to_owned());
+        if !path.starts_with('/') {
+            self.err(field.key("path"), format!("{path:?} must start with \"/\""));
+        }
+        let text = h.expected_status.as_deref().unwrap_or("200-399");
+        let expected = StatusRanges::parse(text).unwrap_or_else(|| {
+            self.err(
+                field.key("expected_status"),
+                format!("{text:?} is not a status range; write it like \"200-399\", \"200\" or \"200,204\" (codes 100 to 599)"),
+            );
+            StatusRanges(vec![(200, 399)])
+        });
+        if let Some(host) = &h.host {
+            if host.is_empty() || http::HeaderValue::from_str(host).is_err() {
+                self.err(
+                    field.key("host"),
+                    format!("{host:?} is not a valid Host header value"),
+                );
             }
+        }
+        let kind = match h.kind.as_deref() {
+            None | Some("http") => CheckKind::Http {
+                path,
+                expected,
+                host: h.host.clone(),
+            },
             Some("tcp") => CheckKind::Tcp,
             Some(other) => {
                 self.err(
