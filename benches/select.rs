@@ -27,7 +27,7 @@ fn pool(algorithm: Algorithm, n: usize, metrics: &Metrics) -> Pool {
         retry: Default::default(),
         panic_threshold: 0.0,
     };
-    Pool::new("bench", &settings, metrics)
+    Pool::new("bench", &settings, metrics, None)
 }
 
 fn pick(c: &mut Criterion) {
@@ -48,7 +48,7 @@ fn pick(c: &mut Criterion) {
                     let mut tried = Tried::default();
                     black_box(
                         pool.pick(tokio::time::Instant::now(), &mut tried)
-                            .map(|b| b.weight),
+                            .map(|b| b.weight()),
                     )
                 })
             });

@@ -4,36 +4,109 @@
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use crate::proxy::{ProxyBody, plain};
-use crate::server::Shared;
+use crate::reload::Trigger;
+use crate::server::{Shared, request_reload};
 
 pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
     let path = req.uri().path();
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return match path {
-            "/healthz" | "/metrics" | "/api/pools" => {
-                plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+    let method = req.method();
+    match (path, method) {
+        ("/healthz", &Method::GET | &Method::HEAD) => {
+            if shared.shutting_down.load(Ordering::Relaxed) {
+                plain(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else {
+                plain(StatusCode::OK, "ok\n")
             }
-            _ => plain(StatusCode::NOT_FOUND, "not found\n"),
-        };
-    }
-    match path {
-        "/healthz" => plain(StatusCode::OK, "ok\n"),
-        "/metrics" => {
+        }
+        ("/metrics", &Method::GET | &Method::HEAD) => {
             refresh_breakers(shared);
             with_type(
                 ProxyBody::owned(shared.metrics.render()),
                 "text/plain; version=0.0.4; charset=utf-8",
             )
         }
-        "/api/pools" => json_response(&pools_json(shared)),
-        _ => plain(StatusCode::NOT_FOUND, "not found\n"),
+        ("/api/pools", &Method::GET | &Method::HEAD) => {
+            json_response(StatusCode::OK, &pools_json(shared))
+        }
+        ("/api/reload", &Method::POST) => match request_reload(shared, Trigger::Admin).await {
+            Ok(outcome) => {
+                let mut v = serde_json::to_value(&outcome).unwrap_or(Value::Null);
+                if let Value::Object(map) = &mut v {
+                    map.remove("applied");
+                    map.insert("status".to_owned(), json!("ok"));
+                }
+                json_response(StatusCode::OK, &v)
+            }
+            Err(e) => json_response(StatusCode::BAD_REQUEST, &json!({ "error": e })),
+        },
+        ("/healthz" | "/metrics" | "/api/pools" | "/api/reload", _) => method_not_allowed(),
+        _ => match backend_action(path) {
+            Some((pool, address, action)) if method == Method::POST => {
+                drain(shared, pool, address, action)
+            }
+            Some(_) => method_not_allowed(),
+            None => plain(StatusCode::NOT_FOUND, "not found\n"),
+        },
     }
+}
+
+fn method_not_allowed() -> Response<ProxyBody> {
+    plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+}
+
+/// `/api/pools/{pool}/backends/{address}/drain` (or `/enable`) → (pool, address, drain?).
+fn backend_action(path: &str) -> Option<(&str, &str, bool)> {
+    let rest = path.strip_prefix("/api/pools/")?;
+    let (pool, rest) = rest.split_once("/backends/")?;
+    let (address, action) = rest.rsplit_once('/')?;
+    let drain = match action {
+        "drain" => true,
+        "enable" => false,
+        _ => return None,
+    };
+    (!pool.is_empty() && !address.is_empty() && !pool.contains('/'))
+        .then_some((pool, address, drain))
+}
+
+/// Stops (or resumes) new requests to one backend.
+fn drain(shared: &Shared, pool: &str, address: &str, draining: bool) -> Response<ProxyBody> {
+    let snapshot = shared.snapshot.load();
+    let Some(p) = snapshot.pools.get(pool) else {
+        return json_response(
+            StatusCode::NOT_FOUND,
+            &json!({ "error": format!("no pool {pool:?}") }),
+        );
+    };
+    let Some(backend) = p.backends.iter().find(|b| b.address == address) else {
+        return json_response(
+            StatusCode::NOT_FOUND,
+            &json!({ "error": format!("pool {pool:?} has no backend {address:?}") }),
+        );
+    };
+    if backend.is_draining() != draining {
+        backend.set_draining(draining);
+        if draining {
+            tracing::info!(pool, backend = address, "backend draining: no new requests");
+        } else {
+            tracing::info!(pool, backend = address, "backend enabled");
+        }
+    }
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "pool": pool,
+            "backend": address,
+            "draining": draining,
+            "active_requests": backend.active_requests(),
+        }),
+    )
 }
 
 /// Applies the passing of time to every breaker (open → half-open), so observers see the current state.
@@ -68,7 +141,8 @@ pub fn pools_json(shared: &Shared) -> Value {
                     let last_error = b.last_check_error();
                     json!({
                         "address": b.address,
-                        "weight": b.weight,
+                        "weight": b.weight(),
+                        "draining": b.is_draining(),
                         "healthy": b.is_healthy(),
                         "circuit": state.as_str(),
                         "active_requests": b.active_requests(),
@@ -93,10 +167,12 @@ pub fn pools_json(shared: &Shared) -> Value {
     json!({ "pools": pools })
 }
 
-fn json_response(value: &Value) -> Response<ProxyBody> {
+fn json_response(status: StatusCode, value: &Value) -> Response<ProxyBody> {
     let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
     body.push(b'\n');
-    with_type(ProxyBody::owned(body), "application/json")
+    let mut resp = with_type(ProxyBody::owned(body), "application/json");
+    *resp.status_mut() = status;
+    resp
 }
 
 fn with_type(body: ProxyBody, content_type: &'static str) -> Response<ProxyBody> {

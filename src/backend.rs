@@ -26,8 +26,9 @@ pub struct Backend {
     pub pool: String,
     /// `host:port` as written in the config.
     pub address: String,
-    pub weight: u32,
+    weight: AtomicU32,
     healthy: AtomicBool,
+    draining: AtomicBool,
     active: AtomicUsize,
     max_active: AtomicU32,
     pub breaker: CircuitBreaker,
@@ -47,8 +48,9 @@ impl Backend {
         Self {
             pool: pool.to_owned(),
             address: address.to_owned(),
-            weight,
+            weight: AtomicU32::new(weight),
             healthy: AtomicBool::new(true),
+            draining: AtomicBool::new(false),
             active: AtomicUsize::new(0),
             max_active: AtomicU32::new(breaker.max_active_requests),
             breaker: CircuitBreaker::new(breaker),
@@ -58,11 +60,12 @@ impl Backend {
         }
     }
 
-    /// May the balancer choose this backend now? Healthy (unless the pool is in panic mode), its circuit not
-    /// blocking, and under its request cap.
+    /// May the balancer choose this backend now? Not draining, healthy (unless the pool is in panic mode), its
+    /// circuit not blocking, and under its request cap.
     #[inline]
     pub fn is_available(&self, now: Instant, ignore_health: bool) -> bool {
-        (ignore_health || self.healthy.load(Ordering::Relaxed))
+        !self.draining.load(Ordering::Relaxed)
+            && (ignore_health || self.healthy.load(Ordering::Relaxed))
             && self.under_cap()
             && self.breaker.would_admit(now)
     }
@@ -71,6 +74,23 @@ impl Backend {
     fn under_cap(&self) -> bool {
         let max = self.max_active.load(Ordering::Relaxed);
         max == 0 || self.active.load(Ordering::Relaxed) < max as usize
+    }
+
+    pub fn weight(&self) -> u32 {
+        self.weight.load(Ordering::Relaxed)
+    }
+
+    pub fn set_weight(&self, weight: u32) {
+        self.weight.store(weight, Ordering::Relaxed);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Stops (or resumes) new requests to this backend; requests in flight finish either way.
+    pub fn set_draining(&self, draining: bool) {
+        self.draining.store(draining, Ordering::Relaxed);
     }
 
     pub fn is_healthy(&self) -> bool {
@@ -126,6 +146,14 @@ impl Backend {
         }
     }
 
+    /// The health checks saw the backend come back: whatever opened its circuit predates that, so close it
+    /// (as Envoy un-ejects a host on a successful active health check).
+    pub fn reset_breaker(&self) {
+        if let Some(t) = self.breaker.reset("health checks pass again") {
+            self.on_transition(&t);
+        }
+    }
+
     /// Applies the passing of time to the breaker (open → half-open) for observers.
     pub fn refresh_breaker(&self, now: Instant) {
         if let Some(t) = self.breaker.refresh(now) {
@@ -164,7 +192,7 @@ impl std::fmt::Debug for Backend {
         f.debug_struct("Backend")
             .field("pool", &self.pool)
             .field("address", &self.address)
-            .field("weight", &self.weight)
+            .field("weight", &self.weight())
             .field("active", &self.active_requests())
             .finish()
     }

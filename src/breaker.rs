@@ -172,6 +172,16 @@ impl Breaker {
         (admitted, transition)
     }
 
+    /// Closes the circuit whatever its state (the backend was seen to come back by its health checks).
+    pub fn reset(&mut self, reason: &str) -> Option<Transition> {
+        let was = self.state;
+        *self = Self::new(self.settings);
+        (was != State::Closed).then(|| Transition {
+            to: State::Closed,
+            reason: reason.to_owned(),
+        })
+    }
+
     /// An admitted request ended without an outcome (the client went away): free the half-open trial.
     pub fn cancel_trial(&mut self) {
         self.trial_in_flight = false;
@@ -318,6 +328,10 @@ impl CircuitBreaker {
         self.with(|m| m.on_failure(now, what))
     }
 
+    pub fn reset(&self, reason: &str) -> Option<Transition> {
+        self.with(|m| m.reset(reason))
+    }
+
     /// Releases a claimed half-open trial that produced no outcome.
     pub fn cancel_trial(&self) {
         if self.state() == State::HalfOpen {
@@ -461,6 +475,20 @@ mod tests {
         assert!(!cb.admit(now + Duration::from_secs(10)).0);
         assert_eq!(cb.on_success().unwrap().to, State::Closed);
         assert_eq!(cb.state(), State::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn reset_closes_from_any_state() {
+        let mut b = Breaker::new(settings());
+        let now = Instant::now();
+        assert_eq!(b.reset("x"), None);
+        for _ in 0..3 {
+            b.on_failure(now, "x");
+        }
+        let t = b.reset("health checks passed").unwrap();
+        assert_eq!(t.to, State::Closed);
+        assert_eq!(b.consecutive_failures(), 0);
+        assert!(b.admit(now).0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -21,6 +21,7 @@ pub mod health;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
+pub mod reload;
 pub mod router;
 pub mod select;
 pub mod server;

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use http_body_util::{BodyExt, Empty};
@@ -12,10 +12,8 @@ use tracing_subscriber::EnvFilter;
 
 use switchyard::config::{self, Config};
 use switchyard::demo;
-use switchyard::server::Server;
-
-/// How long in-flight requests may take to finish after SIGTERM or SIGINT.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+use switchyard::reload::Trigger;
+use switchyard::server::{Server, request_reload};
 
 #[derive(Parser)]
 #[command(
@@ -82,8 +80,11 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config, workers } => match config::load(&config) {
-            Ok(c) => run(c, workers, None),
+        Command::Run {
+            config: path,
+            workers,
+        } => match config::load(&path) {
+            Ok(c) => run(c, Some(path), workers, None),
             Err(e) => {
                 eprintln!("{e}");
                 eprintln!("switchyard: not starting: {} has errors", e.file);
@@ -98,7 +99,8 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            run(c, workers, Some(shown))
+            let path = config.exists().then_some(config);
+            run(c, path, workers, Some(shown))
         }
     }
 }
@@ -113,7 +115,12 @@ fn demo_config(path: &Path) -> Result<(Config, String), config::ConfigError> {
     }
 }
 
-fn run(config: Config, workers: Option<usize>, demo: Option<String>) -> ExitCode {
+fn run(
+    config: Config,
+    path: Option<PathBuf>,
+    workers: Option<usize>,
+    demo: Option<String>,
+) -> ExitCode {
     let workers = workers
         .or(config.runtime.workers)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
@@ -136,7 +143,12 @@ fn run(config: Config, workers: Option<usize>, demo: Option<String>) -> ExitCode
             }
             tracing::info!(config = %shown, "demo upstreams started");
         }
-        let server = match Server::start(config).await {
+        let drain = config.drain_timeout;
+        let started = match path {
+            Some(path) => Server::start_with_file(config, path).await,
+            None => Server::start(config).await,
+        };
+        let server = match started {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("switchyard: {e}");
@@ -147,17 +159,37 @@ fn run(config: Config, workers: Option<usize>, demo: Option<String>) -> ExitCode
         if demo.is_some() {
             show_demo(&server).await;
         }
+        let shared = Arc::clone(&server.shared);
+        let reloads = tokio::spawn(async move {
+            let Some(mut hup) = hangups() else { return };
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the config");
+                // The outcome is logged by the control loop.
+                let _ = request_reload(&shared, Trigger::Signal).await;
+            }
+        });
         wait_for_signal().await;
-        tracing::info!(drain = ?DRAIN_TIMEOUT, "shutting down; send the signal again to exit at once");
+        reloads.abort();
+        tracing::info!(?drain, "shutting down: no new connections, requests in flight may finish; send the signal again to exit at once");
         tokio::spawn(async {
             wait_for_signal().await;
             tracing::warn!("second signal: exiting now");
             std::process::exit(1);
         });
-        server.shutdown(DRAIN_TIMEOUT).await;
+        server.shutdown().await;
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })
+}
+
+#[cfg(unix)]
+fn hangups() -> Option<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+}
+
+#[cfg(not(unix))]
+fn hangups() -> Option<tokio::sync::mpsc::Receiver<()>> {
+    None
 }
 
 async fn wait_for_signal() {

@@ -31,6 +31,9 @@ pub struct Metrics {
     pub circuit_breaker_transitions_total: IntCounterVec,
     pub retries_total: IntCounterVec,
     pub upstream_connections_opened_total: IntCounterVec,
+    pub config_reloads_total: IntCounterVec,
+    pub config_last_reload_successful: IntGauge,
+    pub config_last_reload_success_timestamp_seconds: prometheus::Gauge,
 }
 
 fn must<T>(result: prometheus::Result<T>) -> T {
@@ -119,6 +122,23 @@ impl Metrics {
             ),
             &["pool", "backend"],
         ));
+        let config_reloads_total = must(IntCounterVec::new(
+            Opts::new(
+                "switchyard_config_reloads_total",
+                "Config reloads, by result: success, failure.",
+            ),
+            &["result"],
+        ));
+        let config_last_reload_successful = must(IntGauge::new(
+            "switchyard_config_last_reload_successful",
+            "1 if the last config reload (or the start) succeeded, 0 if it failed.",
+        ));
+        config_last_reload_successful.set(1);
+        let config_last_reload_success_timestamp_seconds = must(prometheus::Gauge::new(
+            "switchyard_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful config load.",
+        ));
+        config_last_reload_success_timestamp_seconds.set(unix_now());
         for c in [
             Box::new(requests_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration_seconds.clone()),
@@ -131,6 +151,9 @@ impl Metrics {
             Box::new(circuit_breaker_transitions_total.clone()),
             Box::new(retries_total.clone()),
             Box::new(upstream_connections_opened_total.clone()),
+            Box::new(config_reloads_total.clone()),
+            Box::new(config_last_reload_successful.clone()),
+            Box::new(config_last_reload_success_timestamp_seconds.clone()),
         ] {
             must(registry.register(c));
         }
@@ -151,6 +174,21 @@ impl Metrics {
             circuit_breaker_transitions_total,
             retries_total,
             upstream_connections_opened_total,
+            config_reloads_total,
+            config_last_reload_successful,
+            config_last_reload_success_timestamp_seconds,
+        }
+    }
+
+    /// Records the result of a reload.
+    pub fn reload_result(&self, ok: bool) {
+        self.config_reloads_total
+            .with_label_values(&[if ok { "success" } else { "failure" }])
+            .inc();
+        self.config_last_reload_successful.set(i64::from(ok));
+        if ok {
+            self.config_last_reload_success_timestamp_seconds
+                .set(unix_now());
         }
     }
 
@@ -196,6 +234,7 @@ impl Metrics {
             connections_opened: self
                 .upstream_connections_opened_total
                 .with_label_values(&labels),
+            other_codes: Default::default(),
         }
     }
 
@@ -217,6 +256,7 @@ impl Metrics {
             transitions: self.circuit_breaker_transitions_total.clone(),
             connections_opened: IntCounter::with_opts(Opts::new("unregistered", "never exported"))
                 .unwrap_or_else(|e| panic!("metric definition: {e}")),
+            other_codes: Default::default(),
         }
     }
 }
@@ -227,8 +267,18 @@ impl Default for Metrics {
     }
 }
 
-/// Status codes whose counters are cached per backend; others are looked up by label.
-const COMMON_CODES: [u16; 12] = [200, 201, 204, 301, 302, 304, 400, 404, 500, 502, 503, 504];
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Status codes whose counters are cached per backend; others are looked up by label (and remembered, so a
+/// removed backend's series can all be deleted).
+const COMMON_CODES: [u16; 28] = [
+    200, 201, 202, 204, 206, 301, 302, 303, 304, 307, 308, 400, 401, 403, 404, 405, 408, 409, 410,
+    413, 415, 422, 429, 500, 501, 502, 503, 504,
+];
 
 /// A backend's label handles, so the request path never formats or hashes labels for common cases.
 pub struct BackendMetrics {
@@ -245,6 +295,7 @@ pub struct BackendMetrics {
     breaker_state: Option<[IntGauge; 3]>,
     transitions: IntCounterVec,
     pub connections_opened: IntCounter,
+    other_codes: std::sync::Mutex<Vec<u16>>,
 }
 
 impl BackendMetrics {
@@ -258,10 +309,58 @@ impl BackendMetrics {
                         .with_label_values(&[&self.pool, &self.backend, status.as_str()])
                 })
                 .inc(),
-            None => self
-                .requests
-                .with_label_values(&[&self.pool, &self.backend, status.as_str()])
-                .inc(),
+            None => {
+                let mut other = self.other_codes.lock().unwrap_or_else(|p| p.into_inner());
+                if !other.contains(&code) {
+                    other.push(code);
+                }
+                drop(other);
+                self.requests
+                    .with_label_values(&[&self.pool, &self.backend, status.as_str()])
+                    .inc()
+            }
+        }
+    }
+
+    /// Deletes every series of this backend (after it was removed from the config and has drained).
+    pub fn remove_series(&self, metrics: &Metrics) {
+        let (pool, backend) = (self.pool.as_str(), self.backend.as_str());
+        let labels = [pool, backend];
+        let _ = metrics
+            .request_duration_seconds
+            .remove_label_values(&labels);
+        let _ = metrics.backend_active_requests.remove_label_values(&labels);
+        let _ = metrics.backend_up.remove_label_values(&labels);
+        let _ = metrics
+            .upstream_connections_opened_total
+            .remove_label_values(&labels);
+        for result in ["success", "failure"] {
+            let _ = metrics
+                .health_checks_total
+                .remove_label_values(&[pool, backend, result]);
+        }
+        for state in ["closed", "open", "half_open"] {
+            let _ = metrics
+                .circuit_breaker_state
+                .remove_label_values(&[pool, backend, state]);
+            let _ = metrics
+                .circuit_breaker_transitions_total
+                .remove_label_values(&[pool, backend, state]);
+        }
+        for kind in ["connect", "timeout", "protocol"] {
+            let _ = metrics
+                .upstream_errors_total
+                .remove_label_values(&[pool, backend, kind]);
+        }
+        let other = self
+            .other_codes
+            .lock()
+            .map(|o| o.clone())
+            .unwrap_or_default();
+        for code in COMMON_CODES.iter().chain(other.iter()) {
+            let _ = metrics
+                .requests_total
+                .remove_label_values(&[pool, backend, &code.to_string()]);
         }
     }
 

@@ -1,6 +1,7 @@
 //! A pool: interchangeable backends, the selector that balances over them, and the pool's policies (timeouts,
 //! retries and their budget, panic mode).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use prometheus::IntCounter;
@@ -20,7 +21,7 @@ pub struct Pool {
     selector: Selector,
     pub timeouts: Timeouts,
     pub retry: RetrySettings,
-    pub budget: RetryBudget,
+    pub budget: Arc<RetryBudget>,
     pub retries: IntCounter,
     pub panic_threshold: f64,
     pub health_check: Option<HealthCheckSettings>,
@@ -51,18 +52,33 @@ impl Tried {
 }
 
 impl Pool {
-    pub fn new(name: &str, settings: &PoolSettings, metrics: &Metrics) -> Self {
+    /// Builds a pool; backends of `previous` with the same address are reused (with the new weight and breaker
+    /// settings), and so is its retry budget.
+    pub fn new(
+        name: &str,
+        settings: &PoolSettings,
+        metrics: &Metrics,
+        previous: Option<&Pool>,
+    ) -> Self {
+        let old: HashMap<&str, &Arc<Backend>> = previous
+            .map(|p| p.backends.iter().map(|b| (b.address.as_str(), b)).collect())
+            .unwrap_or_default();
         let backends = settings
             .backends
             .iter()
-            .map(|b| {
-                Arc::new(Backend::new(
+            .map(|b| match old.get(b.address.as_str()) {
+                Some(kept) => {
+                    kept.set_weight(b.weight);
+                    kept.set_breaker_settings(settings.breaker);
+                    Arc::clone(kept)
+                }
+                None => Arc::new(Backend::new(
                     name,
                     &b.address,
                     b.weight,
                     settings.breaker,
                     metrics.for_backend(name, &b.address),
-                ))
+                )),
             })
             .collect::<Vec<_>>();
         Self {
@@ -72,7 +88,8 @@ impl Pool {
             backends,
             timeouts: settings.timeouts,
             retry: settings.retry,
-            budget: RetryBudget::new(),
+            budget: previous
+                .map_or_else(|| Arc::new(RetryBudget::new()), |p| Arc::clone(&p.budget)),
             retries: metrics.retries_total.with_label_values(&[name]),
             panic_threshold: settings.panic_threshold,
             health_check: settings.health_check.clone(),

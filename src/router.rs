@@ -20,10 +20,16 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn build(config: &Config, metrics: &Metrics) -> Self {
+    /// Builds the snapshot for `config`. Backends of `previous` whose pool and address are unchanged are carried
+    /// over as the same `Arc`, keeping their health, breaker, in-flight count, drain flag and idle connections.
+    pub fn build(config: &Config, metrics: &Metrics, previous: Option<&Snapshot>) -> Self {
         let mut pools = BTreeMap::new();
         for (name, settings) in &config.pools {
-            pools.insert(name.clone(), Arc::new(Pool::new(name, settings, metrics)));
+            let old = previous.and_then(|p| p.pools.get(name)).map(Arc::as_ref);
+            pools.insert(
+                name.clone(),
+                Arc::new(Pool::new(name, settings, metrics, old)),
+            );
         }
         let mut table = RouteTable::default();
         for r in &config.routes {

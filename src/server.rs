@@ -1,10 +1,13 @@
 //! Listeners: bind, accept, serve HTTP/1.1 (and HTTP/2 with prior knowledge), count connections, drain.
+//! [`Server`] is the handle to a running switchyard; the control loop behind it lives in [`crate::reload`].
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -16,13 +19,13 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use prometheus::IntGauge;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::health::{self, HealthChecks};
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, ProxyBody};
+use crate::reload::{Command, ReloadOutcome, Supervisor, Trigger};
 use crate::router::Snapshot;
 
 /// What the data path and the control plane share.
@@ -30,17 +33,20 @@ pub struct Shared {
     pub config: ArcSwap<Config>,
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     pub metrics: Arc<Metrics>,
+    /// The bound addresses of the proxy listeners, in config order.
+    pub listen_addrs: ArcSwap<Vec<SocketAddr>>,
+    /// Set once shutdown begins.
+    pub shutting_down: AtomicBool,
+    pub(crate) control: mpsc::Sender<Command>,
 }
 
-/// A running switchyard: its bound addresses, and the handle to stop it.
+/// A running switchyard: its bound addresses, and the handle to reload and stop it.
 pub struct Server {
     pub shared: Arc<Shared>,
-    /// The proxy listeners' bound addresses, in config order (port 0 in the config becomes the real port).
+    /// The proxy listeners' bound addresses at start (port 0 in the config becomes the real port).
     pub listen_addrs: Vec<SocketAddr>,
     pub admin_addr: SocketAddr,
-    stop: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
-    health_checks: HealthChecks,
+    supervisor: JoinHandle<()>,
 }
 
 /// Why the server could not start.
@@ -56,112 +62,177 @@ pub enum StartError {
 }
 
 impl Server {
-    /// Binds every listener and starts serving. Must be called inside a tokio runtime.
+    /// Binds every listener and starts serving a config that has no file behind it (reloads are refused).
+    /// Must be called inside a tokio runtime.
     pub async fn start(config: Config) -> Result<Self, StartError> {
+        Self::start_inner(config, None).await
+    }
+
+    /// Starts serving `config`, read from `path`: the file is watched, and reloads re-read it.
+    pub async fn start_with_file(config: Config, path: PathBuf) -> Result<Self, StartError> {
+        Self::start_inner(config, Some(path)).await
+    }
+
+    async fn start_inner(config: Config, path: Option<PathBuf>) -> Result<Self, StartError> {
         let metrics = Arc::new(Metrics::new());
-        let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(&config, &metrics)));
+        let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(
+            &config, &metrics, None,
+        )));
+        let (control, commands) = mpsc::channel(16);
         let shared = Arc::new(Shared {
             config: ArcSwap::from_pointee(config.clone()),
             snapshot: Arc::clone(&snapshot),
-            metrics: Arc::clone(&metrics),
+            metrics,
+            listen_addrs: ArcSwap::from_pointee(Vec::new()),
+            shutting_down: AtomicBool::new(false),
+            control,
         });
+        let proxy = Arc::new(Proxy::new(snapshot));
 
         let mut listeners = Vec::new();
         for (i, l) in config.listeners.iter().enumerate() {
-            listeners.push(bind(l.address, format!("listeners[{i}].address")).await?);
+            let tcp = bind(l.address, &format!("listeners[{i}].address")).await?;
+            listeners.push(ListenerTask::proxy(l.address, tcp, &proxy, &shared)?);
         }
-        let admin = bind(config.admin.address, "admin.address".to_owned()).await?;
+        let admin_tcp = bind(config.admin.address, "admin.address").await?;
+        let admin = ListenerTask::admin(config.admin.address, admin_tcp, &shared)?;
+        let listen_addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.bound).collect();
+        shared.listen_addrs.store(Arc::new(listen_addrs.clone()));
+        let admin_addr = admin.bound;
 
-        let (stop, stop_rx) = watch::channel(false);
-        let mut listen_addrs = Vec::new();
-        let mut tasks = Vec::new();
-        let proxy = Arc::new(Proxy::new(snapshot));
-        for listener in listeners {
-            let addr = listener.local_addr().map_err(|source| StartError::Bind {
-                address: config.listeners[listen_addrs.len()].address,
-                field: "listeners".to_owned(),
-                source,
-            })?;
-            listen_addrs.push(addr);
-            tracing::info!(%addr, "proxy listener ready");
-            let proxy = Arc::clone(&proxy);
-            let handler = move |req, peer| {
-                let proxy = Arc::clone(&proxy);
-                async move { proxy.handle(req, peer).await }
-            };
-            tasks.push(tokio::spawn(accept_loop(
-                listener,
-                stop_rx.clone(),
-                Some(metrics.open_connections.clone()),
-                handler,
-            )));
-        }
-        let admin_addr = admin.local_addr().map_err(|source| StartError::Bind {
-            address: config.admin.address,
-            field: "admin.address".to_owned(),
-            source,
-        })?;
-        tracing::info!(addr = %admin_addr, "admin listener ready");
-        let admin_shared = Arc::clone(&shared);
-        let admin_handler = move |req, _peer| {
-            let shared = Arc::clone(&admin_shared);
-            async move { crate::admin::handle(&shared, req).await }
-        };
-        tasks.push(tokio::spawn(accept_loop(
-            admin,
-            stop_rx,
-            None,
-            admin_handler,
-        )));
-
-        let mut health_checks = HealthChecks::default();
-        for pool in shared.snapshot.load().pools.values() {
-            if let Some(settings) = &pool.health_check {
-                for backend in &pool.backends {
-                    health_checks
-                        .push(health::spawn_checker(Arc::clone(backend), settings.clone()));
-                }
-            }
-        }
-
+        let supervisor = Supervisor::new(Arc::clone(&shared), proxy, path, listeners, admin);
+        let supervisor = tokio::spawn(supervisor.run(commands));
         Ok(Self {
             shared,
             listen_addrs,
             admin_addr,
-            stop,
-            tasks,
-            health_checks,
+            supervisor,
         })
     }
 
-    /// Stops accepting, lets requests in flight finish for up to `drain`, then closes what is left.
-    pub async fn shutdown(self, drain: Duration) {
-        let _ = self.stop.send(true);
-        drop(self.health_checks);
-        let all = join_all(self.tasks);
-        if tokio::time::timeout(drain, all).await.is_err() {
-            tracing::warn!(
-                ?drain,
-                "drain time over; closing the connections still open"
-            );
+    /// Re-reads the config file and applies it (as SIGHUP does).
+    pub async fn reload(&self, trigger: Trigger) -> Result<ReloadOutcome, String> {
+        request_reload(&self.shared, trigger).await
+    }
+
+    /// Stops accepting, closes idle connections, lets requests in flight finish for up to the config's
+    /// `drain_timeout`, then returns.
+    pub async fn shutdown(self) {
+        let (reply, done) = oneshot::channel();
+        if self
+            .shared
+            .control
+            .send(Command::Shutdown { reply })
+            .await
+            .is_ok()
+        {
+            let _ = done.await;
         }
+        let _ = self.supervisor.await;
     }
 }
 
-async fn join_all(tasks: Vec<JoinHandle<()>>) {
-    for t in tasks {
-        let _ = t.await;
-    }
+/// Asks the control loop for a reload and waits for its outcome.
+pub async fn request_reload(shared: &Shared, trigger: Trigger) -> Result<ReloadOutcome, String> {
+    let (reply, outcome) = oneshot::channel();
+    shared
+        .control
+        .send(Command::Reload {
+            trigger,
+            reply: Some(reply),
+        })
+        .await
+        .map_err(|_| "switchyard is shutting down".to_owned())?;
+    outcome
+        .await
+        .unwrap_or_else(|_| Err("switchyard is shutting down".to_owned()))
 }
 
-async fn bind(address: SocketAddr, field: String) -> Result<TcpListener, StartError> {
+pub(crate) async fn bind(address: SocketAddr, field: &str) -> Result<TcpListener, StartError> {
     TcpListener::bind(address)
         .await
         .map_err(|source| StartError::Bind {
             address,
-            field,
+            field: field.to_owned(),
             source,
         })
+}
+
+/// One listener's accept loop, and the lever to stop it.
+pub(crate) struct ListenerTask {
+    /// The address as configured (port 0 stays 0): what reloads compare.
+    pub configured: SocketAddr,
+    pub bound: SocketAddr,
+    stop: watch::Sender<Option<Duration>>,
+    task: JoinHandle<()>,
+}
+
+impl ListenerTask {
+    pub fn proxy(
+        configured: SocketAddr,
+        tcp: TcpListener,
+        proxy: &Arc<Proxy>,
+        shared: &Arc<Shared>,
+    ) -> Result<Self, StartError> {
+        let proxy = Arc::clone(proxy);
+        let handler = move |req, peer| {
+            let proxy = Arc::clone(&proxy);
+            async move { proxy.handle(req, peer).await }
+        };
+        Self::spawn(
+            configured,
+            tcp,
+            Some(shared.metrics.open_connections.clone()),
+            handler,
+            "proxy",
+        )
+    }
+
+    pub fn admin(
+        configured: SocketAddr,
+        tcp: TcpListener,
+        shared: &Arc<Shared>,
+    ) -> Result<Self, StartError> {
+        let shared = Arc::clone(shared);
+        let handler = move |req, _peer| {
+            let shared = Arc::clone(&shared);
+            async move { crate::admin::handle(&shared, req).await }
+        };
+        Self::spawn(configured, tcp, None, handler, "admin")
+    }
+
+    fn spawn<H, F>(
+        configured: SocketAddr,
+        tcp: TcpListener,
+        gauge: Option<IntGauge>,
+        handler: H,
+        kind: &'static str,
+    ) -> Result<Self, StartError>
+    where
+        H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Response<ProxyBody>> + Send + 'static,
+    {
+        let bound = tcp.local_addr().map_err(|source| StartError::Bind {
+            address: configured,
+            field: format!("{kind} listener"),
+            source,
+        })?;
+        tracing::info!(addr = %bound, "{kind} listener ready");
+        let (stop, stopped) = watch::channel(None);
+        let task = tokio::spawn(accept_loop(tcp, stopped, gauge, handler));
+        Ok(Self {
+            configured,
+            bound,
+            stop,
+            task,
+        })
+    }
+
+    /// Stops accepting and drains the connections (idle ones close at once) for up to `drain`.
+    pub fn stop(self, drain: Duration) -> JoinHandle<()> {
+        let _ = self.stop.send(Some(drain));
+        self.task
+    }
 }
 
 /// Decrements the open-connections gauge when a connection task ends, however it ends.
@@ -177,7 +248,7 @@ impl Drop for ConnectionCount {
 
 async fn accept_loop<H, F>(
     listener: TcpListener,
-    mut stop: watch::Receiver<bool>,
+    mut stop: watch::Receiver<Option<Duration>>,
     gauge: Option<IntGauge>,
     handler: H,
 ) where
@@ -187,12 +258,13 @@ async fn accept_loop<H, F>(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).keep_alive(true);
     builder.http2().timer(TokioTimer::new());
-
     let graceful = GracefulShutdown::new();
-    loop {
+    let drain = loop {
         let accepted = tokio::select! {
             biased;
-            _ = stop.wait_for(|s| *s) => break,
+            stopped = stop.wait_for(Option::is_some) => {
+                break stopped.ok().and_then(|d| *d).unwrap_or(Duration::ZERO);
+            }
             accepted = listener.accept() => accepted,
         };
         let (tcp, peer) = match accepted {
@@ -224,7 +296,12 @@ async fn accept_loop<H, F>(
             }
             drop(count);
         });
-    }
+    };
     drop(listener);
-    graceful.shutdown().await;
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(?drain, "drain time over with connections still open");
+    }
 }

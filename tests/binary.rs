@@ -253,3 +253,92 @@ backends = [{{ address = "127.0.0.1:{}" }}, {{ address = "127.0.0.1:{}" }}, {{ a
     .await;
     assert!(exited);
 }
+
+async fn reload_count(admin: u16, result: &str) -> f64 {
+    let (_, _, text) = get(([127, 0, 0, 1], admin).into(), "/metrics", None).await;
+    metric(
+        &text,
+        &format!("switchyard_config_reloads_total{{result=\"{result}\"}}"),
+    )
+    .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_always_reloads() {
+    let a = named_backend("a", Duration::ZERO).await;
+    let (port, admin) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let proc = spawn(
+        dir.path(),
+        &config_for(port, admin, a),
+        ([127, 0, 0, 1], admin).into(),
+    )
+    .await;
+    assert_eq!(reload_count(admin, "success").await, 0.0);
+    // Nothing changed, yet SIGHUP re-reads and applies the file, and counts it.
+    signal(&proc.0, "HUP");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            reload_count(admin, "success").await == 1.0
+        })
+        .await
+    );
+    signal(&proc.0, "HUP");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            reload_count(admin, "success").await == 2.0
+        })
+        .await
+    );
+    // A broken file: SIGHUP counts a failure and the proxy keeps serving.
+    std::fs::write(dir.path().join("switchyard.toml"), "[[listeners]\n").unwrap();
+    signal(&proc.0, "HUP");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            reload_count(admin, "failure").await >= 1.0
+        })
+        .await
+    );
+    assert_eq!(get(([127, 0, 0, 1], port).into(), "/", None).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_gives_up_on_requests_after_the_drain_timeout() {
+    let stuck = named_backend("stuck", Duration::from_secs(30)).await;
+    let (port, admin) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!("drain_timeout = \"1s\"\n{}", config_for(port, admin, stuck));
+    let mut proc = spawn(dir.path(), &text, ([127, 0, 0, 1], admin).into()).await;
+    let proxy: SocketAddr = ([127, 0, 0, 1], port).into();
+    let _in_flight = tokio::spawn(async move {
+        raw(
+            proxy,
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            Duration::from_secs(40),
+        )
+        .await
+    });
+    assert!(
+        eventually(Duration::from_secs(5), || async move {
+            get(([127, 0, 0, 1], admin).into(), "/api/pools", None)
+                .await
+                .2
+                .contains("\"active_requests\": 1")
+        })
+        .await
+    );
+    let t = std::time::Instant::now();
+    signal(&proc.0, "TERM");
+    let exited = eventually(Duration::from_secs(10), || {
+        let done = matches!(proc.0.try_wait(), Ok(Some(_)));
+        async move { done }
+    })
+    .await;
+    assert!(exited);
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "exited after {took:?}"
+    );
+    assert_eq!(proc.0.try_wait().unwrap().and_then(|s| s.code()), Some(0));
+}

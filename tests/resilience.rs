@@ -489,3 +489,86 @@ async fn max_active_requests_skips_a_busy_backend() {
     }
     assert_eq!(first.await.unwrap(), "slow");
 }
+
+/// The load test of the resilience issue: bounded concurrent GETs while one of three backends is killed and
+/// restarted. Every GET must succeed; reports how long the dead backend kept being tried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_and_restarting_a_backend_under_load_loses_no_get() {
+    let a = Killable::start("a").await;
+    let mut b = Killable::start("b").await;
+    let c = Killable::start("c").await;
+    let server = start_proxy(&pool_config(
+        &[a.addr, b.addr, c.addr],
+        "[pools.p.health_check]\ninterval = \"200ms\"\ntimeout = \"100ms\"\nunhealthy_threshold = 2\nhealthy_threshold = 2\n",
+    ))
+    .await;
+    let addr = server.listen_addrs[0];
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let stop = stop.clone();
+        clients.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0usize, 0usize);
+            let client = client();
+            let end = Instant::now() + Duration::from_secs(20);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < end {
+                let req = http::Request::get(format!("http://{addr}/"))
+                    .body(full(""))
+                    .unwrap();
+                match client.request(req).await {
+                    Ok(r) if r.status() == 200 => ok += 1,
+                    _ => failed += 1,
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    let errors = format!(
+        "switchyard_upstream_errors_total{{backend=\"{}\",kind=\"connect\",pool=\"p\"}}",
+        b.addr
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let killed_at = Instant::now();
+    b.kill();
+    // Wait until the health checks have taken it out, then note when it was last tried.
+    assert!(
+        eventually(DEADLINE, || async {
+            backend_json(&pools(&server).await, b.addr)["healthy"] == false
+        })
+        .await
+    );
+    let out_after = killed_at.elapsed();
+    let tried = metric_now(&server, &errors).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        metric_now(&server, &errors).await,
+        tried,
+        "the dead backend was tried after it went out"
+    );
+    let hits_before_restart = b.hits();
+    b.restart().await;
+    assert!(
+        eventually(DEADLINE, || async {
+            backend_json(&pools(&server).await, b.addr)["healthy"] == true
+        })
+        .await
+    );
+    assert!(
+        eventually(DEADLINE, || async { b.hits() > hits_before_restart }).await,
+        "never came back"
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (mut ok, mut failed) = (0, 0);
+    for c in clients {
+        let (o, f) = c.await.unwrap();
+        ok += o;
+        failed += f;
+    }
+    eprintln!(
+        "load test: {ok} GETs ok, {failed} failed; dead backend out of rotation {out_after:?} after the kill, \
+         {tried} connect attempts to it (all rerouted)"
+    );
+    assert_eq!(failed, 0);
+    assert!(ok > 100);
+    assert!(a.hits() > 0 && c.hits() > 0);
+}

@@ -19,6 +19,8 @@ pub struct File {
     #[serde(default)]
     pub pools: BTreeMap<String, Pool>,
     pub runtime: Option<Runtime>,
+    /// How long requests in flight may take to finish on SIGTERM (and on a removed listener).
+    pub drain_timeout: Option<String>,
 }
 
 /// `[[listeners]]`: an address the proxy accepts client connections on.

@@ -16,6 +16,7 @@ pub const MAX_WEIGHT: u32 = 1000;
 pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9901";
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A validated configuration, ready to run.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,6 +26,7 @@ pub struct Config {
     pub routes: Vec<RouteSettings>,
     pub pools: BTreeMap<String, PoolSettings>,
     pub runtime: RuntimeSettings,
+    pub drain_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -584,6 +586,12 @@ pub fn validate(file: &model::File, at: &Locator<'_>) -> Result<Config, Vec<Prob
         }
     };
 
+    let drain_timeout = c.duration(
+        root.key("drain_timeout"),
+        file.drain_timeout.as_deref(),
+        DEFAULT_DRAIN_TIMEOUT,
+    );
+
     if !c.problems.is_empty() {
         return Err(c.problems);
     }
@@ -595,5 +603,6 @@ pub fn validate(file: &model::File, at: &Locator<'_>) -> Result<Config, Vec<Prob
         routes,
         pools,
         runtime: RuntimeSettings { workers },
+        drain_timeout,
     })
 }

@@ -73,34 +73,6 @@ impl StatusRanges {
     }
 }
 
-/// The health-check tasks of a set of backends; dropping it stops them.
-#[derive(Default)]
-pub struct HealthChecks {
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl HealthChecks {
-    pub fn push(&mut self, task: JoinHandle<()>) {
-        self.tasks.push(task);
-    }
-
-    pub fn len(&self) -> usize {
-        self.tasks.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.tasks.is_empty()
-    }
-}
-
-impl Drop for HealthChecks {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
-    }
-}
-
 /// Starts checking `backend` every `interval` (±10% jitter, first check at a random point of the first interval).
 pub fn spawn_checker(backend: Arc<Backend>, settings: HealthCheckSettings) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -138,6 +110,9 @@ pub fn spawn_checker(backend: Arc<Backend>, settings: HealthCheckSettings) -> Jo
                     ),
                 }
                 backend.set_healthy(flip == Flip::Up);
+                if flip == Flip::Up {
+                    backend.reset_breaker();
+                }
             }
             tokio::time::sleep(jitter(settings.interval, 0.9, 1.1)).await;
         }

@@ -37,7 +37,7 @@ impl LeastConnections {
             }
             let b = &backends[i];
             let load = b.active_requests() as u64 + 1;
-            let weight = u64::from(b.weight.max(1));
+            let weight = u64::from(b.weight().max(1));
             match best {
                 // load / weight < best_load / best_weight, without division.
                 Some((_, bl, bw)) if load * bw >= bl * weight => {}

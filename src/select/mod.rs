@@ -23,7 +23,7 @@ impl Selector {
     pub fn new(algorithm: Algorithm, backends: &[Arc<Backend>]) -> Self {
         match algorithm {
             Algorithm::RoundRobin => {
-                let weights: Vec<u32> = backends.iter().map(|b| b.weight).collect();
+                let weights: Vec<u32> = backends.iter().map(|b| b.weight()).collect();
                 Self::RoundRobin(RoundRobin::new(&weights))
             }
             Algorithm::LeastConnections => Self::LeastConnections(LeastConnections::new()),

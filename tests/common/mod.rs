@@ -377,3 +377,89 @@ pub async fn send(
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())
 }
+
+/// A backend that can be killed (listener closed, open connections cut) and started again on the same port.
+pub struct Killable {
+    pub addr: SocketAddr,
+    name: &'static str,
+    stop: Option<tokio::sync::watch::Sender<bool>>,
+    pub hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Killable {
+    pub async fn start(name: &'static str) -> Self {
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut k = Self {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            name,
+            stop: None,
+            hits,
+        };
+        k.addr = k.serve(TcpListener::bind("127.0.0.1:0").await.unwrap());
+        k
+    }
+
+    fn serve(&mut self, listener: TcpListener) -> SocketAddr {
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        self.stop = Some(stop);
+        let (name, hits) = (self.name, self.hits.clone());
+        tokio::spawn(async move {
+            let mut stopped_accept = stopped.clone();
+            loop {
+                let accepted = tokio::select! {
+                    _ = stopped_accept.wait_for(|s| *s) => break,
+                    a = listener.accept() => a,
+                };
+                let Ok((tcp, _)) = accepted else { continue };
+                let hits = hits.clone();
+                let mut stopped_conn = stopped.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let hits = hits.clone();
+                        async move {
+                            if req.uri().path() != "/healthz" {
+                                hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            }
+                            Ok::<_, Infallible>(
+                                Response::builder()
+                                    .header("x-backend", name)
+                                    .body(full(name))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    let conn = builder.serve_connection(TokioIo::new(tcp), service);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = stopped_conn.wait_for(|s| *s) => {}
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    /// Closes the listener and cuts every open connection.
+    pub fn kill(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(true);
+        }
+    }
+
+    /// Listens again on the same address.
+    pub async fn restart(&mut self) {
+        let listener = loop {
+            match TcpListener::bind(self.addr).await {
+                Ok(l) => break l,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        self.serve(listener);
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
