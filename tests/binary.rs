@@ -342,3 +342,79 @@ async fn shutdown_gives_up_on_requests_after_the_drain_timeout() {
     );
     assert_eq!(proc.0.try_wait().unwrap().and_then(|s| s.code()), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_log_line_per_health_transition_none_per_check() {
+    let b = controlled("b", 200).await;
+    let (port, admin) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchyard.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "{}\n[pools.p.health_check]\ninterval = \"50ms\"\ntimeout = \"40ms\"\nunhealthy_threshold = 2\nhealthy_threshold = 2\n",
+            config_for(port, admin, b.addr)
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("stderr.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["run", "--config", path.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let _proc = Proc(child);
+    let admin_addr: SocketAddr = ([127, 0, 0, 1], admin).into();
+    let healthy = |want: bool| async move {
+        try_get(admin_addr, "/api/pools")
+            .await
+            .is_some_and(|(status, body)| {
+                status == 200 && body.contains(&format!("\"healthy\": {want}"))
+            })
+    };
+    assert!(eventually(Duration::from_secs(20), || healthy(true)).await);
+    // Many successful checks: no log line for them.
+    let checks = b.health_hits();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            b.health_hits() >= checks + 10
+        })
+        .await
+    );
+    b.set_health(500);
+    assert!(eventually(Duration::from_secs(10), || healthy(false)).await);
+    let failing = b.health_hits();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            b.health_hits() >= failing + 10
+        })
+        .await
+    );
+    b.set_health(200);
+    assert!(eventually(Duration::from_secs(10), || healthy(true)).await);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let about: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains(&b.addr.to_string()))
+        .collect();
+    assert_eq!(
+        about.iter().filter(|l| l.contains("backend down")).count(),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        about.iter().filter(|l| l.contains("backend up")).count(),
+        1,
+        "{text}"
+    );
+    assert!(
+        about
+            .iter()
+            .any(|l| l.contains("backend down") && l.contains("status 500")),
+        "{text}"
+    );
+    assert_eq!(about.len(), 2, "one line per transition only:\n{text}");
+    assert!(!text.contains("panicked"), "{text}");
+}

@@ -576,3 +576,48 @@ async fn listeners_are_added_and_removed_on_reload() {
     .await;
     assert!(refused, "the removed listener still accepts");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_settings_apply_and_a_moved_admin_listener_is_refused() {
+    let hang = hanging_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchyard.toml");
+    std::fs::write(
+        &path,
+        config_text(&[(hang, 1)], "[pools.p.timeouts]\nrequest = \"20s\"\n"),
+    )
+    .unwrap();
+    let server = start_file(&path).await;
+    std::fs::write(
+        &path,
+        config_text(&[(hang, 1)], "[pools.p.timeouts]\nrequest = \"200ms\"\n"),
+    )
+    .unwrap();
+    assert!(
+        eventually(DEADLINE, || async {
+            reloads(&server, "success").await == 1.0
+        })
+        .await
+    );
+    let t = std::time::Instant::now();
+    assert_eq!(get(server.listen_addrs[0], "/", None).await.0, 504);
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+
+    let moved = config_text(&[(hang, 1)], "").replace(
+        "[admin]\naddress = \"127.0.0.1:0\"",
+        "[admin]\naddress = \"127.0.0.1:1\"",
+    );
+    std::fs::write(&path, moved).unwrap();
+    let err = server
+        .reload(switchyard::reload::Trigger::Admin)
+        .await
+        .unwrap_err();
+    assert!(
+        err.contains("admin.address changed") && err.contains("restart"),
+        "{err}"
+    );
+    // Nothing changed: the 200 ms timeout still holds.
+    let t = std::time::Instant::now();
+    assert_eq!(get(server.listen_addrs[0], "/", None).await.0, 504);
+    assert!(t.elapsed() < Duration::from_secs(3));
+}

@@ -463,3 +463,14 @@ impl Killable {
         self.hits.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
+
+/// A GET that may fail to connect (the server may not be up yet): `None` then.
+pub async fn try_get(addr: SocketAddr, path: &str) -> Option<(StatusCode, String)> {
+    let req = Request::get(format!("http://{addr}{path}"))
+        .body(full(""))
+        .ok()?;
+    let resp = client().request(req).await.ok()?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await.ok()?.to_bytes();
+    Some((status, String::from_utf8_lossy(&body).into_owned()))
+}
