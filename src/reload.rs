@@ -290,13 +290,14 @@ impl Supervisor {
         self.shared.shutting_down.store(true, Ordering::SeqCst);
         let drain = self.shared.config.load().drain_timeout;
         self.health.clear();
-        let mut tasks: Vec<JoinHandle<()>> =
-            self.listeners.drain(..).map(|l| l.stop(drain)).collect();
-        if let Some(admin) = self.admin.take() {
-            tasks.push(admin.stop(Duration::from_millis(200)));
-        }
+        let tasks: Vec<JoinHandle<()>> = self.listeners.drain(..).map(|l| l.stop(drain)).collect();
         for t in tasks {
             let _ = t.await;
+        }
+        // The admin listener stays up through the drain, its /healthz answering 503, so an outer load
+        // balancer sees the instance leave.
+        if let Some(admin) = self.admin.take() {
+            let _ = admin.stop(Duration::from_millis(200)).await;
         }
     }
 }

@@ -39,28 +39,48 @@ fn signal(child: &Child, sig: &str) {
     assert!(ok, "kill -{sig} failed");
 }
 
-/// Starts `switchyard run` on a config and waits until its admin `/healthz` answers.
-async fn spawn(dir: &std::path::Path, toml: &str, admin: SocketAddr) -> Proc {
-    let path = dir.join("switchyard.toml");
-    std::fs::write(&path, toml).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(["run", "--config", path.to_str().unwrap(), "--workers", "2"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let up = eventually(Duration::from_secs(20), || async move {
-        let Ok(uri) = format!("http://{admin}/healthz").parse::<http::Uri>() else {
-            return false;
-        };
-        let client: hyper_util::client::legacy::Client<_, BoxBody> =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http();
-        matches!(client.get(uri).await, Ok(r) if r.status() == 200)
-    })
-    .await;
-    assert!(up, "switchyard did not come up");
-    Proc(child)
+/// Starts `switchyard run` on the config `make(port, admin)` and waits until its admin `/healthz` answers.
+/// Free ports are found by binding port 0 and closing it, which another process may take in between: a start
+/// that fails is tried again with new ports.
+async fn spawn_with(
+    dir: &std::path::Path,
+    make: impl Fn(u16, u16) -> String,
+    stderr: impl Fn() -> Stdio,
+) -> (Proc, u16, u16) {
+    for _ in 0..5 {
+        let (port, admin) = (free_port(), free_port());
+        if port == admin {
+            continue;
+        }
+        let path = dir.join("switchyard.toml");
+        std::fs::write(&path, make(port, admin)).unwrap();
+        let mut child = Proc(
+            Command::new(env!("CARGO_BIN_EXE_switchyard"))
+                .args(["run", "--config", path.to_str().unwrap(), "--workers", "2"])
+                .stdout(Stdio::null())
+                .stderr(stderr())
+                .spawn()
+                .unwrap(),
+        );
+        let admin_addr: SocketAddr = ([127, 0, 0, 1], admin).into();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some((status, _)) = try_get(admin_addr, "/healthz").await {
+                if status == 200 {
+                    return (child, port, admin);
+                }
+            }
+            if matches!(child.0.try_wait(), Ok(Some(_))) || std::time::Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    panic!("switchyard did not come up");
+}
+
+async fn spawn(dir: &std::path::Path, make: impl Fn(u16, u16) -> String) -> (Proc, u16, u16) {
+    spawn_with(dir, make, Stdio::null).await
 }
 
 fn config_for(port: u16, admin: u16, backend: SocketAddr) -> String {
@@ -81,14 +101,9 @@ backends = [{{ address = "{backend}" }}]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_the_request_in_flight_finish_then_exits_zero() {
     let slow = named_backend("slow", Duration::from_millis(1500)).await;
-    let (port, admin) = (free_port(), free_port());
     let dir = tempfile::tempdir().unwrap();
-    let mut proc = spawn(
-        dir.path(),
-        &config_for(port, admin, slow),
-        ([127, 0, 0, 1], admin).into(),
-    )
-    .await;
+    let (mut proc, port, admin) =
+        spawn(dir.path(), |port, admin| config_for(port, admin, slow)).await;
     let proxy: SocketAddr = ([127, 0, 0, 1], port).into();
     let in_flight = tokio::spawn(async move { get(proxy, "/", None).await });
     // Wait until the request has reached the proxy's backend, then ask it to stop.
@@ -136,14 +151,8 @@ async fn large_bodies_stream_with_flat_memory() {
         }
     })
     .await;
-    let (port, admin) = (free_port(), free_port());
     let dir = tempfile::tempdir().unwrap();
-    let proc = spawn(
-        dir.path(),
-        &config_for(port, admin, sink),
-        ([127, 0, 0, 1], admin).into(),
-    )
-    .await;
+    let (proc, port, _admin) = spawn(dir.path(), |port, admin| config_for(port, admin, sink)).await;
     let before = peak_rss_kib(proc.0.id());
 
     let req = Request::post(format!("http://127.0.0.1:{port}/up"))
@@ -175,14 +184,16 @@ async fn large_bodies_stream_with_flat_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_starts_upstreams_and_shows_balancing() {
-    let (port, admin) = (free_port(), free_port());
-    let ups: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("demo.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
+    // Free ports can be taken between finding and binding them: try again with new ones if the demo cannot start.
+    for _ in 0..5 {
+        let (port, admin) = (free_port(), free_port());
+        let ups: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        std::fs::write(
+            &path,
+            format!(
+                r#"
 [[listeners]]
 address = "127.0.0.1:{port}"
 [admin]
@@ -192,88 +203,79 @@ pool = "web"
 [pools.web]
 backends = [{{ address = "127.0.0.1:{}" }}, {{ address = "127.0.0.1:{}" }}, {{ address = "127.0.0.1:{}" }}]
 "#,
-            ups[0], ups[1], ups[2]
-        ),
-    )
-    .unwrap();
-    let mut child = Proc(
-        Command::new(env!("CARGO_BIN_EXE_switchyard"))
-            .args(["demo", "--config", path.to_str().unwrap()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let stdout = child.0.stdout.take().unwrap();
-    let lines = tokio::task::spawn_blocking(move || {
-        let mut out = Vec::new();
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let done = line.contains("Ctrl-C");
-            out.push(line);
-            if done {
-                break;
-            }
-        }
-        out
-    });
-    let lines = tokio::time::timeout(Duration::from_secs(30), lines)
-        .await
-        .unwrap()
+                ups[0], ups[1], ups[2]
+            ),
+        )
         .unwrap();
-    let text = lines.join("\n");
-    assert!(
-        text.contains(&format!("http://127.0.0.1:{admin}/api/pools")),
-        "{text}"
-    );
-    assert!(
-        text.contains(&format!("http://127.0.0.1:{admin}/metrics")),
-        "{text}"
-    );
-    assert!(
-        text.contains(&format!("http://127.0.0.1:{port}/")),
-        "{text}"
-    );
-    let answers: Vec<&String> = lines
-        .iter()
-        .filter(|l| l.contains("-> 200 OK from upstream-"))
-        .collect();
-    assert_eq!(answers.len(), 10, "{text}");
-    for n in 1..=3 {
-        assert!(
-            text.contains(&format!("from upstream-{n}")),
-            "upstream-{n} never answered:\n{text}"
+        let mut child = Proc(
+            Command::new(env!("CARGO_BIN_EXE_switchyard"))
+                .args(["demo", "--config", path.to_str().unwrap()])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
         );
+        let stdout = child.0.stdout.take().unwrap();
+        let lines = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::new();
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let done = line.contains("Ctrl-C");
+                out.push(line);
+                if done {
+                    break;
+                }
+            }
+            out
+        });
+        let lines = tokio::time::timeout(Duration::from_secs(30), lines)
+            .await
+            .unwrap()
+            .unwrap();
+        let text = lines.join("\n");
+        if !text.contains("Ctrl-C") && matches!(child.0.try_wait(), Ok(Some(_))) {
+            continue;
+        }
+        assert!(
+            text.contains(&format!("http://127.0.0.1:{admin}/api/pools")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("http://127.0.0.1:{admin}/metrics")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("http://127.0.0.1:{port}/")),
+            "{text}"
+        );
+        let answers: Vec<&String> = lines
+            .iter()
+            .filter(|l| l.contains("-> 200 OK from upstream-"))
+            .collect();
+        assert_eq!(answers.len(), 10, "{text}");
+        for n in 1..=3 {
+            assert!(
+                text.contains(&format!("from upstream-{n}")),
+                "upstream-{n} never answered:\n{text}"
+            );
+        }
+        signal(&child.0, "TERM");
+        let exited = eventually(Duration::from_secs(10), || {
+            let done = matches!(child.0.try_wait(), Ok(Some(_)));
+            async move { done }
+        })
+        .await;
+        assert!(exited);
+        return;
     }
-    signal(&child.0, "TERM");
-    let exited = eventually(Duration::from_secs(10), || {
-        let done = matches!(child.0.try_wait(), Ok(Some(_)));
-        async move { done }
-    })
-    .await;
-    assert!(exited);
-}
-
-async fn reload_count(admin: u16, result: &str) -> f64 {
-    let (_, _, text) = get(([127, 0, 0, 1], admin).into(), "/metrics", None).await;
-    metric(
-        &text,
-        &format!("switchyard_config_reloads_total{{result=\"{result}\"}}"),
-    )
-    .unwrap_or(0.0)
+    panic!("the demo never started");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_always_reloads() {
     let a = named_backend("a", Duration::ZERO).await;
-    let (port, admin) = (free_port(), free_port());
     let dir = tempfile::tempdir().unwrap();
-    let proc = spawn(
-        dir.path(),
-        &config_for(port, admin, a),
-        ([127, 0, 0, 1], admin).into(),
-    )
-    .await;
+    let (proc, port, admin) = spawn(dir.path(), |port, admin| config_for(port, admin, a)).await;
     assert_eq!(reload_count(admin, "success").await, 0.0);
     // Nothing changed, yet SIGHUP re-reads and applies the file, and counts it.
     signal(&proc.0, "HUP");
@@ -305,10 +307,11 @@ async fn sighup_always_reloads() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_gives_up_on_requests_after_the_drain_timeout() {
     let stuck = named_backend("stuck", Duration::from_secs(30)).await;
-    let (port, admin) = (free_port(), free_port());
     let dir = tempfile::tempdir().unwrap();
-    let text = format!("drain_timeout = \"1s\"\n{}", config_for(port, admin, stuck));
-    let mut proc = spawn(dir.path(), &text, ([127, 0, 0, 1], admin).into()).await;
+    let (mut proc, port, admin) = spawn(dir.path(), |port, admin| {
+        format!("drain_timeout = \"1s\"\n{}", config_for(port, admin, stuck))
+    })
+    .await;
     let proxy: SocketAddr = ([127, 0, 0, 1], port).into();
     let _in_flight = tokio::spawn(async move {
         raw(
@@ -346,26 +349,19 @@ async fn shutdown_gives_up_on_requests_after_the_drain_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_log_line_per_health_transition_none_per_check() {
     let b = controlled("b", 200).await;
-    let (port, admin) = (free_port(), free_port());
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("switchyard.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "{}\n[pools.p.health_check]\ninterval = \"50ms\"\ntimeout = \"40ms\"\nunhealthy_threshold = 2\nhealthy_threshold = 2\n",
-            config_for(port, admin, b.addr)
-        ),
-    )
-    .unwrap();
     let log = dir.path().join("stderr.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(["run", "--config", path.to_str().unwrap()])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let _proc = Proc(child);
+    let (_proc, _port, admin) = spawn_with(
+        dir.path(),
+        |port, admin| {
+            format!(
+                "{}\n[pools.p.health_check]\ninterval = \"50ms\"\ntimeout = \"40ms\"\nunhealthy_threshold = 2\nhealthy_threshold = 2\n",
+                config_for(port, admin, b.addr)
+            )
+        },
+        || Stdio::from(std::fs::File::create(&log).unwrap()),
+    )
+    .await;
     let admin_addr: SocketAddr = ([127, 0, 0, 1], admin).into();
     let healthy = |want: bool| async move {
         try_get(admin_addr, "/api/pools")
@@ -417,4 +413,70 @@ async fn one_log_line_per_health_transition_none_per_check() {
     );
     assert_eq!(about.len(), 2, "one line per transition only:\n{text}");
     assert!(!text.contains("panicked"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_idle_connections_at_once_and_a_second_signal_exits_now() {
+    let slow = named_backend("slow", Duration::from_secs(20)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut proc, port, admin) =
+        spawn(dir.path(), |port, admin| config_for(port, admin, slow)).await;
+    let proxy: SocketAddr = ([127, 0, 0, 1], port).into();
+    // An idle keep-alive connection: one request answered (a 404-free path is not needed; any answer will do).
+    let mut idle = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let _busy = tokio::spawn(async move {
+        raw(
+            proxy,
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            Duration::from_secs(30),
+        )
+        .await
+    });
+    assert!(
+        eventually(Duration::from_secs(5), || async move {
+            get(([127, 0, 0, 1], admin).into(), "/api/pools", None)
+                .await
+                .2
+                .contains("\"active_requests\": 1")
+        })
+        .await
+    );
+    signal(&proc.0, "TERM");
+    // The idle connection is closed by the server while the busy one is still draining.
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(
+        Duration::from_secs(3),
+        tokio::io::AsyncReadExt::read(&mut idle, &mut buf),
+    )
+    .await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "idle connection not closed: {closed:?}"
+    );
+    assert!(
+        proc.0.try_wait().unwrap().is_none(),
+        "exited before the request in flight finished"
+    );
+    // Admin /healthz says so while draining.
+    let (status, body) = try_get(([127, 0, 0, 1], admin).into(), "/healthz")
+        .await
+        .expect("admin stays up while draining");
+    assert_eq!((status.as_u16(), body.as_str()), (503, "draining\n"));
+    signal(&proc.0, "TERM");
+    let exited = eventually(Duration::from_secs(5), || {
+        let done = matches!(proc.0.try_wait(), Ok(Some(_)));
+        async move { done }
+    })
+    .await;
+    assert!(exited, "a second signal did not end it");
+    assert_eq!(proc.0.try_wait().unwrap().and_then(|s| s.code()), Some(1));
+}
+
+async fn reload_count(admin: u16, result: &str) -> f64 {
+    let (_, _, text) = get(([127, 0, 0, 1], admin).into(), "/metrics", None).await;
+    metric(
+        &text,
+        &format!("switchyard_config_reloads_total{{result=\"{result}\"}}"),
+    )
+    .unwrap_or(0.0)
 }

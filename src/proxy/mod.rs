@@ -72,7 +72,9 @@ impl Proxy {
         let mut retries = 0u32;
         loop {
             let may_retry = retries < pool.retry.max_retries;
-            let copy = (may_retry && replayable).then(|| copy_request(&req));
+            // Keep a copy for a retry after sending only when one could happen: another backend to try.
+            let copy =
+                (may_retry && replayable && pool.backends.len() > 1).then(|| copy_request(&req));
             let (failure, back) = match attempt(&pool, &backend, req, started).await {
                 Ok(resp) => return resp,
                 Err((Failure::Response(resp, done), _)) if copy.is_none() => {
