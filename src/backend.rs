@@ -5,7 +5,7 @@
 //! `healthy`, and it owns the idle keep-alive connections to its address.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwapOption;
@@ -22,15 +22,32 @@ pub struct CheckError {
     pub at: SystemTime,
 }
 
+const WEIGHT: u64 = 0xffff_ffff;
+const DOWN: u64 = 1 << 32;
+const DRAINING: u64 = 1 << 33;
+/// The circuit is not closed.
+const BREAKER: u64 = 1 << 34;
+/// `max_active_requests` is set.
+const CAPPED: u64 = 1 << 35;
+const FLAGS: u64 = DOWN | DRAINING | BREAKER | CAPPED;
+
+fn inverse(weight: u32) -> u32 {
+    u32::try_from((1u64 << 32) / u64::from(weight.max(1))).unwrap_or(u32::MAX)
+}
+
+/// `repr(C)`: the fields a pick reads come first, on one cache line.
+#[repr(C)]
 pub struct Backend {
+    /// The weight (low 32 bits) and the flags that can make the backend unavailable, in one word so that the
+    /// common case of a pick is a single load.
+    gate: AtomicU64,
+    active: AtomicUsize,
+    /// `2^32 / weight`, so least-connections compares loads with one multiplication and no division.
+    inverse_weight: AtomicU32,
+    max_active: AtomicU32,
     pub pool: String,
     /// `host:port` as written in the config.
     pub address: String,
-    weight: AtomicU32,
-    healthy: AtomicBool,
-    draining: AtomicBool,
-    active: AtomicUsize,
-    max_active: AtomicU32,
     pub breaker: CircuitBreaker,
     last_check_error: ArcSwapOption<CheckError>,
     pub connections: ConnectionPool,
@@ -48,10 +65,16 @@ impl Backend {
         Self {
             pool: pool.to_owned(),
             address: address.to_owned(),
-            weight: AtomicU32::new(weight),
-            healthy: AtomicBool::new(true),
-            draining: AtomicBool::new(false),
+            gate: AtomicU64::new(
+                u64::from(weight)
+                    | if breaker.max_active_requests > 0 {
+                        CAPPED
+                    } else {
+                        0
+                    },
+            ),
             active: AtomicUsize::new(0),
+            inverse_weight: AtomicU32::new(inverse(weight)),
             max_active: AtomicU32::new(breaker.max_active_requests),
             breaker: CircuitBreaker::new(breaker),
             last_check_error: ArcSwapOption::empty(),
@@ -62,12 +85,31 @@ impl Backend {
 
     /// May the balancer choose this backend now? Not draining, healthy (unless the pool is in panic mode), its
     /// circuit not blocking, and under its request cap.
-    #[inline]
+    #[inline(always)]
     pub fn is_available(&self, now: Instant, ignore_health: bool) -> bool {
-        !self.draining.load(Ordering::Relaxed)
-            && (ignore_health || self.healthy.load(Ordering::Relaxed))
-            && self.under_cap()
-            && self.breaker.would_admit(now)
+        let gate = self.gate.load(Ordering::Relaxed);
+        gate & FLAGS == 0 || self.is_available_slow(gate, now, ignore_health)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn is_available_slow(&self, gate: u64, now: Instant, ignore_health: bool) -> bool {
+        gate & DRAINING == 0
+            && (ignore_health || gate & DOWN == 0)
+            && (gate & CAPPED == 0 || self.under_cap())
+            && (gate & BREAKER == 0 || self.breaker.would_admit(now))
+    }
+
+    fn set_flag(&self, flag: u64, on: bool) {
+        if on {
+            self.gate.fetch_or(flag, Ordering::Relaxed);
+        } else {
+            self.gate.fetch_and(!flag, Ordering::Relaxed);
+        }
+    }
+
+    fn flag(&self, flag: u64) -> bool {
+        self.gate.load(Ordering::Relaxed) & flag != 0
     }
 
     #[inline]
@@ -76,30 +118,52 @@ impl Backend {
         max == 0 || self.active.load(Ordering::Relaxed) < max as usize
     }
 
+    #[inline]
     pub fn weight(&self) -> u32 {
-        self.weight.load(Ordering::Relaxed)
+        (self.gate.load(Ordering::Relaxed) & WEIGHT) as u32
+    }
+
+    /// `(requests in flight + 1) / weight`, scaled by 2^32: least-connections' measure of load.
+    #[inline]
+    pub fn load_score(&self) -> u64 {
+        (self.active.load(Ordering::Relaxed) as u64 + 1)
+            * u64::from(self.inverse_weight.load(Ordering::Relaxed))
     }
 
     pub fn set_weight(&self, weight: u32) {
-        self.weight.store(weight, Ordering::Relaxed);
+        self.inverse_weight
+            .store(inverse(weight), Ordering::Relaxed);
+        let mut current = self.gate.load(Ordering::Relaxed);
+        loop {
+            let next = (current & !WEIGHT) | u64::from(weight);
+            match self.gate.compare_exchange_weak(
+                current,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(seen) => current = seen,
+            }
+        }
     }
 
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
+        self.flag(DRAINING)
     }
 
     /// Stops (or resumes) new requests to this backend; requests in flight finish either way.
     pub fn set_draining(&self, draining: bool) {
-        self.draining.store(draining, Ordering::Relaxed);
+        self.set_flag(DRAINING, draining);
     }
 
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        !self.flag(DOWN)
     }
 
     /// Takes the backend out of (or back into) rotation; the health checker's lever.
     pub fn set_healthy(&self, healthy: bool) {
-        self.healthy.store(healthy, Ordering::Relaxed);
+        self.set_flag(DOWN, !healthy);
         self.metrics.set_up(healthy);
     }
 
@@ -113,6 +177,7 @@ impl Backend {
     }
 
     /// Requests sent to this backend whose responses have not finished yet.
+    #[inline]
     pub fn active_requests(&self) -> usize {
         self.active.load(Ordering::Relaxed)
     }
@@ -120,6 +185,7 @@ impl Backend {
     pub fn set_breaker_settings(&self, settings: BreakerSettings) {
         self.max_active
             .store(settings.max_active_requests, Ordering::Relaxed);
+        self.set_flag(CAPPED, settings.max_active_requests > 0);
         self.breaker.set_settings(settings);
     }
 
@@ -162,6 +228,8 @@ impl Backend {
     }
 
     fn on_transition(&self, t: &Transition) {
+        // A hint for the lock-free fast path; `admit` reads the breaker itself.
+        self.set_flag(BREAKER, t.to != State::Closed);
         let index = State::ALL.iter().position(|s| *s == t.to).unwrap_or(0);
         self.metrics.breaker_transition(index, t.to.as_str());
         match t.to {

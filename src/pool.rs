@@ -105,9 +105,14 @@ impl Pool {
         let ignore_health = self.in_panic();
         // A half-open backend may be claimed by a concurrent request between the check and the claim.
         for _ in 0..4 {
-            let i = self.selector.pick(backends, |i| {
-                !tried.contains(i) && backends[i].is_available(now, ignore_health)
-            })?;
+            let i = if tried.len == 0 {
+                self.selector
+                    .pick(backends, |i| backends[i].is_available(now, ignore_health))
+            } else {
+                self.selector.pick(backends, |i| {
+                    !tried.contains(i) && backends[i].is_available(now, ignore_health)
+                })
+            }?;
             tried.push(i);
             if backends[i].admit(now) {
                 return Some(&backends[i]);

