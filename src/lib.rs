@@ -11,6 +11,7 @@
 //! [`backend::Backend`], which is made of atomics.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod backend;
 pub mod breaker;

@@ -34,6 +34,7 @@ pub struct Metrics {
     pub config_reloads_total: IntCounterVec,
     pub config_last_reload_successful: IntGauge,
     pub config_last_reload_success_timestamp_seconds: prometheus::Gauge,
+    pub access_log_dropped_total: IntCounter,
 }
 
 fn must<T>(result: prometheus::Result<T>) -> T {
@@ -139,6 +140,10 @@ impl Metrics {
             "Unix time of the last successful config load.",
         ));
         config_last_reload_success_timestamp_seconds.set(unix_now());
+        let access_log_dropped_total = must(IntCounter::new(
+            "switchyard_access_log_dropped_total",
+            "Access log lines dropped because the writer fell behind.",
+        ));
         for c in [
             Box::new(requests_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration_seconds.clone()),
@@ -154,6 +159,7 @@ impl Metrics {
             Box::new(config_reloads_total.clone()),
             Box::new(config_last_reload_successful.clone()),
             Box::new(config_last_reload_success_timestamp_seconds.clone()),
+            Box::new(access_log_dropped_total.clone()),
         ] {
             must(registry.register(c));
         }
@@ -177,6 +183,7 @@ impl Metrics {
             config_reloads_total,
             config_last_reload_successful,
             config_last_reload_success_timestamp_seconds,
+            access_log_dropped_total,
         }
     }
 
@@ -320,6 +327,11 @@ impl BackendMetrics {
                     .inc()
             }
         }
+    }
+
+    /// The `pool` label value.
+    pub fn pool(&self) -> &String {
+        &self.pool
     }
 
     /// Deletes every series of this backend (after it was removed from the config and has drained).

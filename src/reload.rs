@@ -207,7 +207,14 @@ impl Supervisor {
         }
 
         let previous = self.shared.snapshot.load_full();
-        let snapshot = Snapshot::build(&new, &self.shared.metrics, Some(&previous));
+        let access_log = crate::access_log::open(
+            new.access_log.as_ref(),
+            previous.access_log.as_ref(),
+            &self.shared.metrics.access_log_dropped_total,
+        )
+        .await
+        .map_err(|e| format!("{e}; reload refused"))?;
+        let snapshot = Snapshot::build(&new, &self.shared.metrics, Some(&previous), access_log);
         let removed = removed_backends(&previous, &snapshot);
         outcome.backends_added = added_backends(&previous, &snapshot);
         outcome.backends_removed = removed

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::access_log::{AccessLog, AccessLogSettings};
 use crate::config::Config;
 use crate::metrics::{BackendMetrics, Metrics, NONE};
 use crate::pool::Pool;
@@ -17,12 +18,19 @@ pub struct Snapshot {
     pub pools: BTreeMap<String, Arc<Pool>>,
     /// Label handles for requests no route matched (`pool="none", backend="none"`).
     pub no_route_metrics: BackendMetrics,
+    /// The access log, when `[access_log]` is enabled.
+    pub access_log: Option<(AccessLogSettings, Arc<AccessLog>)>,
 }
 
 impl Snapshot {
     /// Builds the snapshot for `config`. Backends of `previous` whose pool and address are unchanged are carried
     /// over as the same `Arc`, keeping their health, breaker, in-flight count, drain flag and idle connections.
-    pub fn build(config: &Config, metrics: &Metrics, previous: Option<&Snapshot>) -> Self {
+    pub fn build(
+        config: &Config,
+        metrics: &Metrics,
+        previous: Option<&Snapshot>,
+        access_log: Option<(AccessLogSettings, Arc<AccessLog>)>,
+    ) -> Self {
         let mut pools = BTreeMap::new();
         for (name, settings) in &config.pools {
             let old = previous.and_then(|p| p.pools.get(name)).map(Arc::as_ref);
@@ -42,6 +50,7 @@ impl Snapshot {
             routes: table,
             pools,
             no_route_metrics: metrics.for_local(NONE),
+            access_log,
         }
     }
 }

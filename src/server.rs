@@ -59,6 +59,8 @@ pub enum StartError {
         #[source]
         source: io::Error,
     },
+    #[error("{0}")]
+    AccessLog(io::Error),
 }
 
 impl Server {
@@ -75,8 +77,15 @@ impl Server {
 
     async fn start_inner(config: Config, path: Option<PathBuf>) -> Result<Self, StartError> {
         let metrics = Arc::new(Metrics::new());
+        let access_log = crate::access_log::open(
+            config.access_log.as_ref(),
+            None,
+            &metrics.access_log_dropped_total,
+        )
+        .await
+        .map_err(StartError::AccessLog)?;
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(
-            &config, &metrics, None,
+            &config, &metrics, None, access_log,
         )));
         let (control, commands) = mpsc::channel(16);
         let shared = Arc::new(Shared {

@@ -8,7 +8,8 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -31,6 +32,8 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(55);
 pub enum RequestBody {
     Empty,
     Streaming(Incoming),
+    /// Streaming, with the bytes counted (for the access log).
+    Counted(Incoming, Arc<AtomicU64>),
 }
 
 impl Body for RequestBody {
@@ -44,20 +47,29 @@ impl Body for RequestBody {
         match self.get_mut() {
             Self::Empty => Poll::Ready(None),
             Self::Streaming(b) => Pin::new(b).poll_frame(cx),
+            Self::Counted(b, count) => {
+                let polled = Pin::new(b).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(frame))) = &polled {
+                    if let Some(data) = frame.data_ref() {
+                        count.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    }
+                }
+                polled
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             Self::Empty => true,
-            Self::Streaming(b) => b.is_end_stream(),
+            Self::Streaming(b) | Self::Counted(b, _) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             Self::Empty => SizeHint::with_exact(0),
-            Self::Streaming(b) => b.size_hint(),
+            Self::Streaming(b) | Self::Counted(b, _) => b.size_hint(),
         }
     }
 }

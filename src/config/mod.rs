@@ -21,7 +21,14 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::single(&shown, format!("cannot read the config file: {e}")))?;
-    parse(&text, &shown)
+    let mut config = parse(&text, &shown)?;
+    // Paths in the file are relative to the file's folder.
+    if let (Some(log), Some(folder)) = (config.access_log.as_mut(), path.parent()) {
+        if let Some(p) = log.path.as_mut().filter(|p| p.is_relative()) {
+            *p = folder.join(&*p);
+        }
+    }
+    Ok(config)
 }
 
 /// Parses and checks config text; `origin` names the file in messages.

@@ -21,6 +21,15 @@ pub struct File {
     pub runtime: Option<Runtime>,
     /// How long requests in flight may take to finish on SIGTERM (and on a removed listener).
     pub drain_timeout: Option<String>,
+    pub access_log: Option<AccessLog>,
+}
+
+/// `[access_log]`.
+#[derive(Debug, Deserialize)]
+pub struct AccessLog {
+    pub enabled: Option<bool>,
+    pub format: Option<String>,
+    pub path: Option<String>,
 }
 
 /// `[[listeners]]`: an address the proxy accepts client connections on.

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::diag::{FieldPath, Locator, Problem};
 use super::model;
+use crate::access_log::{AccessLogSettings, Format};
 use crate::breaker::BreakerSettings;
 use crate::health::{CheckKind, HealthCheckSettings, StatusRanges};
 use crate::proxy::retry::RetrySettings;
@@ -27,6 +28,8 @@ pub struct Config {
     pub pools: BTreeMap<String, PoolSettings>,
     pub runtime: RuntimeSettings,
     pub drain_timeout: Duration,
+    /// `None`: no access log.
+    pub access_log: Option<AccessLogSettings>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -592,6 +595,33 @@ pub fn validate(file: &model::File, at: &Locator<'_>) -> Result<Config, Vec<Prob
         DEFAULT_DRAIN_TIMEOUT,
     );
 
+    let access_log = file.access_log.as_ref().and_then(|a| {
+        let field = root.key("access_log");
+        let format = match a.format.as_deref() {
+            None | Some("json") => Format::Json,
+            Some("text") => Format::Text,
+            Some(other) => {
+                c.err(
+                    field.key("format"),
+                    format!(
+                        "unknown access log format {other:?}; allowed values: \"json\", \"text\""
+                    ),
+                );
+                Format::Json
+            }
+        };
+        if a.path.as_deref() == Some("") {
+            c.err(
+                field.key("path"),
+                "the path is empty; leave it out to log to standard output",
+            );
+        }
+        a.enabled.unwrap_or(false).then(|| AccessLogSettings {
+            format,
+            path: a.path.as_ref().map(std::path::PathBuf::from),
+        })
+    });
+
     if !c.problems.is_empty() {
         return Err(c.problems);
     }
@@ -604,5 +634,6 @@ pub fn validate(file: &model::File, at: &Locator<'_>) -> Result<Config, Vec<Prob
         pools,
         runtime: RuntimeSettings { workers },
         drain_timeout,
+        access_log,
     })
 }

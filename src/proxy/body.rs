@@ -12,6 +12,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use crate::access_log::Pending;
 use crate::backend::InFlight;
 use crate::upstream::Sender;
 
@@ -23,6 +24,7 @@ pub enum ProxyBody {
 pub struct UpstreamBody {
     body: Incoming,
     ended: bool,
+    bytes_out: u64,
     done: Completion,
 }
 
@@ -39,6 +41,7 @@ impl ProxyBody {
         Self::Upstream(UpstreamBody {
             body,
             ended: false,
+            bytes_out: 0,
             done,
         })
     }
@@ -49,15 +52,18 @@ pub struct Completion {
     pub started: Instant,
     pub in_flight: InFlight,
     pub connection: Option<Sender>,
+    /// The access log line, sent when the body ends.
+    pub log: Option<Box<Pending>>,
 }
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
         let backend = self.done.in_flight.backend();
-        backend
-            .metrics
-            .duration
-            .observe(self.done.started.elapsed().as_secs_f64());
+        let elapsed = self.done.started.elapsed();
+        backend.metrics.duration.observe(elapsed.as_secs_f64());
+        if let Some(log) = self.done.log.take() {
+            log.finish(elapsed, self.bytes_out);
+        }
         if self.ended || self.body.is_end_stream() {
             if let Some(sender) = self.done.connection.take() {
                 backend.connections.checkin(sender);
@@ -77,8 +83,12 @@ impl Body for ProxyBody {
         match self.get_mut() {
             Self::Upstream(up) => {
                 let polled = Pin::new(&mut up.body).poll_frame(cx);
-                if let Poll::Ready(None) = polled {
-                    up.ended = true;
+                match &polled {
+                    Poll::Ready(None) => up.ended = true,
+                    Poll::Ready(Some(Ok(frame))) => {
+                        up.bytes_out += frame.data_ref().map_or(0, |d| d.len() as u64);
+                    }
+                    _ => {}
                 }
                 polled
             }

@@ -61,7 +61,7 @@ pub fn add_forwarded(
 }
 
 /// An IPv4 peer on a dual-stack socket shows as `::ffff:a.b.c.d`; log and forward it as `a.b.c.d`.
-fn canonical(ip: IpAddr) -> IpAddr {
+pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,

@@ -6,6 +6,8 @@ pub mod retry;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
@@ -16,9 +18,10 @@ use tokio::time::Instant;
 
 pub use body::{Completion, ProxyBody};
 
+use crate::access_log::{AccessLog, Pending};
 use crate::backend::Backend;
 use crate::error::ProxyError;
-use crate::metrics::BackendMetrics;
+use crate::metrics::{BackendMetrics, NONE};
 use crate::pool::{Pool, Tried};
 use crate::router::Snapshot;
 use crate::upstream::{self, RequestBody, SendError};
@@ -43,26 +46,37 @@ impl Proxy {
     /// Serves one client request.
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
         let started = Instant::now();
-        let pool = {
+        let (pool, mut log) = {
             let snapshot = self.snapshot.load();
+            let log = snapshot
+                .access_log
+                .as_ref()
+                .map(|(_, log)| Box::new(pending(log, &req, peer)));
             let host = request_host(&req);
             match snapshot.routes.route(host, req.uri().path()) {
-                Some(pool) => Arc::clone(pool),
+                Some(pool) => (Arc::clone(pool), log),
                 None => {
-                    return local_answer(&ProxyError::NoRoute, &snapshot.no_route_metrics, started);
+                    return local_answer(
+                        &ProxyError::NoRoute,
+                        &snapshot.no_route_metrics,
+                        started,
+                        log,
+                        0,
+                    );
                 }
             }
         };
         pool.budget.record_request(started);
         let mut tried = Tried::default();
         let Some(first) = pool.pick(started, &mut tried).cloned() else {
-            return local_answer(&ProxyError::NoBackend, &pool.local_metrics, started);
+            return local_answer(&ProxyError::NoBackend, &pool.local_metrics, started, log, 0);
         };
-        let mut req = match prepare(req, peer) {
+        let bytes_in = log.as_ref().map(|l| Arc::clone(&l.bytes_in));
+        let mut req = match prepare(req, peer, bytes_in) {
             Ok(r) => r,
             Err(e) => {
                 first.breaker.cancel_trial();
-                return local_answer(&e, &pool.local_metrics, started);
+                return local_answer(&e, &pool.local_metrics, started, log, 0);
             }
         };
         let replayable =
@@ -75,10 +89,11 @@ impl Proxy {
             // Keep a copy for a retry after sending only when one could happen: another backend to try.
             let copy =
                 (may_retry && replayable && pool.backends.len() > 1).then(|| copy_request(&req));
+            let attempts = retries + 1;
             let (failure, back) = match attempt(&pool, &backend, req, started).await {
-                Ok(resp) => return resp,
+                Ok((resp, done)) => return pass_on(resp, done, log, attempts),
                 Err((Failure::Response(resp, done), _)) if copy.is_none() => {
-                    return pass_on(resp, done);
+                    return pass_on(resp, done, log, attempts);
                 }
                 Err(other) => other,
             };
@@ -96,8 +111,13 @@ impl Proxy {
             };
             let Some((next_backend, next_req)) = next else {
                 return match failure {
-                    Failure::Response(resp, done) => pass_on(resp, done),
-                    Failure::Error(e) => local_answer(&e, &pool.local_metrics, started),
+                    Failure::Response(resp, done) => pass_on(resp, done, log, attempts),
+                    Failure::Error(e) => {
+                        if let Some(l) = log.as_mut() {
+                            l.backend.clone_from(&backend.address);
+                        }
+                        local_answer(&e, &pool.local_metrics, started, log, attempts)
+                    }
                 };
             };
             drop(failure);
@@ -116,7 +136,7 @@ async fn attempt(
     backend: &Arc<Backend>,
     req: Request<RequestBody>,
     started: Instant,
-) -> Result<Response<ProxyBody>, (Failure, Option<Request<RequestBody>>)> {
+) -> Result<(Response<Incoming>, Completion), (Failure, Option<Request<RequestBody>>)> {
     let in_flight = backend.begin();
     let mut outcome = OutcomeGuard(Some(backend));
     let sent = tokio::time::timeout(
@@ -132,11 +152,12 @@ async fn attempt(
                 started,
                 in_flight,
                 connection: Some(sender),
+                log: None,
             };
             if matches!(status.as_u16(), 502..=504) {
                 return Err((Failure::Response(resp, done), None));
             }
-            return Ok(pass_on(resp, done));
+            return Ok((resp, done));
         }
         Ok(Err(SendError::Connect(e, back))) => {
             let error = ProxyError::Connect(e);
@@ -183,7 +204,11 @@ impl Drop for OutcomeGuard<'_> {
 
 /// Rewrites a client request for the upstream: hop-by-hop headers out, forwarding headers in, HTTP/1.1,
 /// origin-form target.
-fn prepare(req: Request<Incoming>, peer: SocketAddr) -> Result<Request<RequestBody>, ProxyError> {
+fn prepare(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    count_bytes: Option<Arc<AtomicU64>>,
+) -> Result<Request<RequestBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
     let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
         parts
@@ -203,10 +228,10 @@ fn prepare(req: Request<Incoming>, peer: SocketAddr) -> Result<Request<RequestBo
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         parts.uri = Uri::try_from(path).map_err(|_| ProxyError::BadRequest)?;
     }
-    let body = if body.is_end_stream() {
-        RequestBody::Empty
-    } else {
-        RequestBody::Streaming(body)
+    let body = match count_bytes {
+        _ if body.is_end_stream() => RequestBody::Empty,
+        Some(count) => RequestBody::Counted(body, count),
+        None => RequestBody::Streaming(body),
     };
     Ok(Request::from_parts(parts, body))
 }
@@ -222,14 +247,44 @@ fn copy_request(req: &Request<RequestBody>) -> Request<RequestBody> {
 }
 
 /// Passes an upstream response on to the client.
-fn pass_on(resp: Response<Incoming>, done: Completion) -> Response<ProxyBody> {
+fn pass_on(
+    resp: Response<Incoming>,
+    mut done: Completion,
+    log: Option<Box<Pending>>,
+    attempts: u32,
+) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
-    done.in_flight
-        .backend()
-        .metrics
-        .count_response(parts.status);
+    let backend = done.in_flight.backend();
+    backend.metrics.count_response(parts.status);
+    done.log = log.map(|mut l| {
+        l.status = parts.status.as_u16();
+        l.pool.clone_from(&backend.pool);
+        l.backend.clone_from(&backend.address);
+        l.attempts = attempts;
+        l
+    });
     Response::from_parts(parts, ProxyBody::upstream(body, done))
+}
+
+/// The start of a request's access log line.
+fn pending(log: &Arc<AccessLog>, req: &Request<Incoming>, peer: SocketAddr) -> Pending {
+    Pending {
+        log: Arc::clone(log),
+        time: SystemTime::now(),
+        client: headers::canonical(peer.ip()),
+        method: req.method().clone(),
+        host: request_host(req).unwrap_or("").to_owned(),
+        path: req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned()),
+        bytes_in: Arc::new(AtomicU64::new(0)),
+        pool: NONE.to_owned(),
+        backend: NONE.to_owned(),
+        attempts: 0,
+        status: 0,
+    }
 }
 
 /// The host a request is for: the authority of an absolute-form target (and HTTP/2's `:authority`), else `Host`.
@@ -241,15 +296,24 @@ fn request_host<B>(req: &Request<B>) -> Option<&str> {
     })
 }
 
-/// An answer the proxy gives itself, counted with `backend="none"`.
+/// An answer the proxy gives itself, counted (and logged) with `backend="none"` unless an attempt named one.
 fn local_answer(
     error: &ProxyError,
     metrics: &BackendMetrics,
     started: Instant,
+    log: Option<Box<Pending>>,
+    attempts: u32,
 ) -> Response<ProxyBody> {
     let status = error.status();
     metrics.count_response(status);
-    metrics.duration.observe(started.elapsed().as_secs_f64());
+    let elapsed = started.elapsed();
+    metrics.duration.observe(elapsed.as_secs_f64());
+    if let Some(mut l) = log {
+        l.status = status.as_u16();
+        l.pool.clone_from(metrics.pool());
+        l.attempts = attempts;
+        l.finish(elapsed, error.reason().len() as u64);
+    }
     plain(status, error.reason())
 }
 
