@@ -130,6 +130,9 @@ impl Metrics {
             ),
             &["result"],
         ));
+        for result in ["success", "failure"] {
+            config_reloads_total.with_label_values(&[result]);
+        }
         let config_last_reload_successful = must(IntGauge::new(
             "switchyard_config_last_reload_successful",
             "1 if the last config reload (or the start) succeeded, 0 if it failed.",
