@@ -15,6 +15,17 @@ use crate::reload::Trigger;
 use crate::server::{Shared, request_reload};
 
 pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
+    if let Some(token) = shared.config.load().admin.token.as_deref() {
+        if !authorized(req.headers(), token) {
+            let mut resp = plain(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized: send Authorization: Bearer <token>\n",
+            );
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return resp;
+        }
+    }
     let path = req.uri().path();
     let method = req.method();
     match (path, method) {
@@ -55,6 +66,23 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBo
             None => plain(StatusCode::NOT_FOUND, "not found\n"),
         },
     }
+}
+
+/// Does the request carry `Authorization: Bearer <token>`? Compared in constant time, so the answer's timing
+/// tells nothing about how much of a guess was right.
+fn authorized(headers: &http::HeaderMap, token: &str) -> bool {
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+    else {
+        return false;
+    };
+    let expected = token.as_bytes();
+    let mut diff = u8::from(given.len() != expected.len());
+    for (i, e) in expected.iter().enumerate() {
+        diff |= e ^ given.get(i).copied().unwrap_or(0);
+    }
+    std::hint::black_box(diff) == 0
 }
 
 fn method_not_allowed() -> Response<ProxyBody> {

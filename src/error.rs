@@ -8,6 +8,10 @@ pub enum ProxyError {
     NoRoute,
     #[error("malformed request target")]
     BadRequest,
+    #[error("request body too large")]
+    BodyTooLarge,
+    #[error("method not allowed")]
+    MethodNotAllowed,
     #[error("no backend available")]
     NoBackend,
     #[error("could not connect to the backend")]
@@ -23,6 +27,8 @@ impl ProxyError {
         match self {
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::BadRequest => StatusCode::BAD_REQUEST,
+            Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
             Self::Connect(_) | Self::Protocol(_) => StatusCode::BAD_GATEWAY,
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
@@ -34,6 +40,10 @@ impl ProxyError {
         match self {
             Self::NoRoute => "switchyard: no route for this host and path\n",
             Self::BadRequest => "switchyard: malformed request target\n",
+            Self::BodyTooLarge => "switchyard: request body too large\n",
+            Self::MethodNotAllowed => {
+                "switchyard: CONNECT is not supported; switchyard is not a forward proxy\n"
+            }
             Self::NoBackend => "switchyard: no backend available\n",
             Self::Connect(_) => "switchyard: could not connect to the backend\n",
             Self::Timeout => "switchyard: the backend did not answer in time\n",
@@ -47,7 +57,11 @@ impl ProxyError {
             Self::Connect(_) => Some("connect"),
             Self::Timeout => Some("timeout"),
             Self::Protocol(_) => Some("protocol"),
-            Self::NoRoute | Self::BadRequest | Self::NoBackend => None,
+            Self::NoRoute
+            | Self::BadRequest
+            | Self::BodyTooLarge
+            | Self::MethodNotAllowed
+            | Self::NoBackend => None,
         }
     }
 }

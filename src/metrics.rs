@@ -35,6 +35,7 @@ pub struct Metrics {
     pub config_last_reload_successful: IntGauge,
     pub config_last_reload_success_timestamp_seconds: prometheus::Gauge,
     pub access_log_dropped_total: IntCounter,
+    pub rejected_requests_total: IntCounterVec,
 }
 
 fn must<T>(result: prometheus::Result<T>) -> T {
@@ -147,6 +148,13 @@ impl Metrics {
             "switchyard_access_log_dropped_total",
             "Access log lines dropped because the writer fell behind.",
         ));
+        let rejected_requests_total = must(IntCounterVec::new(
+            Opts::new(
+                "switchyard_rejected_requests_total",
+                "Requests and connections refused by a limit or as malformed, by reason.",
+            ),
+            &["reason"],
+        ));
         for c in [
             Box::new(requests_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration_seconds.clone()),
@@ -163,6 +171,7 @@ impl Metrics {
             Box::new(config_last_reload_successful.clone()),
             Box::new(config_last_reload_success_timestamp_seconds.clone()),
             Box::new(access_log_dropped_total.clone()),
+            Box::new(rejected_requests_total.clone()),
         ] {
             must(registry.register(c));
         }
@@ -187,7 +196,16 @@ impl Metrics {
             config_last_reload_successful,
             config_last_reload_success_timestamp_seconds,
             access_log_dropped_total,
+            rejected_requests_total,
         }
+    }
+
+    /// Counts one refusal: `header_too_large`, `header_timeout`, `max_connections`, `body_too_large`,
+    /// `malformed`, `connect_method`.
+    pub fn reject(&self, reason: &str) {
+        self.rejected_requests_total
+            .with_label_values(&[reason])
+            .inc();
     }
 
     /// Records the result of a reload.

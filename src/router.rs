@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::access_log::{AccessLog, AccessLogSettings};
-use crate::config::Config;
+use crate::config::{Config, Limits};
 use crate::metrics::{BackendMetrics, Metrics, NONE};
 use crate::pool::Pool;
 
@@ -20,6 +20,8 @@ pub struct Snapshot {
     pub no_route_metrics: BackendMetrics,
     /// The access log, when `[access_log]` is enabled.
     pub access_log: Option<(AccessLogSettings, Arc<AccessLog>)>,
+    pub limits: Limits,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Snapshot {
@@ -51,6 +53,8 @@ impl Snapshot {
             pools,
             no_route_metrics: metrics.for_local(NONE),
             access_log,
+            limits: config.limits,
+            trusted_proxies: config.trusted_proxies.clone(),
         }
     }
 }

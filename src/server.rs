@@ -96,7 +96,7 @@ impl Server {
             shutting_down: AtomicBool::new(false),
             control,
         });
-        let proxy = Arc::new(Proxy::new(snapshot));
+        let proxy = Arc::new(Proxy::new(snapshot, Arc::clone(&shared.metrics)));
 
         let mut listeners = Vec::new();
         for (i, l) in config.listeners.iter().enumerate() {
@@ -188,13 +188,7 @@ impl ListenerTask {
             let proxy = Arc::clone(&proxy);
             async move { proxy.handle(req, peer).await }
         };
-        Self::spawn(
-            configured,
-            tcp,
-            Some(shared.metrics.open_connections.clone()),
-            handler,
-            "proxy",
-        )
+        Self::spawn(configured, tcp, Some(Arc::clone(shared)), handler, "proxy")
     }
 
     pub fn admin(
@@ -213,7 +207,7 @@ impl ListenerTask {
     fn spawn<H, F>(
         configured: SocketAddr,
         tcp: TcpListener,
-        gauge: Option<IntGauge>,
+        limits_from: Option<Arc<Shared>>,
         handler: H,
         kind: &'static str,
     ) -> Result<Self, StartError>
@@ -228,7 +222,7 @@ impl ListenerTask {
         })?;
         tracing::info!(addr = %bound, "{kind} listener ready");
         let (stop, stopped) = watch::channel(None);
-        let task = tokio::spawn(accept_loop(tcp, stopped, gauge, handler));
+        let task = tokio::spawn(accept_loop(tcp, stopped, limits_from, handler));
         Ok(Self {
             configured,
             bound,
@@ -255,18 +249,17 @@ impl Drop for ConnectionCount {
     }
 }
 
+/// Accepts and serves connections until stopped. `limits_from`: the shared state whose `[limits]` and
+/// connection count apply (proxy listeners); `None` for the admin listener.
 async fn accept_loop<H, F>(
     listener: TcpListener,
     mut stop: watch::Receiver<Option<Duration>>,
-    gauge: Option<IntGauge>,
+    limits_from: Option<Arc<Shared>>,
     handler: H,
 ) where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).keep_alive(true);
-    builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
     let drain = loop {
         let accepted = tokio::select! {
@@ -285,23 +278,52 @@ async fn accept_loop<H, F>(
                 continue;
             }
         };
+        let limits = limits_from.as_ref().map(|s| (s.snapshot.load().limits, s));
+        let gauge = match limits {
+            Some((limits, shared)) => {
+                let open = &shared.metrics.open_connections;
+                if open.get() >= limits.max_connections as i64 {
+                    // Over the cap: closed at once; the connections already open are not touched.
+                    shared.metrics.reject("max_connections");
+                    drop(tcp);
+                    continue;
+                }
+                open.inc();
+                Some(open.clone())
+            }
+            None => None,
+        };
         let _ = tcp.set_nodelay(true);
-        if let Some(g) = &gauge {
-            g.inc();
-        }
-        let count = ConnectionCount(gauge.clone());
+        let count = ConnectionCount(gauge);
         let handler = handler.clone();
         let service = service_fn(move |req| {
             let fut = handler(req, peer);
             async move { Ok::<_, Infallible>(fut.await) }
         });
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        let mut http1 = builder.http1();
+        http1.timer(TokioTimer::new()).keep_alive(true);
+        if let Some((limits, _)) = limits {
+            http1
+                .max_buf_size(limits.max_header_bytes)
+                .header_read_timeout(limits.header_read_timeout);
+        }
+        let mut http2 = builder.http2();
+        http2.timer(TokioTimer::new());
+        if let Some((limits, _)) = limits {
+            http2.max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+        }
         let conn = builder
             .serve_connection(TokioIo::new(tcp), service)
             .into_owned();
         let conn = graceful.watch(conn);
+        let rejected = limits.map(|(_, shared)| Arc::clone(shared));
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
+                if let (Some(shared), Some(reason)) = (rejected, rejection(&*e)) {
+                    shared.metrics.reject(reason);
+                }
             }
             drop(count);
         });
@@ -312,5 +334,19 @@ async fn accept_loop<H, F>(
         .is_err()
     {
         tracing::warn!(?drain, "drain time over with connections still open");
+    }
+}
+
+/// The `reason` label for a connection that hyper ended because of the client.
+fn rejection(error: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let e = error.downcast_ref::<hyper::Error>()?;
+    if e.is_parse_too_large() {
+        Some("header_too_large")
+    } else if e.is_timeout() {
+        Some("header_timeout")
+    } else if e.is_parse() {
+        Some("malformed")
+    } else {
+        None
     }
 }

@@ -8,9 +8,9 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -32,29 +32,50 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(55);
 pub enum RequestBody {
     Empty,
     Streaming(Incoming),
-    /// Streaming, with the bytes counted (for the access log).
-    Counted(Incoming, Arc<AtomicU64>),
+    /// Streaming, with its bytes counted (for the access log) and/or capped (`limits.max_request_body_bytes`).
+    Metered(Box<Metered>),
 }
+
+pub struct Metered {
+    pub body: Incoming,
+    pub count: Option<Arc<AtomicU64>>,
+    /// Bytes still allowed; past them the body fails and `exceeded` is set.
+    pub remaining: u64,
+    pub exceeded: Arc<AtomicBool>,
+}
+
+/// The request body was larger than `limits.max_request_body_bytes`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body larger than limits.max_request_body_bytes")]
+pub struct BodyTooLarge;
 
 impl Body for RequestBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
             Self::Empty => Poll::Ready(None),
-            Self::Streaming(b) => Pin::new(b).poll_frame(cx),
-            Self::Counted(b, count) => {
-                let polled = Pin::new(b).poll_frame(cx);
-                if let Poll::Ready(Some(Ok(frame))) = &polled {
+            Self::Streaming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            Self::Metered(m) => {
+                let polled = ready!(Pin::new(&mut m.body).poll_frame(cx));
+                if let Some(Ok(frame)) = &polled {
                     if let Some(data) = frame.data_ref() {
-                        count.fetch_add(data.len() as u64, Ordering::Relaxed);
+                        let n = data.len() as u64;
+                        if let Some(count) = &m.count {
+                            count.fetch_add(n, Ordering::Relaxed);
+                        }
+                        if n > m.remaining {
+                            m.exceeded.store(true, Ordering::Relaxed);
+                            return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                        }
+                        m.remaining -= n;
                     }
                 }
-                polled
+                Poll::Ready(polled.map(|r| r.map_err(Into::into)))
             }
         }
     }
@@ -62,14 +83,16 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match self {
             Self::Empty => true,
-            Self::Streaming(b) | Self::Counted(b, _) => b.is_end_stream(),
+            Self::Streaming(b) => b.is_end_stream(),
+            Self::Metered(m) => m.body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             Self::Empty => SizeHint::with_exact(0),
-            Self::Streaming(b) | Self::Counted(b, _) => b.size_hint(),
+            Self::Streaming(b) => b.size_hint(),
+            Self::Metered(m) => m.body.size_hint(),
         }
     }
 }

@@ -7,20 +7,32 @@ use std::time::Duration;
 use common::*;
 
 fn echo_config(echo: std::net::SocketAddr) -> String {
-    config(&format!(
-        r#"
+    echo_config_with(echo, "")
+}
+
+fn echo_config_with(echo: std::net::SocketAddr, top: &str) -> String {
+    config_top(
+        top,
+        &format!(
+            r#"
 [[routes]]
 pool = "p"
 [pools.p]
 backends = [{{ address = "{echo}" }}]
 "#
-    ))
+        ),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hop_by_hop_removed_and_forwarding_headers_set() {
     let echo = echo_backend().await;
-    let server = start_proxy(&echo_config(echo)).await;
+    // The test client is a trusted proxy here, so X-Forwarded-For is appended to.
+    let server = start_proxy(&echo_config_with(
+        echo,
+        "trusted_proxies = [\"127.0.0.0/8\"]",
+    ))
+    .await;
     let request = b"GET /path?q=1 HTTP/1.1\r\n\
 Host: Www.Example.com:8080\r\n\
 Connection: close, X-Drop-Me\r\n\
@@ -82,6 +94,31 @@ X-Custom: kept\r\n\
     assert!(!head.contains("x-upstream-hop"), "{head}");
     assert!(!head.contains("keep-alive: timeout"), "{head}");
     assert!(head.contains("x-upstream-kept: yes"), "{head}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untrusted_clients_cannot_spoof_forwarding_headers() {
+    let echo = echo_backend().await;
+    let server = start_proxy(&echo_config(echo)).await;
+    let request = b"GET / HTTP/1.1\r\nHost: real.example\r\nX-Forwarded-For: 203.0.113.7\r\n\
+X-Forwarded-Proto: https\r\nX-Forwarded-Host: evil.example\r\nForwarded: for=203.0.113.7\r\nConnection: close\r\n\r\n";
+    let response = raw(server.listen_addrs[0], request, Duration::from_secs(5)).await;
+    let (_, body) = response
+        .split_once("\r\n\r\n")
+        .expect("a complete response");
+    let seen: serde_json::Value = serde_json::from_str(body).expect("echo JSON");
+    let headers: Vec<(String, String)> = serde_json::from_value(seen["headers"].clone()).unwrap();
+    let get = |name: &str| -> Vec<&str> {
+        headers
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    };
+    assert_eq!(get("x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(get("x-forwarded-proto"), ["http"]);
+    assert_eq!(get("x-forwarded-host"), ["real.example"]);
+    assert!(get("forwarded").is_empty(), "{headers:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

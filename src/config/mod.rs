@@ -12,7 +12,7 @@ use std::path::Path;
 
 pub use diag::{ConfigError, FieldPath, Problem};
 pub use validate::{
-    AdminSettings, Algorithm, BackendSettings, Config, ListenerSettings, PoolSettings,
+    AdminSettings, Algorithm, BackendSettings, Config, Limits, ListenerSettings, PoolSettings,
     RouteSettings, RuntimeSettings, Timeouts,
 };
 
@@ -21,17 +21,11 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::single(&shown, format!("cannot read the config file: {e}")))?;
-    let mut config = parse(&text, &shown)?;
-    // Paths in the file are relative to the file's folder.
-    if let (Some(log), Some(folder)) = (config.access_log.as_mut(), path.parent()) {
-        if let Some(p) = log.path.as_mut().filter(|p| p.is_relative()) {
-            *p = folder.join(&*p);
-        }
-    }
-    Ok(config)
+    parse(&text, &shown)
 }
 
-/// Parses and checks config text; `origin` names the file in messages.
+/// Parses and checks config text; `origin` names the file in messages, and its folder is where relative paths
+/// in the file start from.
 pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
     let at = diag::Locator::new(text);
     let fail = |problems: Vec<Problem>| ConfigError {
@@ -86,7 +80,9 @@ pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
             return Err(fail(problems));
         }
     };
-    match validate::validate(&file, &at) {
+    // Paths in the file are relative to the file's folder.
+    let folder = Path::new(origin).parent().unwrap_or(Path::new(""));
+    match validate::validate(&file, &at, folder) {
         Ok(config) if problems.is_empty() => Ok(config),
         Ok(_) => Err(fail(problems)),
         Err(more) => {

@@ -22,6 +22,18 @@ pub struct File {
     /// How long requests in flight may take to finish on SIGTERM (and on a removed listener).
     pub drain_timeout: Option<String>,
     pub access_log: Option<AccessLog>,
+    pub limits: Option<Limits>,
+    /// Peers (CIDR) whose `X-Forwarded-*` and `Forwarded` headers are kept and appended to.
+    pub trusted_proxies: Option<Vec<String>>,
+}
+
+/// `[limits]`: what one client may ask of the proxy.
+#[derive(Debug, Deserialize)]
+pub struct Limits {
+    pub max_header_bytes: Option<i64>,
+    pub header_read_timeout: Option<String>,
+    pub max_connections: Option<i64>,
+    pub max_request_body_bytes: Option<i64>,
 }
 
 /// `[access_log]`.
@@ -42,6 +54,8 @@ pub struct Listener {
 #[derive(Debug, Deserialize)]
 pub struct Admin {
     pub address: Option<String>,
+    /// A file holding the bearer token every admin request must carry.
+    pub token_file: Option<String>,
 }
 
 /// `[[routes]]`: which requests go to which pool.

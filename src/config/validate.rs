@@ -30,6 +30,32 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// `None`: no access log.
     pub access_log: Option<AccessLogSettings>,
+    pub limits: Limits,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Request line and headers; over it the client gets 431.
+    pub max_header_bytes: usize,
+    /// Until a request's headers have arrived (slowloris); also how long an idle keep-alive connection is kept.
+    pub header_read_timeout: Duration,
+    /// Open client connections; over it new ones are closed at once.
+    pub max_connections: usize,
+    /// Over it the client gets 413; `None`: no limit.
+    pub max_request_body_bytes: Option<u64>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 64 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
+            max_request_body_bytes: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -40,6 +66,8 @@ pub struct ListenerSettings {
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdminSettings {
     pub address: SocketAddr,
+    /// The bearer token every admin request must carry, read from `token_file`.
+    pub token: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -381,7 +409,12 @@ fn is_host_name(text: &str) -> bool {
 }
 
 /// Checks a parsed file; returns the runtime config, or every problem found.
-pub fn validate(file: &model::File, at: &Locator<'_>) -> Result<Config, Vec<Problem>> {
+/// Checks a parsed file; `folder` is the config file's folder, which relative paths in it start from.
+pub fn validate(
+    file: &model::File,
+    at: &Locator<'_>,
+    folder: &std::path::Path,
+) -> Result<Config, Vec<Problem>> {
     let mut c = Checker {
         at,
         problems: Vec::new(),
@@ -416,6 +449,36 @@ pub fn validate(file: &model::File, at: &Locator<'_>) -> Result<Config, Vec<Prob
     let admin_address = c
         .socket_addr(admin_field.clone(), admin_text)
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9901)));
+    let admin_token = file
+        .admin
+        .as_ref()
+        .and_then(|a| a.token_file.as_deref())
+        .and_then(|path| {
+            let field = root.key("admin").key("token_file");
+            match std::fs::read_to_string(folder.join(path)) {
+                Ok(text) if !text.trim().is_empty() => Some(text.trim().to_owned()),
+                Ok(_) => {
+                    c.err(
+                        field,
+                        format!("{path:?} is empty; put the admin token in it"),
+                    );
+                    None
+                }
+                Err(e) => {
+                    c.err(field, format!("cannot read {path:?}: {e}"));
+                    None
+                }
+            }
+        });
+    if !admin_address.ip().is_loopback() && admin_token.is_none() {
+        c.err(
+            admin_field.clone(),
+            format!(
+                "{admin_text:?} is not a loopback address: an admin listener reachable from other hosts needs \
+                 admin.token_file (every request then carries Authorization: Bearer <token>)"
+            ),
+        );
+    }
     if admin_address.port() != 0 && seen_listeners.contains(&admin_address) {
         c.err(
             admin_field,
@@ -589,6 +652,58 @@ pub fn validate(file: &model::File, at: &Locator<'_>) -> Result<Config, Vec<Prob
         }
     };
 
+    let limits = match &file.limits {
+        None => Limits::default(),
+        Some(l) => {
+            let d = Limits::default();
+            let field = root.key("limits");
+            Limits {
+                max_header_bytes: c.int(
+                    field.key("max_header_bytes"),
+                    l.max_header_bytes,
+                    d.max_header_bytes as u32,
+                    8192,
+                    16 * 1024 * 1024,
+                ) as usize,
+                header_read_timeout: c.duration(
+                    field.key("header_read_timeout"),
+                    l.header_read_timeout.as_deref(),
+                    d.header_read_timeout,
+                ),
+                max_connections: c.int(
+                    field.key("max_connections"),
+                    l.max_connections,
+                    d.max_connections as u32,
+                    1,
+                    10_000_000,
+                ) as usize,
+                max_request_body_bytes: match l.max_request_body_bytes {
+                    None => None,
+                    Some(v) if v >= 0 => Some(v as u64),
+                    Some(v) => {
+                        c.err(
+                            field.key("max_request_body_bytes"),
+                            format!("{v} is out of range; allowed values: 0 and up (leave it out for no limit)"),
+                        );
+                        None
+                    }
+                },
+            }
+        }
+    };
+    let mut trusted_proxies = Vec::new();
+    for (i, cidr) in file.trusted_proxies.iter().flatten().enumerate() {
+        let parsed = cidr
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| cidr.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match parsed {
+            Ok(net) => trusted_proxies.push(net.trunc()),
+            Err(_) => c.err(
+                root.key("trusted_proxies").index(i),
+                format!("{cidr:?} is not a CIDR range or an IP address; write it like \"10.0.0.0/8\" or \"192.0.2.7\""),
+            ),
+        }
+    }
     let drain_timeout = c.duration(
         root.key("drain_timeout"),
         file.drain_timeout.as_deref(),
@@ -618,7 +733,7 @@ pub fn validate(file: &model::File, at: &Locator<'_>) -> Result<Config, Vec<Prob
         }
         a.enabled.unwrap_or(false).then(|| AccessLogSettings {
             format,
-            path: a.path.as_ref().map(std::path::PathBuf::from),
+            path: a.path.as_ref().map(|p| folder.join(p)),
         })
     });
 
@@ -629,11 +744,14 @@ pub fn validate(file: &model::File, at: &Locator<'_>) -> Result<Config, Vec<Prob
         listeners,
         admin: AdminSettings {
             address: admin_address,
+            token: admin_token,
         },
         routes,
         pools,
         runtime: RuntimeSettings { workers },
         drain_timeout,
         access_log,
+        limits,
+        trusted_proxies,
     })
 }

@@ -39,24 +39,46 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Appends the peer to `X-Forwarded-For`, and sets `X-Forwarded-Proto` and `X-Forwarded-Host`.
+pub static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
+/// Sets the forwarding headers. From a trusted proxy (`trusted_proxies`), the peer is appended to
+/// `X-Forwarded-For` and the proxy's `X-Forwarded-Proto`/`-Host` and `Forwarded` are kept; from anyone else they
+/// are replaced, so a client cannot spoof its address: `X-Forwarded-For` is the peer alone, `Forwarded` is
+/// dropped, and `X-Forwarded-Proto` and `X-Forwarded-Host` describe this hop.
 pub fn add_forwarded(
     headers: &mut HeaderMap,
     peer: IpAddr,
     proto: &'static str,
     host: Option<HeaderValue>,
+    trusted: bool,
 ) {
     let peer = canonical(peer);
-    let value = match join_values(headers, &X_FORWARDED_FOR) {
+    let previous = if trusted {
+        join_values(headers, &X_FORWARDED_FOR)
+    } else {
+        None
+    };
+    let value = match previous {
         Some(previous) => format!("{previous}, {peer}"),
         None => peer.to_string(),
     };
     if let Ok(v) = HeaderValue::from_str(&value) {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-    if let Some(host) = host {
-        headers.insert(X_FORWARDED_HOST.clone(), host);
+    if trusted {
+        if !headers.contains_key(&X_FORWARDED_PROTO) {
+            headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+        }
+        if let (false, Some(host)) = (headers.contains_key(&X_FORWARDED_HOST), host) {
+            headers.insert(X_FORWARDED_HOST.clone(), host);
+        }
+    } else {
+        headers.remove(&FORWARDED);
+        headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+        match host {
+            Some(host) => headers.insert(X_FORWARDED_HOST.clone(), host),
+            None => headers.remove(&X_FORWARDED_HOST),
+        };
     }
 }
 
@@ -108,7 +130,7 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_for_appends() {
+    fn forwarded_for_appends_for_trusted_peers() {
         let mut h = HeaderMap::new();
         h.append(&X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
         h.append(&X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2"));
@@ -117,9 +139,24 @@ mod tests {
             "10.0.0.1".parse().unwrap(),
             "http",
             Some(HeaderValue::from_static("a.b")),
+            true,
         );
         assert_eq!(h[&X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 10.0.0.1");
         assert_eq!(h[&X_FORWARDED_PROTO], "http");
         assert_eq!(h[&X_FORWARDED_HOST], "a.b");
+    }
+    #[test]
+    fn untrusted_peers_cannot_spoof() {
+        let mut h = HeaderMap::new();
+        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
+        h.append(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        h.append(&X_FORWARDED_HOST, HeaderValue::from_static("evil.example"));
+        h.append(&FORWARDED, HeaderValue::from_static("for=1.1.1.1"));
+        let host = Some(HeaderValue::from_static("a.b"));
+        add_forwarded(&mut h, "10.0.0.1".parse().unwrap(), "http", host, false);
+        assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1");
+        assert_eq!(h[&X_FORWARDED_PROTO], "http");
+        assert_eq!(h[&X_FORWARDED_HOST], "a.b");
+        assert!(!h.contains_key(&FORWARDED));
     }
 }

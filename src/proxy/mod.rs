@@ -6,13 +6,13 @@ pub mod retry;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
 use http::uri::Uri;
-use http::{Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::{Body as _, Incoming};
 use tokio::time::Instant;
 
@@ -21,14 +21,15 @@ pub use body::{Completion, ProxyBody};
 use crate::access_log::{AccessLog, Pending};
 use crate::backend::Backend;
 use crate::error::ProxyError;
-use crate::metrics::{BackendMetrics, NONE};
+use crate::metrics::{BackendMetrics, Metrics, NONE};
 use crate::pool::{Pool, Tried};
 use crate::router::Snapshot;
-use crate::upstream::{self, RequestBody, SendError};
+use crate::upstream::{self, Metered, RequestBody, SendError};
 
 /// The proxy service shared by every connection of every listener.
 pub struct Proxy {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// How one attempt ended, when it did not give a response to pass on.
@@ -39,32 +40,42 @@ enum Failure {
 }
 
 impl Proxy {
-    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>) -> Self {
-        Self { snapshot }
+    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, metrics: Arc<Metrics>) -> Self {
+        Self { snapshot, metrics }
     }
 
     /// Serves one client request.
     pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
         let started = Instant::now();
-        let (pool, mut log) = {
+        let (pool, mut log, max_body, trusted) = {
             let snapshot = self.snapshot.load();
             let log = snapshot
                 .access_log
                 .as_ref()
                 .map(|(_, log)| Box::new(pending(log, &req, peer)));
+            if req.method() == Method::CONNECT {
+                self.metrics.reject("connect_method");
+                let e = ProxyError::MethodNotAllowed;
+                return local_answer(&e, &snapshot.no_route_metrics, started, log, 0);
+            }
             let host = request_host(&req);
-            match snapshot.routes.route(host, req.uri().path()) {
-                Some(pool) => (Arc::clone(pool), log),
-                None => {
-                    return local_answer(
-                        &ProxyError::NoRoute,
-                        &snapshot.no_route_metrics,
-                        started,
-                        log,
-                        0,
-                    );
+            let Some(pool) = snapshot.routes.route(host, req.uri().path()) else {
+                let e = ProxyError::NoRoute;
+                return local_answer(&e, &snapshot.no_route_metrics, started, log, 0);
+            };
+            let max_body = snapshot.limits.max_request_body_bytes;
+            if let Some(max) = max_body {
+                if content_length(&req).is_some_and(|n| n > max) {
+                    self.metrics.reject("body_too_large");
+                    let e = ProxyError::BodyTooLarge;
+                    return local_answer(&e, &pool.local_metrics, started, log, 0);
                 }
             }
+            let trusted = snapshot
+                .trusted_proxies
+                .iter()
+                .any(|net| net.contains(&headers::canonical(peer.ip())));
+            (Arc::clone(pool), log, max_body, trusted)
         };
         pool.budget.record_request(started);
         let mut tried = Tried::default();
@@ -72,7 +83,13 @@ impl Proxy {
             return local_answer(&ProxyError::NoBackend, &pool.local_metrics, started, log, 0);
         };
         let bytes_in = log.as_ref().map(|l| Arc::clone(&l.bytes_in));
-        let mut req = match prepare(req, peer, bytes_in) {
+        let body_too_large = Arc::new(AtomicBool::new(false));
+        let meter = (bytes_in.is_some() || max_body.is_some()).then(|| Meter {
+            count: bytes_in,
+            limit: max_body.unwrap_or(u64::MAX),
+            exceeded: Arc::clone(&body_too_large),
+        });
+        let mut req = match prepare(req, peer, trusted, meter) {
             Ok(r) => r,
             Err(e) => {
                 first.breaker.cancel_trial();
@@ -112,6 +129,11 @@ impl Proxy {
             let Some((next_backend, next_req)) = next else {
                 return match failure {
                     Failure::Response(resp, done) => pass_on(resp, done, log, attempts),
+                    Failure::Error(_) if body_too_large.load(Ordering::Relaxed) => {
+                        self.metrics.reject("body_too_large");
+                        let e = ProxyError::BodyTooLarge;
+                        local_answer(&e, &pool.local_metrics, started, log, attempts)
+                    }
                     Failure::Error(e) => {
                         if let Some(l) = log.as_mut() {
                             l.backend.clone_from(&backend.address);
@@ -207,7 +229,8 @@ impl Drop for OutcomeGuard<'_> {
 fn prepare(
     req: Request<Incoming>,
     peer: SocketAddr,
-    count_bytes: Option<Arc<AtomicU64>>,
+    trusted: bool,
+    meter: Option<Meter>,
 ) -> Result<Request<RequestBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
     let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
@@ -217,7 +240,13 @@ fn prepare(
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
     headers::strip_hop_by_hop(&mut parts.headers);
-    headers::add_forwarded(&mut parts.headers, peer.ip(), "http", original_host.clone());
+    headers::add_forwarded(
+        &mut parts.headers,
+        peer.ip(),
+        "http",
+        original_host.clone(),
+        trusted,
+    );
     if !parts.headers.contains_key(header::HOST) {
         if let Some(host) = original_host {
             parts.headers.insert(header::HOST, host);
@@ -228,12 +257,32 @@ fn prepare(
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         parts.uri = Uri::try_from(path).map_err(|_| ProxyError::BadRequest)?;
     }
-    let body = match count_bytes {
+    let body = match meter {
         _ if body.is_end_stream() => RequestBody::Empty,
-        Some(count) => RequestBody::Counted(body, count),
+        Some(m) => RequestBody::Metered(Box::new(Metered {
+            body,
+            count: m.count,
+            remaining: m.limit,
+            exceeded: m.exceeded,
+        })),
         None => RequestBody::Streaming(body),
     };
     Ok(Request::from_parts(parts, body))
+}
+
+/// What to count and cap of a request body.
+struct Meter {
+    count: Option<Arc<AtomicU64>>,
+    limit: u64,
+    exceeded: Arc<AtomicBool>,
+}
+
+/// The request's declared body length, if it declares one.
+fn content_length<B>(req: &Request<B>) -> Option<u64> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// A copy of a body-less request, for a retry after it was sent.

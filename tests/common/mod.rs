@@ -143,6 +143,11 @@ pub async fn start_proxy(toml: &str) -> Server {
     Server::start(config).await.unwrap()
 }
 
+/// A config with top-level keys `top` (they must come before any table), then [`config`]'s.
+pub fn config_top(top: &str, rest: &str) -> String {
+    format!("{top}\n{}", config(rest))
+}
+
 /// A minimal config: one listener and admin on port 0, plus `rest`.
 pub fn config(rest: &str) -> String {
     format!(
