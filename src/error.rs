@@ -6,7 +6,7 @@ use http::StatusCode;
 pub enum ProxyError {
     #[error("no route for this host and path")]
     NoRoute,
-    #[error("malformed request target")]
+    #[error("malformed request")]
     BadRequest,
     #[error("request body too large")]
     BodyTooLarge,
@@ -39,7 +39,7 @@ impl ProxyError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::NoRoute => "switchyard: no route for this host and path\n",
-            Self::BadRequest => "switchyard: malformed request target\n",
+            Self::BadRequest => "switchyard: malformed request\n",
             Self::BodyTooLarge => "switchyard: request body too large\n",
             Self::MethodNotAllowed => {
                 "switchyard: CONNECT is not supported; switchyard is not a forward proxy\n"

@@ -251,3 +251,62 @@ jitter = true
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }
 }
+
+#[test]
+fn admin_off_loopback_needs_a_token_and_limits_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "exposed.toml",
+        r#"trusted_proxies = ["10.0.0.0/8", "not-a-cidr"]
+
+[[listeners]]
+address = "127.0.0.1:0"
+
+[admin]
+address = "0.0.0.0:9901"
+
+[limits]
+max_header_bytes = 100
+max_connections = 0
+max_request_body_bytes = -1
+"#,
+    );
+    let out = switchyard(&["validate", "-c", &file]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        ":1:34: trusted_proxies[1]: \"not-a-cidr\" is not a CIDR range or an IP address",
+        ":7:11: admin.address: \"0.0.0.0:9901\" is not a loopback address: an admin listener reachable from other hosts needs admin.token_file",
+        ":10:20: limits.max_header_bytes: 100 is out of range; allowed values: 8192 to 16777216",
+        ":11:19: limits.max_connections: 0 is out of range",
+        ":12:26: limits.max_request_body_bytes: -1 is out of range",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+    // With a token file it is accepted; a missing token file is an error naming it.
+    std::fs::write(dir.path().join("token"), "t0ken").unwrap();
+    let ok = write(
+        dir.path(),
+        "token.toml",
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"0.0.0.0:9901\"\ntoken_file = \"token\"\n",
+    );
+    let out = switchyard(&["validate", "-c", &ok]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let missing = write(
+        dir.path(),
+        "missing.toml",
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n[admin]\ntoken_file = \"nope\"\n",
+    );
+    let err =
+        String::from_utf8_lossy(&switchyard(&["validate", "-c", &missing]).stderr).into_owned();
+    assert!(
+        err.contains("admin.token_file: cannot read \"nope\""),
+        "{err}"
+    );
+}

@@ -1,0 +1,356 @@
+//! Hostile clients and upstreams over raw TCP: malformed and smuggling requests, oversized headers, slowloris,
+//! absolute-form targets and CONNECT, connection and body limits, an upstream with endless headers, the admin
+//! token. After each hostile case a normal request still succeeds.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use common::*;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+fn status_of(response: &str) -> u16 {
+    response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn still_serves(proxy: SocketAddr) {
+    let (status, _, _) = get(proxy, "/", Some("shop.example")).await;
+    assert_eq!(status, 200, "a normal request failed after the hostile one");
+}
+
+async fn rejected(server: &switchyard::server::Server, reason: &str) -> f64 {
+    let (_, text) = admin_get(server, "/metrics").await;
+    metric(
+        &text,
+        &format!("switchyard_rejected_requests_total{{reason=\"{reason}\"}}"),
+    )
+    .unwrap_or(0.0)
+}
+
+async fn proxy_with(extra_top: &str) -> (switchyard::server::Server, Controlled) {
+    let b = controlled("b", 200).await;
+    let server = start_proxy(&config_top(
+        extra_top,
+        &format!(
+            "[[routes]]\npool = \"p\"\n[pools.p]\nbackends = [{{ address = \"{}\" }}]\n",
+            b.addr
+        ),
+    ))
+    .await;
+    (server, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_smuggling_requests_get_400_and_never_reach_a_backend() {
+    let (server, b) = proxy_with("").await;
+    let proxy = server.listen_addrs[0];
+    let cases: [(&str, &[u8]); 9] = [
+        ("garbage", b"\x00\x01\x02 hello there\r\n\r\n"),
+        ("tls client hello", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n"),
+        (
+            "CL + TE",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
+        ),
+        (
+            "CL, CL conflicting",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 40\r\n\r\nabcd",
+        ),
+        ("CL list", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4, 40\r\n\r\nabcd"),
+        (
+            "TE with space before colon",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n",
+        ),
+        (
+            "TE not ending in chunked",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+        ),
+        ("bad chunk size", b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"),
+        ("obsolete line folding", b"GET / HTTP/1.1\r\nHost: a\r\nX-Folded: one\r\n two\r\n\r\n"),
+    ];
+    for (name, bytes) in cases {
+        let hits = b.hits();
+        let response = raw(proxy, bytes, WAIT).await;
+        let status = status_of(&response);
+        match name {
+            // hyper drops the Content-Length, reads the body as chunked and closes the connection after the
+            // answer (RFC 9112 §6.1): one request reaches the backend, the smuggled one never does.
+            "CL + TE" => {
+                assert!(status == 400 || status == 200, "{name}: {response:?}");
+                assert!(
+                    response.to_ascii_lowercase().contains("connection: close"),
+                    "{name}: {response:?}"
+                );
+                assert!(
+                    b.hits() <= hits + 1,
+                    "{name}: the smuggled request reached the backend"
+                );
+            }
+            // The head was fine, the body is not: the backend saw the start, the client a failure.
+            "bad chunk size" => assert!(
+                status == 400 || status == 502 || response.is_empty(),
+                "{name}: {response:?}"
+            ),
+            _ => {
+                assert_eq!(status, 400, "{name}: expected 400, got {response:?}");
+                assert_eq!(b.hits(), hits, "{name}: reached the backend");
+            }
+        }
+        // `raw` returns when the server closed the connection: the connection did not survive.
+        still_serves(proxy).await;
+    }
+    assert!(rejected(&server, "malformed").await >= 7.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_headers_get_431() {
+    let (server, _b) = proxy_with("[limits]\nmax_header_bytes = 8192\n").await;
+    let proxy = server.listen_addrs[0];
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n",
+        "x".repeat(20_000)
+    );
+    let response = raw(proxy, big.as_bytes(), WAIT).await;
+    assert_eq!(status_of(&response), 431, "{response}");
+    still_serves(proxy).await;
+    assert_eq!(rejected(&server, "header_too_large").await, 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_is_cut_off_after_the_header_read_timeout() {
+    let (server, _b) = proxy_with("[limits]\nheader_read_timeout = \"300ms\"\n").await;
+    let proxy = server.listen_addrs[0];
+    let mut tcp = TcpStream::connect(proxy).await.unwrap();
+    let started = std::time::Instant::now();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n")
+        .await
+        .unwrap();
+    // Trickle a header byte every 100 ms; the server must close the connection anyway.
+    let mut closed = false;
+    for _ in 0..50 {
+        if tcp.write_all(b"X").await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 1024];
+        match tokio::time::timeout(Duration::from_millis(100), tcp.read(&mut buf)).await {
+            Ok(Ok(_)) | Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            Err(_) => {}
+        }
+    }
+    assert!(closed, "a trickling client was never cut off");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    still_serves(proxy).await;
+    assert!(
+        eventually(WAIT, || async {
+            rejected(&server, "header_timeout").await >= 1.0
+        })
+        .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absolute_form_goes_by_the_routes_and_connect_gets_405() {
+    let (server, b) = proxy_with("").await;
+    let proxy = server.listen_addrs[0];
+    // Some other listener stands in for "other-host": it must never be contacted.
+    let other = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let other_addr = other.local_addr().unwrap();
+    let request = format!(
+        "GET http://{other_addr}/steal HTTP/1.1\r\nHost: {other_addr}\r\nConnection: close\r\n\r\n"
+    );
+    let response = raw(proxy, request.as_bytes(), WAIT).await;
+    assert_eq!(status_of(&response), 200, "{response}");
+    assert!(
+        response.ends_with('b'),
+        "answered by the configured pool: {response}"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), other.accept())
+            .await
+            .is_err(),
+        "other host contacted"
+    );
+
+    let hits = b.hits();
+    let connect = format!("CONNECT {other_addr} HTTP/1.1\r\nHost: {other_addr}\r\n\r\n");
+    let response = raw(proxy, connect.as_bytes(), Duration::from_secs(1)).await;
+    assert_eq!(status_of(&response), 405, "{response}");
+    assert_eq!(b.hits(), hits);
+    still_serves(proxy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_max_connections_new_ones_are_closed_and_old_ones_unharmed() {
+    let (server, _b) = proxy_with("[limits]\nmax_connections = 3\n").await;
+    let proxy = server.listen_addrs[0];
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let mut tcp = TcpStream::connect(proxy).await.unwrap();
+        tcp.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let n = tcp.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        open.push(tcp);
+    }
+    let mut extra = TcpStream::connect(proxy).await.unwrap();
+    let _ = extra.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    let mut buf = [0u8; 512];
+    let n = tokio::time::timeout(WAIT, extra.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0, "the connection over the cap was served");
+    // The ones already open still work.
+    for tcp in &mut open {
+        tcp.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let n = tcp.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    }
+    assert_eq!(rejected(&server, "max_connections").await, 1.0);
+    drop(open);
+    assert!(
+        eventually(WAIT, || async {
+            try_get(proxy, "/").await.is_some_and(|(s, _)| s == 200)
+        })
+        .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_over_the_limit_get_413() {
+    let (server, b) = proxy_with("[limits]\nmax_request_body_bytes = 1000\n").await;
+    let proxy = server.listen_addrs[0];
+    let (status, _) = send(proxy, "POST", "/", "small body").await;
+    assert_eq!(status, 200);
+    let hits = b.hits();
+    let big = format!(
+        "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5000\r\n\r\n{}",
+        "x".repeat(5000)
+    );
+    assert_eq!(status_of(&raw(proxy, big.as_bytes(), WAIT).await), 413);
+    assert_eq!(
+        b.hits(),
+        hits,
+        "a body declared too large reached the backend"
+    );
+    let chunk = "x".repeat(600);
+    let chunked = format!(
+        "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n258\r\n{chunk}\r\n258\r\n{chunk}\r\n0\r\n\r\n"
+    );
+    assert_eq!(status_of(&raw(proxy, chunked.as_bytes(), WAIT).await), 413);
+    assert_eq!(rejected(&server, "body_too_large").await, 2.0);
+    still_serves(proxy).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_with_endless_headers_gives_502_not_memory_growth() {
+    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = upstream.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = upstream.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = tcp.read(&mut buf).await;
+                let _ = tcp.write_all(b"HTTP/1.1 200 OK\r\n").await;
+                let line = b"X-Endless: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n";
+                // Bounded: 64 MiB of header lines at most, far past any sane limit.
+                for _ in 0..(64 * 1024 * 1024 / line.len()) {
+                    if tcp.write_all(line).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let ok = controlled("ok", 200).await;
+    let server = start_proxy(&config(&format!(
+        "[[routes]]\npath_prefix = \"/endless\"\npool = \"bad\"\n[[routes]]\npool = \"p\"\n\
+         [pools.bad]\nbackends = [{{ address = \"{addr}\" }}]\n[pools.p]\nbackends = [{{ address = \"{}\" }}]\n",
+        ok.addr
+    )))
+    .await;
+    let proxy = server.listen_addrs[0];
+    let (status, _, body) = get(proxy, "/endless", None).await;
+    assert_eq!(status, 502, "{body}");
+    let (_, text) = admin_get(&server, "/metrics").await;
+    let series = format!(
+        "switchyard_upstream_errors_total{{backend=\"{addr}\",kind=\"protocol\",pool=\"bad\"}}"
+    );
+    assert_eq!(metric(&text, &series), Some(1.0));
+    assert_eq!(get(proxy, "/", None).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_needs_the_token_when_one_is_set() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), "s3cret-token\n").unwrap();
+    let b = controlled("b", 200).await;
+    let text = format!(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\ntoken_file = \"token\"\n\
+         [[routes]]\npool = \"p\"\n[pools.p]\nbackends = [{{ address = \"{}\" }}]\n",
+        b.addr
+    );
+    let path = dir.path().join("switchyard.toml");
+    std::fs::write(&path, text).unwrap();
+    let config = switchyard::config::load(&path).unwrap();
+    let server = switchyard::server::Server::start(config).await.unwrap();
+    let admin = server.admin_addr;
+    let call = |auth: Option<&'static str>, method: &'static str, path: &'static str| async move {
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(format!("http://{admin}{path}"));
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let resp = client().request(req.body(full("")).unwrap()).await.unwrap();
+        resp.status().as_u16()
+    };
+    assert_eq!(call(None, "GET", "/metrics").await, 401);
+    assert_eq!(call(Some("Bearer wrong"), "GET", "/api/pools").await, 401);
+    assert_eq!(
+        call(Some("Bearer s3cret-token-and-more"), "GET", "/api/pools").await,
+        401
+    );
+    assert_eq!(
+        call(Some("Basic s3cret-token"), "GET", "/healthz").await,
+        401
+    );
+    assert_eq!(
+        call(Some("Bearer s3cret-token"), "GET", "/api/pools").await,
+        200
+    );
+    assert_eq!(
+        call(Some("Bearer s3cret-token"), "GET", "/healthz").await,
+        200
+    );
+    // Mutating endpoints take POST only.
+    assert_eq!(
+        call(Some("Bearer s3cret-token"), "GET", "/api/reload").await,
+        405
+    );
+    let drain = format!("/api/pools/p/backends/{}/drain", b.addr);
+    let drain: &'static str = Box::leak(drain.into_boxed_str());
+    assert_eq!(call(None, "POST", drain).await, 401);
+    assert_eq!(call(Some("Bearer s3cret-token"), "PUT", drain).await, 405);
+    assert_eq!(call(Some("Bearer s3cret-token"), "POST", drain).await, 200);
+}
