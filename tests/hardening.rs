@@ -354,3 +354,50 @@ async fn the_admin_api_needs_the_token_when_one_is_set() {
     assert_eq!(call(Some("Bearer s3cret-token"), "PUT", drain).await, 405);
     assert_eq!(call(Some("Bearer s3cret-token"), "POST", drain).await, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_stalls_mid_body_is_cut_after_the_request_timeout() {
+    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = upstream.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = upstream.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = tcp.read(&mut buf).await;
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789")
+                    .await;
+                // Then silence, for longer than any timeout in this test (bounded).
+                tokio::time::sleep(Duration::from_secs(20)).await;
+            });
+        }
+    });
+    let server = start_proxy(&config(&format!(
+        "[[routes]]\npool = \"p\"\n[pools.p]\nbackends = [{{ address = \"{addr}\" }}]\n[pools.p.timeouts]\nrequest = \"300ms\"\n"
+    )))
+    .await;
+    let started = std::time::Instant::now();
+    let resp = client()
+        .request(
+            http::Request::get(format!("http://{}/", server.listen_addrs[0]))
+                .body(full(""))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = http_body_util::BodyExt::collect(resp.into_body()).await;
+    assert!(body.is_err(), "a stalled body must not end as if complete");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "held for {took:?}");
+    // The backend's in-flight count is released.
+    assert!(
+        eventually(WAIT, || async {
+            admin_get(&server, "/api/pools")
+                .await
+                .1
+                .contains("\"active_requests\": 0")
+        })
+        .await
+    );
+}

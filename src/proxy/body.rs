@@ -10,7 +10,10 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::time::Instant;
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::time::{Instant, Sleep};
 
 use crate::access_log::Pending;
 use crate::backend::InFlight;
@@ -25,8 +28,17 @@ pub struct UpstreamBody {
     body: Incoming,
     ended: bool,
     bytes_out: u64,
+    /// The longest silence allowed between two pieces of the body (the pool's request timeout).
+    idle_timeout: Duration,
+    /// Armed only when the upstream keeps us waiting, so a body that flows costs no timer.
+    idle: Option<Pin<Box<Sleep>>>,
     done: Completion,
 }
+
+/// The upstream went silent in the middle of a response body for longer than the pool's request timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("the backend stopped sending the response body")]
+pub struct BodyStalled;
 
 impl ProxyBody {
     pub fn local(text: &'static str) -> Self {
@@ -37,11 +49,13 @@ impl ProxyBody {
         Self::Local(Some(Bytes::from(bytes)))
     }
 
-    pub fn upstream(body: Incoming, done: Completion) -> Self {
+    pub fn upstream(body: Incoming, done: Completion, idle_timeout: Duration) -> Self {
         Self::Upstream(UpstreamBody {
             body,
             ended: false,
             bytes_out: 0,
+            idle_timeout,
+            idle: None,
             done,
         })
     }
@@ -74,24 +88,38 @@ impl Drop for UpstreamBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
-            Self::Upstream(up) => {
-                let polled = Pin::new(&mut up.body).poll_frame(cx);
-                match &polled {
-                    Poll::Ready(None) => up.ended = true,
-                    Poll::Ready(Some(Ok(frame))) => {
-                        up.bytes_out += frame.data_ref().map_or(0, |d| d.len() as u64);
+            Self::Upstream(up) => match Pin::new(&mut up.body).poll_frame(cx) {
+                Poll::Ready(polled) => {
+                    match &polled {
+                        None => up.ended = true,
+                        Some(Ok(frame)) => {
+                            up.bytes_out += frame.data_ref().map_or(0, |d| d.len() as u64)
+                        }
+                        Some(Err(_)) => {}
                     }
-                    _ => {}
+                    if let Some(idle) = up.idle.as_mut() {
+                        idle.as_mut().reset(Instant::now() + up.idle_timeout);
+                    }
+                    Poll::Ready(polled.map(|r| r.map_err(Into::into)))
                 }
-                polled
-            }
+                Poll::Pending => {
+                    let timeout = up.idle_timeout;
+                    let idle = up
+                        .idle
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                    match idle.as_mut().poll(cx) {
+                        Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyStalled)))),
+                        Poll::Pending => Poll::Pending,
+                    }
+                }
+            },
             Self::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         }
     }

@@ -7,7 +7,7 @@ pub mod retry;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
@@ -108,9 +108,11 @@ impl Proxy {
                 (may_retry && replayable && pool.backends.len() > 1).then(|| copy_request(&req));
             let attempts = retries + 1;
             let (failure, back) = match attempt(&pool, &backend, req, started).await {
-                Ok((resp, done)) => return pass_on(resp, done, log, attempts),
+                Ok((resp, done)) => {
+                    return pass_on(resp, done, log, attempts, pool.timeouts.request);
+                }
                 Err((Failure::Response(resp, done), _)) if copy.is_none() => {
-                    return pass_on(resp, done, log, attempts);
+                    return pass_on(resp, done, log, attempts, pool.timeouts.request);
                 }
                 Err(other) => other,
             };
@@ -128,7 +130,9 @@ impl Proxy {
             };
             let Some((next_backend, next_req)) = next else {
                 return match failure {
-                    Failure::Response(resp, done) => pass_on(resp, done, log, attempts),
+                    Failure::Response(resp, done) => {
+                        pass_on(resp, done, log, attempts, pool.timeouts.request)
+                    }
                     Failure::Error(_) if body_too_large.load(Ordering::Relaxed) => {
                         self.metrics.reject("body_too_large");
                         let e = ProxyError::BodyTooLarge;
@@ -301,6 +305,7 @@ fn pass_on(
     mut done: Completion,
     log: Option<Box<Pending>>,
     attempts: u32,
+    idle_timeout: Duration,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
@@ -313,7 +318,7 @@ fn pass_on(
         l.attempts = attempts;
         l
     });
-    Response::from_parts(parts, ProxyBody::upstream(body, done))
+    Response::from_parts(parts, ProxyBody::upstream(body, done, idle_timeout))
 }
 
 /// The start of a request's access log line.
