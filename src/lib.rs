@@ -15,6 +15,7 @@ pub mod access_log;
 pub mod admin;
 pub mod backend;
 pub mod breaker;
+pub mod client_conn;
 pub mod config;
 pub mod demo;
 pub mod error;

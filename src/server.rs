@@ -22,7 +22,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
+use crate::client_conn::{ConnClock, GuardedBody, ReadTimeout, TimedIo};
+use crate::config::{Config, Limits};
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, ProxyBody};
 use crate::reload::{Command, ReloadOutcome, Supervisor, Trigger};
@@ -296,26 +297,31 @@ async fn accept_loop<H, F>(
         let _ = tcp.set_nodelay(true);
         let count = ConnectionCount(gauge);
         let handler = handler.clone();
+        let timing = limits.map_or_else(Limits::default, |(l, _)| l);
+        let clock = ConnClock::new(timing.header_read_timeout, timing.idle_timeout);
+        let requests = Arc::clone(&clock);
         let service = service_fn(move |req| {
+            let guard = requests.request_started();
             let fut = handler(req, peer);
-            async move { Ok::<_, Infallible>(fut.await) }
+            async move { Ok::<_, Infallible>(fut.await.map(|inner| GuardedBody { inner, guard })) }
         });
         let mut builder = auto::Builder::new(TokioExecutor::new());
         let mut http1 = builder.http1();
-        http1.timer(TokioTimer::new()).keep_alive(true);
+        // Header and idle deadlines are kept by `TimedIo`, which can tell them apart.
+        http1
+            .timer(TokioTimer::new())
+            .keep_alive(true)
+            .header_read_timeout(None);
         if let Some((limits, _)) = limits {
-            http1
-                .max_buf_size(limits.max_header_bytes)
-                .header_read_timeout(limits.header_read_timeout);
+            http1.max_buf_size(limits.max_header_bytes);
         }
         let mut http2 = builder.http2();
         http2.timer(TokioTimer::new());
         if let Some((limits, _)) = limits {
             http2.max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
         }
-        let conn = builder
-            .serve_connection(TokioIo::new(tcp), service)
-            .into_owned();
+        let io = TokioIo::new(TimedIo::new(tcp, clock));
+        let conn = builder.serve_connection(io, service).into_owned();
         let conn = graceful.watch(conn);
         let rejected = limits.map(|(_, shared)| Arc::clone(shared));
         tokio::spawn(async move {
@@ -339,6 +345,19 @@ async fn accept_loop<H, F>(
 
 /// The `reason` label for a connection that hyper ended because of the client.
 fn rejection(error: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if let Some(timeout) = e.downcast_ref::<ReadTimeout>() {
+            // An idle keep-alive connection closing is routine, not a refusal.
+            return timeout.header.then_some("header_timeout");
+        }
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            if let Some(timeout) = io.get_ref().and_then(|i| i.downcast_ref::<ReadTimeout>()) {
+                return timeout.header.then_some("header_timeout");
+            }
+        }
+        source = e.source();
+    }
     let e = error.downcast_ref::<hyper::Error>()?;
     if e.is_parse_too_large() {
         Some("header_too_large")

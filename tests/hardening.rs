@@ -401,3 +401,38 @@ async fn an_upstream_that_stalls_mid_body_is_cut_after_the_request_timeout() {
         .await
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_idle_time_is_bounded_by_idle_timeout_not_the_header_timeout() {
+    let (server, _b) =
+        proxy_with("[limits]\nheader_read_timeout = \"300ms\"\nidle_timeout = \"1500ms\"\n").await;
+    let proxy = server.listen_addrs[0];
+    let mut tcp = TcpStream::connect(proxy).await.unwrap();
+    let mut buf = [0u8; 1024];
+    for round in 0..2 {
+        tcp.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let n = tcp.read(&mut buf).await.unwrap();
+        assert!(
+            String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+            "round {round}"
+        );
+        // Idle for longer than the header timeout, well within the idle timeout: the connection stays.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
+    // Left idle, it is closed once the idle timeout has passed.
+    let started = std::time::Instant::now();
+    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    assert_eq!(n, 0, "expected the server to close the idle connection");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // Idle closes are routine, not refusals.
+    assert_eq!(rejected(&server, "header_timeout").await, 0.0);
+}

@@ -32,6 +32,7 @@ pub struct File {
 pub struct Limits {
     pub max_header_bytes: Option<i64>,
     pub header_read_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
     pub max_connections: Option<i64>,
     pub max_request_body_bytes: Option<i64>,
 }

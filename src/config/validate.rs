@@ -39,8 +39,10 @@ pub struct Config {
 pub struct Limits {
     /// Request line and headers; over it the client gets 431.
     pub max_header_bytes: usize,
-    /// Until a request's headers have arrived (slowloris); also how long an idle keep-alive connection is kept.
+    /// From a request head's first byte (or a new connection) until the head is complete (slowloris).
     pub header_read_timeout: Duration,
+    /// How long a keep-alive connection may wait for its next request.
+    pub idle_timeout: Duration,
     /// Open client connections; over it new ones are closed at once.
     pub max_connections: usize,
     /// Over it the client gets 413; `None`: no limit.
@@ -52,6 +54,7 @@ impl Default for Limits {
         Self {
             max_header_bytes: 64 * 1024,
             header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
             max_connections: 10_000,
             max_request_body_bytes: None,
         }
@@ -669,6 +672,11 @@ pub fn validate(
                     field.key("header_read_timeout"),
                     l.header_read_timeout.as_deref(),
                     d.header_read_timeout,
+                ),
+                idle_timeout: c.duration(
+                    field.key("idle_timeout"),
+                    l.idle_timeout.as_deref(),
+                    d.idle_timeout,
                 ),
                 max_connections: c.int(
                     field.key("max_connections"),
