@@ -13,12 +13,19 @@ use http_body_util::BodyExt;
 
 use common::*;
 
-struct Proc(Child);
+struct Proc(Child, Option<std::path::PathBuf>);
 
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        // No log line of any run may say a thread panicked.
+        if let Some(log) = &self.1 {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            if text.contains("panicked") && !std::thread::panicking() {
+                panic!("switchyard panicked:\n{text}");
+            }
+        }
     }
 }
 
@@ -61,6 +68,7 @@ async fn spawn_with(
                 .stderr(stderr())
                 .spawn()
                 .unwrap(),
+            None,
         );
         let admin_addr: SocketAddr = ([127, 0, 0, 1], admin).into();
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -80,7 +88,13 @@ async fn spawn_with(
 }
 
 async fn spawn(dir: &std::path::Path, make: impl Fn(u16, u16) -> String) -> (Proc, u16, u16) {
-    spawn_with(dir, make, Stdio::null).await
+    let log = dir.join("stderr.log");
+    let (mut proc, port, admin) = spawn_with(dir, make, || {
+        Stdio::from(std::fs::File::create(&log).unwrap())
+    })
+    .await;
+    proc.1 = Some(log);
+    (proc, port, admin)
 }
 
 fn config_for(port: u16, admin: u16, backend: SocketAddr) -> String {
@@ -214,6 +228,7 @@ backends = [{{ address = "127.0.0.1:{}" }}, {{ address = "127.0.0.1:{}" }}, {{ a
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap(),
+            None,
         );
         let stdout = child.0.stdout.take().unwrap();
         let lines = tokio::task::spawn_blocking(move || {

@@ -32,6 +32,26 @@ pub fn full(data: impl Into<Bytes>) -> BoxBody {
         .boxed()
 }
 
+/// Makes a panic in any tokio task (switchyard's or a test backend's) fail the whole test binary loudly:
+/// tokio would otherwise catch it and leave the test to time out or pass on a half-dead server.
+pub fn fail_on_task_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            previous(info);
+            let thread = std::thread::current();
+            if thread
+                .name()
+                .is_some_and(|n| n.starts_with("tokio-runtime-worker"))
+            {
+                eprintln!("a task panicked: aborting the test binary");
+                std::process::abort();
+            }
+        }));
+    });
+}
+
 /// Starts an HTTP backend on 127.0.0.1:0 that answers every request with `handler`.
 pub async fn backend<H, F>(handler: H) -> SocketAddr
 where
@@ -138,6 +158,7 @@ pub async fn hanging_backend() -> SocketAddr {
 
 /// Starts switchyard in-process on a config text.
 pub async fn start_proxy(toml: &str) -> Server {
+    fail_on_task_panics();
     let config = switchyard::config::parse(toml, "test.toml")
         .unwrap_or_else(|e| panic!("bad test config:\n{e}"));
     Server::start(config).await.unwrap()
