@@ -137,19 +137,28 @@ fn run(
         .or(config.runtime.workers)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
-    // One worker: a current-thread runtime, without the multi-thread scheduler's synchronization.
-    let mut builder = if workers == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        b.worker_threads(workers);
-        b
-    };
-    let runtime = match builder.enable_all().build() {
+    // Every runtime is a current-thread one, without a multi-thread scheduler's synchronization: one worker
+    // serves everything on this thread; with more, this thread keeps the control plane and each worker thread
+    // accepts and serves client connections on its own runtime.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("switchyard: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
+        }
+    };
+    let worker_handles = if workers == 1 {
+        Vec::new()
+    } else {
+        match start_workers(workers) {
+            Ok(handles) => handles,
+            Err(e) => {
+                eprintln!("switchyard: cannot start the worker threads: {e}");
+                return ExitCode::FAILURE;
+            }
         }
     };
     runtime.block_on(async move {
@@ -160,10 +169,7 @@ fn run(
             tracing::info!(config = %shown, "demo upstreams started");
         }
         let drain = config.drain_timeout;
-        let started = match path {
-            Some(path) => Server::start_with_file(config, path).await,
-            None => Server::start(config).await,
-        };
+        let started = Server::start_on(config, path, worker_handles).await;
         let server = match started {
             Ok(s) => s,
             Err(e) => {
@@ -196,6 +202,37 @@ fn run(
         tracing::info!("stopped");
         ExitCode::SUCCESS
     })
+}
+
+/// Starts `n` threads, each running a current-thread runtime until the process ends; returns their handles.
+fn start_workers(n: usize) -> std::io::Result<Vec<tokio::runtime::Handle>> {
+    switchyard::upstream::set_runtime_count(n + 1);
+    let mut handles = Vec::with_capacity(n);
+    for i in 1..=n {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name(format!("switchyard-worker-{i}"))
+            .spawn(move || {
+                switchyard::upstream::set_runtime_index(i);
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => {
+                        let _ = tx.send(Ok(rt.handle().clone()));
+                        rt.block_on(std::future::pending::<()>());
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                }
+            })?;
+        let handle = rx
+            .recv()
+            .map_err(|_| std::io::Error::other("a worker thread ended before it started"))??;
+        handles.push(handle);
+    }
+    Ok(handles)
 }
 
 #[cfg(unix)]

@@ -39,6 +39,9 @@ pub struct Shared {
     /// Set once shutdown begins.
     pub shutting_down: AtomicBool,
     pub(crate) control: mpsc::Sender<Command>,
+    /// The runtimes that serve client connections, one accept loop each per proxy listener; empty: the
+    /// runtime `start` was called on.
+    pub(crate) workers: Vec<tokio::runtime::Handle>,
 }
 
 /// A running switchyard: its bound addresses, and the handle to reload and stop it.
@@ -68,15 +71,21 @@ impl Server {
     /// Binds every listener and starts serving a config that has no file behind it (reloads are refused).
     /// Must be called inside a tokio runtime.
     pub async fn start(config: Config) -> Result<Self, StartError> {
-        Self::start_inner(config, None).await
+        Self::start_on(config, None, Vec::new()).await
     }
 
     /// Starts serving `config`, read from `path`: the file is watched, and reloads re-read it.
     pub async fn start_with_file(config: Config, path: PathBuf) -> Result<Self, StartError> {
-        Self::start_inner(config, Some(path)).await
+        Self::start_on(config, Some(path), Vec::new()).await
     }
 
-    async fn start_inner(config: Config, path: Option<PathBuf>) -> Result<Self, StartError> {
+    /// Starts serving with client connections on the `workers` runtimes (each accepts from every proxy
+    /// listener); the control plane stays on the calling runtime. `path`: the config file, if any.
+    pub async fn start_on(
+        config: Config,
+        path: Option<PathBuf>,
+        workers: Vec<tokio::runtime::Handle>,
+    ) -> Result<Self, StartError> {
         let metrics = Arc::new(Metrics::new());
         let access_log = crate::access_log::open(
             config.access_log.as_ref(),
@@ -96,6 +105,7 @@ impl Server {
             listen_addrs: ArcSwap::from_pointee(Vec::new()),
             shutting_down: AtomicBool::new(false),
             control,
+            workers,
         });
         let proxy = Arc::new(Proxy::new(snapshot, Arc::clone(&shared.metrics)));
 
@@ -174,7 +184,7 @@ pub(crate) struct ListenerTask {
     pub configured: SocketAddr,
     pub bound: SocketAddr,
     stop: watch::Sender<Option<Duration>>,
-    task: JoinHandle<()>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl ListenerTask {
@@ -189,7 +199,14 @@ impl ListenerTask {
             let proxy = Arc::clone(&proxy);
             async move { proxy.handle(req, peer).await }
         };
-        Self::spawn(configured, tcp, Some(Arc::clone(shared)), handler, "proxy")
+        Self::spawn(
+            configured,
+            tcp,
+            Some(Arc::clone(shared)),
+            handler,
+            "proxy",
+            &shared.workers,
+        )
     }
 
     pub fn admin(
@@ -202,7 +219,7 @@ impl ListenerTask {
             let shared = Arc::clone(&shared);
             async move { crate::admin::handle(&shared, req).await }
         };
-        Self::spawn(configured, tcp, None, handler, "admin")
+        Self::spawn(configured, tcp, None, handler, "admin", &[])
     }
 
     fn spawn<H, F>(
@@ -211,6 +228,7 @@ impl ListenerTask {
         limits_from: Option<Arc<Shared>>,
         handler: H,
         kind: &'static str,
+        workers: &[tokio::runtime::Handle],
     ) -> Result<Self, StartError>
     where
         H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
@@ -223,19 +241,52 @@ impl ListenerTask {
         })?;
         tracing::info!(addr = %bound, "{kind} listener ready");
         let (stop, stopped) = watch::channel(None);
-        let task = tokio::spawn(accept_loop(tcp, stopped, limits_from, handler));
+        let bind_error = |source| StartError::Bind {
+            address: configured,
+            field: format!("{kind} listener"),
+            source,
+        };
+        let tasks = if workers.is_empty() {
+            vec![tokio::spawn(accept_loop(
+                tcp,
+                stopped,
+                limits_from,
+                handler,
+            ))]
+        } else {
+            // One socket, one accept loop on each worker runtime: the kernel hands each connection to one.
+            let socket = tcp.into_std().map_err(bind_error)?;
+            let mut tasks = Vec::new();
+            for worker in workers {
+                let socket = socket.try_clone().map_err(bind_error)?;
+                let (stopped, limits_from, handler) =
+                    (stopped.clone(), limits_from.clone(), handler.clone());
+                tasks.push(worker.spawn(async move {
+                    match TcpListener::from_std(socket) {
+                        Ok(listener) => accept_loop(listener, stopped, limits_from, handler).await,
+                        Err(e) => tracing::error!(error = %e, "a worker cannot accept on {bound}"),
+                    }
+                }));
+            }
+            tasks
+        };
         Ok(Self {
             configured,
             bound,
             stop,
-            task,
+            tasks,
         })
     }
 
     /// Stops accepting and drains the connections (idle ones close at once) for up to `drain`.
     pub fn stop(self, drain: Duration) -> JoinHandle<()> {
         let _ = self.stop.send(Some(drain));
-        self.task
+        let tasks = self.tasks;
+        tokio::spawn(async move {
+            for t in tasks {
+                let _ = t.await;
+            }
+        })
     }
 }
 

@@ -8,7 +8,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -104,11 +104,29 @@ struct Idle {
     since: Instant,
 }
 
+/// How many runtimes serve requests (set once at start by the binary; 1 otherwise), and which one this thread
+/// belongs to: each keeps its own idle connections, so a connection's I/O stays on the thread that uses it.
+static RUNTIMES: AtomicUsize = AtomicUsize::new(1);
+
+thread_local! {
+    static RUNTIME_INDEX: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Declares how many runtimes serve requests (before any pool is built).
+pub fn set_runtime_count(n: usize) {
+    RUNTIMES.store(n.max(1), Ordering::Relaxed);
+}
+
+/// Marks the current thread as the runtime with this index (0: the control runtime).
+pub fn set_runtime_index(i: usize) {
+    RUNTIME_INDEX.with(|c| c.set(i));
+}
+
 /// One backend's connections.
 pub struct ConnectionPool {
     address: String,
     resolved: Option<SocketAddr>,
-    idle: Mutex<Vec<Idle>>,
+    idle: Box<[Mutex<Vec<Idle>>]>,
     opened: IntCounter,
 }
 
@@ -117,14 +135,22 @@ impl ConnectionPool {
         Self {
             address: address.to_owned(),
             resolved: address.parse().ok(),
-            idle: Mutex::new(Vec::new()),
+            idle: (0..RUNTIMES.load(Ordering::Relaxed))
+                .map(|_| Mutex::new(Vec::new()))
+                .collect(),
             opened,
         }
     }
 
+    /// This thread's idle list.
+    fn idle(&self) -> &Mutex<Vec<Idle>> {
+        let i = RUNTIME_INDEX.with(std::cell::Cell::get);
+        &self.idle[i % self.idle.len()]
+    }
+
     /// The most recently used idle connection that is still open and ready, if any.
     pub fn checkout(&self) -> Option<Sender> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.idle().lock().unwrap_or_else(|p| p.into_inner());
         while let Some(c) = idle.pop() {
             if c.sender.is_ready() && !c.sender.is_closed() && c.since.elapsed() < IDLE_TIMEOUT {
                 return Some(c.sender);
@@ -138,7 +164,7 @@ impl ConnectionPool {
         if sender.is_closed() {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = self.idle().lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE {
             idle.push(Idle {
                 sender,
@@ -148,7 +174,10 @@ impl ConnectionPool {
     }
 
     pub fn idle_count(&self) -> usize {
-        self.idle.lock().map_or(0, |i| i.len())
+        self.idle
+            .iter()
+            .map(|i| i.lock().map_or(0, |i| i.len()))
+            .sum()
     }
 
     /// Opens a new connection within `timeout`.
