@@ -8,9 +8,9 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use http_body::{Body, Frame, SizeHint};
@@ -34,6 +34,9 @@ pub struct ConnClock {
     head_started: AtomicU64,
     /// Milliseconds after `epoch` when the connection last became idle.
     idle_since: AtomicU64,
+    /// The read waiting on the socket: woken when the last request ends, so the idle deadline is armed even
+    /// when hyper does not poll the socket again by itself.
+    reader: Mutex<Option<Waker>>,
 }
 
 impl ConnClock {
@@ -46,6 +49,7 @@ impl ConnClock {
             // A new connection must send its first request head within the header timeout.
             head_started: AtomicU64::new(1),
             idle_since: AtomicU64::new(0),
+            reader: Mutex::new(None),
         })
     }
 
@@ -94,7 +98,12 @@ impl Drop for RequestGuard {
     fn drop(&mut self) {
         let clock = &self.0;
         clock.idle_since.store(clock.now_ms(), Ordering::Relaxed);
-        clock.active.fetch_sub(1, Ordering::Relaxed);
+        if clock.active.fetch_sub(1, Ordering::Relaxed) == 1 {
+            let waiting = clock.reader.lock().ok().and_then(|mut w| w.take());
+            if let Some(waker) = waiting {
+                waker.wake();
+            }
+        }
     }
 }
 
@@ -159,6 +168,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for TimedIo<T> {
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
+                if let Ok(mut reader) = this.clock.reader.lock() {
+                    if !reader.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                        *reader = Some(cx.waker().clone());
+                    }
+                }
                 let Some((deadline, header)) = this.clock.deadline() else {
                     return Poll::Pending;
                 };
