@@ -8,7 +8,9 @@ use switchyard::proxy::headers;
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let mut map = HeaderMap::new();
     for line in data.split(|b| *b == b'\n') {
-        let Some(colon) = line.iter().position(|b| *b == b':') else { continue };
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
         let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(&line[..colon]),
             HeaderValue::from_bytes(&line[colon + 1..]),
@@ -21,7 +23,15 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let trusted = data.first().is_some_and(|b| b % 2 == 0);
     headers::strip_hop_by_hop(&mut map);
     headers::add_forwarded(&mut map, [192, 0, 2, 1].into(), "http", host, trusted);
-    for name in ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"] {
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    ] {
         assert!(!map.contains_key(name), "{name} survived");
     }
     assert!(map.contains_key("x-forwarded-for"));
