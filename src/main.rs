@@ -133,6 +133,17 @@ fn run(
     workers: Option<usize>,
     demo: Option<String>,
 ) -> ExitCode {
+    // Every client and upstream connection is a file descriptor: take all the system allows (the soft limit is
+    // often 1024 while the hard one is far higher), so limits.max_connections is the limit that bites.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) if n < config.limits.max_connections as u64 * 2 => tracing::warn!(
+            open_files = n,
+            max_connections = config.limits.max_connections,
+            "the open-file limit is below twice limits.max_connections; connections may be refused early"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
     let workers = workers
         .or(config.runtime.workers)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
