@@ -25,16 +25,7 @@ async fn round_robin_equal_weights_spread_evenly() {
     let a = named_backend("a", Duration::ZERO).await;
     let b = named_backend("b", Duration::ZERO).await;
     let c = named_backend("c", Duration::ZERO).await;
-    let server = start_proxy(&config(&format!(
-        r#"
-[[routes]]
-pool = "p"
-[pools.p]
-algorithm = "round_robin"
-backends = [{{ address = "{a}" }}, {{ address = "{b}" }}, {{ address = "{c}" }}]
-"#
-    )))
-    .await;
+    let server = start_proxy(&pool_config(&[a, b, c], "algorithm = \"round_robin\"")).await;
     let (order, counts) = spread(server.listen_addrs[0], 300).await;
     assert_eq!(counts["a"], 100);
     assert_eq!(counts["b"], 100);
@@ -66,15 +57,10 @@ backends = [{{ address = "{a}" }}, {{ address = "{b}", weight = 3 }}]
 async fn least_connections_favours_the_fast_backend() {
     let fast = named_backend("fast", Duration::ZERO).await;
     let slow = named_backend("slow", Duration::from_millis(150)).await;
-    let server = start_proxy(&config(&format!(
-        r#"
-[[routes]]
-pool = "p"
-[pools.p]
-algorithm = "least_connections"
-backends = [{{ address = "{fast}" }}, {{ address = "{slow}" }}]
-"#
-    )))
+    let server = start_proxy(&pool_config(
+        &[fast, slow],
+        "algorithm = \"least_connections\"",
+    ))
     .await;
     let addr = server.listen_addrs[0];
     let mut tasks = Vec::new();

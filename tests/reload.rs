@@ -464,14 +464,14 @@ async fn drain_stops_new_requests_lets_in_flight_finish_and_survives_reload() {
     let (status, v) = post(format!("/api/pools/p/backends/{slow}/drain")).await;
     assert_eq!(status, 200);
     assert_eq!(v["draining"], true);
-    let p = pools_json(&server).await;
-    assert_eq!(backend_field(&p, slow, "draining"), true);
-    assert_eq!(backend_field(&p, slow, "active_requests"), 1);
+    let p = pools(&server).await;
+    assert_eq!(backend_json(&p, slow)["draining"], true);
+    assert_eq!(backend_json(&p, slow)["active_requests"], 1);
     assert_eq!(answering(&server, 4).await.get("other"), Some(&4));
     assert_eq!(in_flight.await.unwrap(), "slow");
     assert!(
         eventually(DEADLINE, || async {
-            backend_field(&pools_json(&server).await, slow, "active_requests") == 0
+            backend_json(&pools(&server).await, slow)["active_requests"] == 0
         })
         .await
     );
@@ -484,10 +484,7 @@ async fn drain_stops_new_requests_lets_in_flight_finish_and_survives_reload() {
         })
         .await
     );
-    assert_eq!(
-        backend_field(&pools_json(&server).await, slow, "draining"),
-        true
-    );
+    assert_eq!(backend_json(&pools(&server).await, slow)["draining"], true);
     assert_eq!(answering(&server, 4).await.get("other"), Some(&4));
 
     let (status, v) = post(format!("/api/pools/p/backends/{slow}/enable")).await;
@@ -516,20 +513,6 @@ async fn drain_stops_new_requests_lets_in_flight_finish_and_survives_reload() {
             .0,
         405
     );
-}
-
-async fn pools_json(server: &Server) -> serde_json::Value {
-    serde_json::from_str(&admin_get(server, "/api/pools").await.1).unwrap()
-}
-
-fn backend_field(pools: &serde_json::Value, addr: SocketAddr, field: &str) -> serde_json::Value {
-    pools["pools"]["p"]["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["address"] == addr.to_string())
-        .map(|b| b[field].clone())
-        .unwrap_or(serde_json::Value::Null)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,32 +4,11 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
 
 const DEADLINE: Duration = Duration::from_secs(10);
-
-fn pool_config(backends: &[SocketAddr], extra: &str) -> String {
-    let list: Vec<String> = backends
-        .iter()
-        .map(|a| format!("{{ address = \"{a}\" }}"))
-        .collect();
-    config(&format!(
-        "[[routes]]\npool = \"p\"\n[pools.p]\nbackends = [{}]\n{extra}\n",
-        list.join(", ")
-    ))
-}
-
-fn backend_json(pools: &serde_json::Value, addr: SocketAddr) -> &serde_json::Value {
-    pools["pools"]["p"]["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["address"] == addr.to_string())
-        .unwrap()
-}
 
 async fn metric_now(server: &switchyard::server::Server, series: &str) -> f64 {
     let (_, text) = admin_get(server, "/metrics").await;
@@ -412,12 +391,7 @@ async fn all_backends_down_is_503_at_once() {
         "[pools.p.health_check]\ninterval = \"100ms\"\ntimeout = \"50ms\"\nunhealthy_threshold = 1\n",
     ))
     .await;
-    let down = eventually(DEADLINE, || async {
-        let p = pools(&server).await;
-        backend_json(&p, a.addr)["healthy"] == false && backend_json(&p, b.addr)["healthy"] == false
-    })
-    .await;
-    assert!(down);
+    assert!(all_down(&server, &[a.addr, b.addr]).await);
     let t = Instant::now();
     let (status, _, body) = get(server.listen_addrs[0], "/", None).await;
     assert_eq!(status, 503);
@@ -437,12 +411,7 @@ async fn panic_mode_routes_to_all_when_too_few_are_healthy() {
         "panic_threshold = 0.5\n[pools.p.health_check]\ninterval = \"100ms\"\ntimeout = \"50ms\"\nunhealthy_threshold = 1\n",
     ))
     .await;
-    let down = eventually(DEADLINE, || async {
-        let p = pools(&server).await;
-        backend_json(&p, a.addr)["healthy"] == false && backend_json(&p, b.addr)["healthy"] == false
-    })
-    .await;
-    assert!(down);
+    assert!(all_down(&server, &[a.addr, b.addr]).await);
     assert_eq!(pools(&server).await["pools"]["p"]["panic"], true);
     for _ in 0..4 {
         assert_eq!(get(server.listen_addrs[0], "/", None).await.0, 200);

@@ -500,3 +500,35 @@ pub async fn try_get(addr: SocketAddr, path: &str) -> Option<(StatusCode, String
     let body = resp.into_body().collect().await.ok()?.to_bytes();
     Some((status, String::from_utf8_lossy(&body).into_owned()))
 }
+
+/// A config with one route to one pool `p` over `backends`; `extra` lines go under `[pools.p]`.
+pub fn pool_config(backends: &[SocketAddr], extra: &str) -> String {
+    let list: Vec<String> = backends
+        .iter()
+        .map(|a| format!("{{ address = \"{a}\" }}"))
+        .collect();
+    config(&format!(
+        "[[routes]]\npool = \"p\"\n[pools.p]\nbackends = [{}]\n{extra}\n",
+        list.join(", ")
+    ))
+}
+
+/// Backend `addr` of pool `p` in an `/api/pools` answer (`null` if absent).
+pub fn backend_json(pools: &serde_json::Value, addr: SocketAddr) -> &serde_json::Value {
+    static NULL: serde_json::Value = serde_json::Value::Null;
+    pools["pools"]["p"]["backends"]
+        .as_array()
+        .and_then(|list| list.iter().find(|b| b["address"] == addr.to_string()))
+        .unwrap_or(&NULL)
+}
+
+/// Waits until every backend in `addrs` shows `healthy: false` in `/api/pools`.
+pub async fn all_down(server: &Server, addrs: &[SocketAddr]) -> bool {
+    eventually(Duration::from_secs(10), || async {
+        let p = pools(server).await;
+        addrs
+            .iter()
+            .all(|a| backend_json(&p, *a)["healthy"] == false)
+    })
+    .await
+}
