@@ -26,6 +26,8 @@ fn pool(algorithm: Algorithm, n: usize, metrics: &Metrics) -> Pool {
         breaker: Default::default(),
         retry: Default::default(),
         panic_threshold: 0.0,
+        protocol: Default::default(),
+        tls: None,
     };
     Pool::new("bench", &settings, metrics, None)
 }

@@ -61,6 +61,7 @@ impl Backend {
         weight: u32,
         breaker: BreakerSettings,
         metrics: BackendMetrics,
+        kind: crate::upstream::UpstreamKind,
     ) -> Self {
         Self {
             pool: pool.to_owned(),
@@ -78,7 +79,7 @@ impl Backend {
             max_active: AtomicU32::new(breaker.max_active_requests),
             breaker: CircuitBreaker::new(breaker),
             last_check_error: ArcSwapOption::empty(),
-            connections: ConnectionPool::new(address, metrics.connections_opened.clone()),
+            connections: ConnectionPool::new(address, metrics.connections_opened.clone(), kind),
             metrics,
         }
     }

@@ -37,6 +37,8 @@ pub struct ConnClock {
     /// The read waiting on the socket: woken when the last request ends, so the idle deadline is armed even
     /// when hyper does not poll the socket again by itself.
     reader: Mutex<Option<Waker>>,
+    /// The connection was upgraded (WebSocket): the tunnel keeps its own idle timeout.
+    upgraded: std::sync::atomic::AtomicBool,
 }
 
 impl ConnClock {
@@ -50,7 +52,13 @@ impl ConnClock {
             head_started: AtomicU64::new(1),
             idle_since: AtomicU64::new(0),
             reader: Mutex::new(None),
+            upgraded: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// The connection now carries an upgraded protocol: no more HTTP deadlines.
+    pub fn upgraded(&self) {
+        self.upgraded.store(true, Ordering::Relaxed);
     }
 
     fn now_ms(&self) -> u64 {
@@ -75,7 +83,7 @@ impl ConnClock {
 
     /// The read deadline now, and whether it is the header timeout.
     fn deadline(&self) -> Option<(Instant, bool)> {
-        if self.active.load(Ordering::Relaxed) > 0 {
+        if self.active.load(Ordering::Relaxed) > 0 || self.upgraded.load(Ordering::Relaxed) {
             return None;
         }
         let head = self.head_started.load(Ordering::Relaxed);

@@ -20,6 +20,8 @@ pub enum ProxyError {
     Timeout,
     #[error("the backend's answer was not valid HTTP")]
     Protocol(#[source] hyper::Error),
+    #[error("upgrade requested to a pool that speaks HTTP/2")]
+    UpgradeUnsupported,
 }
 
 impl ProxyError {
@@ -30,7 +32,9 @@ impl ProxyError {
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Connect(_) | Self::Protocol(_) => StatusCode::BAD_GATEWAY,
+            Self::Connect(_) | Self::Protocol(_) | Self::UpgradeUnsupported => {
+                StatusCode::BAD_GATEWAY
+            }
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -48,6 +52,9 @@ impl ProxyError {
             Self::Connect(_) => "switchyard: could not connect to the backend\n",
             Self::Timeout => "switchyard: the backend did not answer in time\n",
             Self::Protocol(_) => "switchyard: the backend's answer was not valid HTTP\n",
+            Self::UpgradeUnsupported => {
+                "switchyard: this route's backends speak HTTP/2, which cannot carry an upgrade (WebSocket)\n"
+            }
         }
     }
 
@@ -61,7 +68,8 @@ impl ProxyError {
             | Self::BadRequest
             | Self::BodyTooLarge
             | Self::MethodNotAllowed
-            | Self::NoBackend => None,
+            | Self::NoBackend
+            | Self::UpgradeUnsupported => None,
         }
     }
 }

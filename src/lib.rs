@@ -27,4 +27,5 @@ pub mod reload;
 pub mod router;
 pub mod select;
 pub mod server;
+pub mod tls;
 pub mod upstream;

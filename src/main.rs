@@ -82,6 +82,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Validate { config } => match config::load(&config) {
             Ok(c) => {
+                for w in &c.warnings {
+                    eprintln!("{}: warning: {w}", config.display());
+                }
                 println!("{}: ok: {}", config.display(), c.summary());
                 ExitCode::SUCCESS
             }
@@ -143,6 +146,9 @@ fn run(
         ),
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+    }
+    for w in &config.warnings {
+        tracing::warn!("{w}");
     }
     let workers = workers
         .or(config.runtime.workers)

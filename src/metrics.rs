@@ -36,6 +36,10 @@ pub struct Metrics {
     pub config_last_reload_success_timestamp_seconds: prometheus::Gauge,
     pub access_log_dropped_total: IntCounter,
     pub rejected_requests_total: IntCounterVec,
+    pub tls_certificate_reloads_total: IntCounterVec,
+    pub tls_handshake_errors_total: IntCounterVec,
+    pub tls_certificate_expiry: prometheus::GaugeVec,
+    pub upgraded_connections: IntGauge,
 }
 
 fn must<T>(result: prometheus::Result<T>) -> T {
@@ -155,6 +159,39 @@ impl Metrics {
             ),
             &["reason"],
         ));
+        let tls_certificate_reloads_total = must(IntCounterVec::new(
+            Opts::new(
+                "switchyard_tls_certificate_reloads_total",
+                "Certificate re-reads that changed something, by result: success, error (the old ones stay).",
+            ),
+            &["result"],
+        ));
+        let tls_handshake_errors_total = must(IntCounterVec::new(
+            Opts::new(
+                "switchyard_tls_handshake_errors_total",
+                "Client TLS handshakes that failed, by reason.",
+            ),
+            &["reason"],
+        ));
+        let tls_certificate_expiry = must(prometheus::GaugeVec::new(
+            Opts::new(
+                "switchyard_tls_certificate_expiry_timestamp_seconds",
+                "Unix time when a listener's certificate expires (its notAfter).",
+            ),
+            &["listener", "name"],
+        ));
+        let upgraded_connections = must(IntGauge::new(
+            "switchyard_upgraded_connections",
+            "Upgraded connections (WebSocket and other upgrades) currently open.",
+        ));
+        for c in [
+            Box::new(tls_certificate_reloads_total.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(tls_handshake_errors_total.clone()),
+            Box::new(tls_certificate_expiry.clone()),
+            Box::new(upgraded_connections.clone()),
+        ] {
+            must(registry.register(c));
+        }
         for c in [
             Box::new(requests_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration_seconds.clone()),
@@ -197,6 +234,10 @@ impl Metrics {
             config_last_reload_success_timestamp_seconds,
             access_log_dropped_total,
             rejected_requests_total,
+            tls_certificate_reloads_total,
+            tls_handshake_errors_total,
+            tls_certificate_expiry,
+            upgraded_connections,
         }
     }
 

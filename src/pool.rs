@@ -8,15 +8,18 @@ use prometheus::IntCounter;
 use tokio::time::Instant;
 
 use crate::backend::Backend;
-use crate::config::{Algorithm, PoolSettings, Timeouts};
+use crate::config::{Algorithm, PoolSettings, Protocol, Timeouts};
 use crate::health::HealthCheckSettings;
 use crate::metrics::{BackendMetrics, Metrics};
 use crate::proxy::retry::{RetryBudget, RetrySettings};
 use crate::select::Selector;
+use crate::upstream::UpstreamKind;
 
 pub struct Pool {
     pub name: String,
     pub algorithm: Algorithm,
+    /// How the backends are spoken to (HTTP/1.1 or HTTP/2, plain or TLS).
+    pub protocol: Protocol,
     pub backends: Vec<Arc<Backend>>,
     selector: Selector,
     pub timeouts: Timeouts,
@@ -63,27 +66,31 @@ impl Pool {
         let old: HashMap<&str, &Arc<Backend>> = previous
             .map(|p| p.backends.iter().map(|b| (b.address.as_str(), b)).collect())
             .unwrap_or_default();
+        let kind = UpstreamKind::new(settings.protocol, settings.tls.as_ref());
         let backends = settings
             .backends
             .iter()
             .map(|b| match old.get(b.address.as_str()) {
-                Some(kept) => {
+                // A backend reached another way (protocol, TLS) is a new backend: its connections do not fit.
+                Some(kept) if kept.connections.kind.same_as(&kind) => {
                     kept.set_weight(b.weight);
                     kept.set_breaker_settings(settings.breaker);
                     Arc::clone(kept)
                 }
-                None => Arc::new(Backend::new(
+                _ => Arc::new(Backend::new(
                     name,
                     &b.address,
                     b.weight,
                     settings.breaker,
                     metrics.for_backend(name, &b.address),
+                    kind.clone(),
                 )),
             })
             .collect::<Vec<_>>();
         Self {
             name: name.to_owned(),
             algorithm: settings.algorithm,
+            protocol: settings.protocol,
             selector: Selector::new(settings.algorithm, &backends),
             backends,
             timeouts: settings.timeouts,

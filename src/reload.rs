@@ -5,7 +5,7 @@
 //! table is published in one `ArcSwap::store`: a backend whose pool and address are unchanged is the same `Arc`
 //! in the new table, so it keeps its health, breaker, in-flight count, drain flag and idle connections.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -20,7 +20,7 @@ use crate::config::{self, Config};
 use crate::health::{self, HealthCheckSettings};
 use crate::proxy::Proxy;
 use crate::router::Snapshot;
-use crate::server::{ListenerTask, Shared, bind};
+use crate::server::{ListenerMode, ListenerTask, Shared, bind};
 
 /// What asked for a reload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,7 +78,8 @@ pub(crate) struct Supervisor {
     listeners: Vec<ListenerTask>,
     admin: Option<ListenerTask>,
     health: HashMap<(String, String), HealthTask>,
-    _watcher: Option<notify::RecommendedWatcher>,
+    /// Watches the config file's folder and the folders of every certificate and key.
+    watcher: Option<(BTreeSet<PathBuf>, notify::RecommendedWatcher)>,
 }
 
 impl Supervisor {
@@ -92,9 +93,6 @@ impl Supervisor {
         let applied_text = path
             .as_deref()
             .and_then(|p| std::fs::read_to_string(p).ok());
-        let watcher = path
-            .as_deref()
-            .and_then(|p| watch_file(p, shared.control.clone()));
         let mut s = Self {
             shared,
             proxy,
@@ -103,10 +101,53 @@ impl Supervisor {
             listeners,
             admin: Some(admin),
             health: HashMap::new(),
-            _watcher: watcher,
+            watcher: None,
         };
         s.reconcile_health();
+        s.rewatch();
         s
+    }
+
+    /// The folders whose changes matter: the config file's, and each certificate's and key's.
+    fn watched_folders(&self) -> BTreeSet<PathBuf> {
+        let mut folders = BTreeSet::new();
+        let Some(path) = &self.path else {
+            return folders;
+        };
+        let mut files = vec![path.clone()];
+        for l in &self.listeners {
+            if let Some(tls) = l.mode.load().tls() {
+                files.extend(tls.files().map(Path::to_path_buf));
+            }
+        }
+        for file in files {
+            folders.insert(match file.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+                _ => PathBuf::from("."),
+            });
+        }
+        folders
+    }
+
+    /// (Re)starts the file watcher when the set of folders to watch changed.
+    fn rewatch(&mut self) {
+        let folders = self.watched_folders();
+        if folders.is_empty() || self.watcher.as_ref().is_some_and(|(w, _)| *w == folders) {
+            return;
+        }
+        self.watcher = None;
+        if let Some(w) = watch_folders(&folders, self.shared.control.clone()) {
+            self.watcher = Some((folders, w));
+        }
+    }
+
+    /// Re-reads every TLS listener's certificates (a change is applied, a broken file keeps the old ones).
+    fn reload_certificates(&self) {
+        for l in &self.listeners {
+            if let Some(tls) = l.mode.load().tls() {
+                let _ = tls.reload_certificates(&self.shared.metrics);
+            }
+        }
     }
 
     pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
@@ -142,7 +183,8 @@ impl Supervisor {
             }
         };
         if trigger == Trigger::FileChange && self.applied_text.as_deref() == Some(text.as_str()) {
-            tracing::debug!(file = %path.display(), "config file event without a change of content; ignored");
+            // Not the config: maybe a certificate or key.
+            self.reload_certificates();
             return Ok(ReloadOutcome::default());
         }
         let config = match config::parse(&text, &path.display().to_string()) {
@@ -194,15 +236,23 @@ impl Supervisor {
                 .push("runtime.workers changed: the new number of worker threads applies at the next restart".to_owned());
         }
 
-        // Bind every new listener first: if one fails, nothing has changed yet.
-        let kept: HashSet<_> = self.listeners.iter().map(|l| l.configured).collect();
+        // Load every listener's certificates and bind every new listener first: if one fails, nothing has
+        // changed yet.
+        let mut modes = Vec::new();
         let mut bound = Vec::new();
         for (i, l) in new.listeners.iter().enumerate() {
-            if !kept.contains(&l.address) {
-                let tcp = bind(l.address, &format!("listeners[{i}].address"))
-                    .await
-                    .map_err(|e| format!("{e}; reload refused"))?;
-                bound.push((l.address, tcp));
+            let kept = self.listeners.iter().find(|k| k.configured == l.address);
+            let previous = kept.map(|k| k.mode.load_full());
+            let mode = ListenerMode::build(l, previous.as_deref(), &self.shared.metrics)
+                .map_err(|e| format!("listeners[{i}].tls: {e}; reload refused"))?;
+            match kept {
+                Some(_) => modes.push((l.address, mode)),
+                None => {
+                    let tcp = bind(l.address, &format!("listeners[{i}].address"))
+                        .await
+                        .map_err(|e| format!("{e}; reload refused"))?;
+                    bound.push((l.address, tcp, mode));
+                }
             }
         }
 
@@ -226,8 +276,22 @@ impl Supervisor {
         let wanted: Vec<_> = new.listeners.iter().map(|l| l.address).collect();
         self.shared.config.store(Arc::new(new));
 
-        for (configured, tcp) in bound {
-            let task = ListenerTask::proxy(configured, tcp, &self.proxy, &self.shared)
+        for (address, mode) in modes {
+            if let Some(l) = self.listeners.iter().find(|l| l.configured == address) {
+                let kept_tls = mode.tls().cloned();
+                let old = l.mode.swap(Arc::new(mode));
+                if let Some(old) = old.tls() {
+                    if !kept_tls.as_ref().is_some_and(|k| Arc::ptr_eq(k, old)) {
+                        old.forget(&self.shared.metrics);
+                        if let Some(new) = &kept_tls {
+                            new.export(&self.shared.metrics);
+                        }
+                    }
+                }
+            }
+        }
+        for (configured, tcp, mode) in bound {
+            let task = ListenerTask::proxy(configured, tcp, mode, &self.proxy, &self.shared)
                 .map_err(|e| e.to_string())?;
             outcome.listeners_added.push(task.bound.to_string());
             self.listeners.push(task);
@@ -237,6 +301,9 @@ impl Supervisor {
             .partition(|l| wanted.contains(&l.configured));
         for l in gone {
             outcome.listeners_removed.push(l.bound.to_string());
+            if let Some(tls) = l.mode.load().tls() {
+                tls.forget(&self.shared.metrics);
+            }
             drop(l.stop(drain));
         }
         self.listeners = keep;
@@ -251,8 +318,18 @@ impl Supervisor {
             .store(Arc::new(self.listeners.iter().map(|l| l.bound).collect()));
 
         self.reconcile_health();
+        self.rewatch();
+        let current = self.shared.snapshot.load_full();
         for backend in removed {
             let metrics = Arc::clone(&self.shared.metrics);
+            // Rebuilt under the same name (its protocol changed): the series belong to the new one now.
+            let renamed = current
+                .pools
+                .get(&backend.pool)
+                .is_some_and(|p| p.backends.iter().any(|b| b.address == backend.address));
+            if renamed {
+                continue;
+            }
             tokio::spawn(async move {
                 // Requests in flight finish on the old backend; its series go once it is idle.
                 while backend.active_requests() > 0 {
@@ -297,9 +374,15 @@ impl Supervisor {
         self.shared.shutting_down.store(true, Ordering::SeqCst);
         let drain = self.shared.config.load().drain_timeout;
         self.health.clear();
+        let deadline = tokio::time::Instant::now() + drain;
         let tasks: Vec<JoinHandle<()>> = self.listeners.drain(..).map(|l| l.stop(drain)).collect();
         for t in tasks {
             let _ = t.await;
+        }
+        // Upgraded connections (WebSocket) are not HTTP any more: they get the rest of the drain time to end.
+        let tunnels = &self.shared.metrics.upgraded_connections;
+        while tunnels.get() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         // The admin listener stays up through the drain, its /healthz answering 503, so an outer load
         // balancer sees the instance leave.
@@ -335,14 +418,14 @@ fn contains(snapshot: &Snapshot, backend: &Arc<Backend>) -> bool {
         .is_some_and(|p| p.backends.iter().any(|b| Arc::ptr_eq(b, backend)))
 }
 
-/// Watches the config file's folder (so editors' rename-replace and Kubernetes ConfigMap symlink swaps are
-/// seen), debounces bursts of events, and asks for a reload; the control loop ignores unchanged content.
-fn watch_file(path: &Path, control: mpsc::Sender<Command>) -> Option<notify::RecommendedWatcher> {
+/// Watches folders (not files, so editors' rename-replace and Kubernetes ConfigMap symlink swaps are seen),
+/// debounces bursts of events, and asks for a reload; the control loop ignores an unchanged config and
+/// re-reads the certificates then.
+fn watch_folders(
+    folders: &BTreeSet<PathBuf>,
+    control: mpsc::Sender<Command>,
+) -> Option<notify::RecommendedWatcher> {
     use notify::{RecursiveMode, Watcher};
-    let folder = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
     let (events, mut received) = mpsc::channel::<()>(64);
     let mut watcher = match notify::recommended_watcher(
         move |event: notify::Result<notify::Event>| {
@@ -357,9 +440,10 @@ fn watch_file(path: &Path, control: mpsc::Sender<Command>) -> Option<notify::Rec
             return None;
         }
     };
-    if let Err(e) = watcher.watch(&folder, RecursiveMode::NonRecursive) {
-        tracing::warn!(folder = %folder.display(), error = %e, "cannot watch the config folder; reload with SIGHUP or POST /api/reload");
-        return None;
+    for folder in folders {
+        if let Err(e) = watcher.watch(folder, RecursiveMode::NonRecursive) {
+            tracing::warn!(folder = %folder.display(), error = %e, "cannot watch this folder; reload with SIGHUP or POST /api/reload");
+        }
     }
     tokio::spawn(async move {
         const QUIET: Duration = Duration::from_millis(150);

@@ -115,7 +115,7 @@ fn longest_prefix<'a>(list: &'a Prefixes, path: &str) -> Option<&'a Arc<Pool>> {
 }
 
 /// `API.example.com:8443` → `API.example.com`; `example.com.` → `example.com`.
-fn normalize_host(host: &str) -> &str {
+pub fn normalize_host(host: &str) -> &str {
     let host = if host.starts_with('[') {
         host.find(']')
             .and_then(|end| host.get(..=end))

@@ -11,23 +11,25 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use http::{Request, Response};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use prometheus::IntGauge;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 
 use crate::client_conn::{ConnClock, GuardedBody, ReadTimeout, TimedIo};
-use crate::config::{Config, Limits};
+use crate::config::{Config, Limits, ListenerSettings};
 use crate::metrics::Metrics;
-use crate::proxy::{Proxy, ProxyBody};
+use crate::proxy::{ConnInfo, Proxy, ProxyBody};
 use crate::reload::{Command, ReloadOutcome, Supervisor, Trigger};
 use crate::router::Snapshot;
+use crate::tls::ListenerTls;
 
 /// What the data path and the control plane share.
 pub struct Shared {
@@ -65,6 +67,8 @@ pub enum StartError {
     },
     #[error("{0}")]
     AccessLog(io::Error),
+    #[error("{0}")]
+    Tls(String),
 }
 
 impl Server {
@@ -111,8 +115,10 @@ impl Server {
 
         let mut listeners = Vec::new();
         for (i, l) in config.listeners.iter().enumerate() {
+            let mode = ListenerMode::build(l, None, &shared.metrics)
+                .map_err(|e| StartError::Tls(format!("listeners[{i}].tls: {e}")))?;
             let tcp = bind(l.address, &format!("listeners[{i}].address")).await?;
-            listeners.push(ListenerTask::proxy(l.address, tcp, &proxy, &shared)?);
+            listeners.push(ListenerTask::proxy(l.address, tcp, mode, &proxy, &shared)?);
         }
         let admin_tcp = bind(config.admin.address, "admin.address").await?;
         let admin = ListenerTask::admin(config.admin.address, admin_tcp, &shared)?;
@@ -178,11 +184,53 @@ pub(crate) async fn bind(address: SocketAddr, field: &str) -> Result<TcpListener
         })
 }
 
+/// What a proxy listener speaks. Swapped on reload without rebinding: a connection takes the mode current
+/// when it is accepted.
+pub(crate) enum ListenerMode {
+    Plain,
+    /// `redirect_https`: every request gets a 308 to https.
+    Redirect,
+    Tls(Arc<ListenerTls>),
+}
+
+impl ListenerMode {
+    /// The mode for a listener's settings, reusing `previous`'s TLS state when its settings are unchanged (its
+    /// certificates are then re-read, as every reload does).
+    pub fn build(
+        settings: &ListenerSettings,
+        previous: Option<&ListenerMode>,
+        metrics: &Metrics,
+    ) -> Result<Self, String> {
+        if settings.redirect_https {
+            return Ok(Self::Redirect);
+        }
+        let Some(tls) = &settings.tls else {
+            return Ok(Self::Plain);
+        };
+        if let Some(Self::Tls(old)) = previous {
+            if old.settings == *tls {
+                let _ = old.reload_certificates(metrics);
+                return Ok(Self::Tls(Arc::clone(old)));
+            }
+        }
+        let label = settings.address.to_string();
+        ListenerTls::new(tls, label, metrics).map(|t| Self::Tls(Arc::new(t)))
+    }
+
+    pub fn tls(&self) -> Option<&Arc<ListenerTls>> {
+        match self {
+            Self::Tls(t) => Some(t),
+            _ => None,
+        }
+    }
+}
+
 /// One listener's accept loop, and the lever to stop it.
 pub(crate) struct ListenerTask {
     /// The address as configured (port 0 stays 0): what reloads compare.
     pub configured: SocketAddr,
     pub bound: SocketAddr,
+    pub mode: Arc<ArcSwap<ListenerMode>>,
     stop: watch::Sender<Option<Duration>>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -191,17 +239,25 @@ impl ListenerTask {
     pub fn proxy(
         configured: SocketAddr,
         tcp: TcpListener,
+        mode: ListenerMode,
         proxy: &Arc<Proxy>,
         shared: &Arc<Shared>,
     ) -> Result<Self, StartError> {
         let proxy = Arc::clone(proxy);
-        let handler = move |req, peer| {
+        let handler = move |req: Request<Incoming>, conn: ConnInfo| {
             let proxy = Arc::clone(&proxy);
-            async move { proxy.handle(req, peer).await }
+            async move {
+                if conn.redirect_https {
+                    proxy.redirect_https(&req)
+                } else {
+                    proxy.handle(req, conn).await
+                }
+            }
         };
         Self::spawn(
             configured,
             tcp,
+            mode,
             Some(Arc::clone(shared)),
             handler,
             "proxy",
@@ -215,23 +271,32 @@ impl ListenerTask {
         shared: &Arc<Shared>,
     ) -> Result<Self, StartError> {
         let shared = Arc::clone(shared);
-        let handler = move |req, _peer| {
+        let handler = move |req, _conn| {
             let shared = Arc::clone(&shared);
             async move { crate::admin::handle(&shared, req).await }
         };
-        Self::spawn(configured, tcp, None, handler, "admin", &[])
+        Self::spawn(
+            configured,
+            tcp,
+            ListenerMode::Plain,
+            None,
+            handler,
+            "admin",
+            &[],
+        )
     }
 
     fn spawn<H, F>(
         configured: SocketAddr,
         tcp: TcpListener,
+        mode: ListenerMode,
         limits_from: Option<Arc<Shared>>,
         handler: H,
         kind: &'static str,
         workers: &[tokio::runtime::Handle],
     ) -> Result<Self, StartError>
     where
-        H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+        H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Send + Sync + 'static,
         F: Future<Output = Response<ProxyBody>> + Send + 'static,
     {
         let bound = tcp.local_addr().map_err(|source| StartError::Bind {
@@ -240,6 +305,7 @@ impl ListenerTask {
             source,
         })?;
         tracing::info!(addr = %bound, "{kind} listener ready");
+        let mode = Arc::new(ArcSwap::from_pointee(mode));
         let (stop, stopped) = watch::channel(None);
         let bind_error = |source| StartError::Bind {
             address: configured,
@@ -247,23 +313,27 @@ impl ListenerTask {
             source,
         };
         let tasks = if workers.is_empty() {
-            vec![tokio::spawn(accept_loop(
-                tcp,
-                stopped,
+            let accept = Acceptor {
+                mode: Arc::clone(&mode),
                 limits_from,
                 handler,
-            ))]
+            };
+            vec![tokio::spawn(accept.run(tcp, stopped))]
         } else {
             // One socket, one accept loop on each worker runtime: the kernel hands each connection to one.
             let socket = tcp.into_std().map_err(bind_error)?;
             let mut tasks = Vec::new();
             for worker in workers {
                 let socket = socket.try_clone().map_err(bind_error)?;
-                let (stopped, limits_from, handler) =
-                    (stopped.clone(), limits_from.clone(), handler.clone());
+                let stopped = stopped.clone();
+                let accept = Acceptor {
+                    mode: Arc::clone(&mode),
+                    limits_from: limits_from.clone(),
+                    handler: handler.clone(),
+                };
                 tasks.push(worker.spawn(async move {
                     match TcpListener::from_std(socket) {
-                        Ok(listener) => accept_loop(listener, stopped, limits_from, handler).await,
+                        Ok(listener) => accept.run(listener, stopped).await,
                         Err(e) => tracing::error!(error = %e, "a worker cannot accept on {bound}"),
                     }
                 }));
@@ -273,6 +343,7 @@ impl ListenerTask {
         Ok(Self {
             configured,
             bound,
+            mode,
             stop,
             tasks,
         })
@@ -301,36 +372,63 @@ impl Drop for ConnectionCount {
     }
 }
 
-/// Accepts and serves connections until stopped. `limits_from`: the shared state whose `[limits]` and
-/// connection count apply (proxy listeners); `None` for the admin listener.
-async fn accept_loop<H, F>(
-    listener: TcpListener,
-    mut stop: watch::Receiver<Option<Duration>>,
+/// Which HTTP versions a connection may speak.
+#[derive(Clone, Copy)]
+enum Versions {
+    /// Plain TCP: HTTP/1.1, or HTTP/2 with prior knowledge (told apart by the preface).
+    Any,
+    Http1,
+    Http2,
+}
+
+/// A listener's accept loop: what it serves and with which limits.
+struct Acceptor<H> {
+    mode: Arc<ArcSwap<ListenerMode>>,
+    /// The shared state whose `[limits]` and connection count apply (proxy listeners); `None` for the admin
+    /// listener.
     limits_from: Option<Arc<Shared>>,
     handler: H,
-) where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+}
+
+impl<H, F> Acceptor<H>
+where
+    H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
-    let graceful = GracefulShutdown::new();
-    let drain = loop {
-        let accepted = tokio::select! {
-            biased;
-            stopped = stop.wait_for(Option::is_some) => {
-                break stopped.ok().and_then(|d| *d).unwrap_or(Duration::ZERO);
+    /// Accepts and serves connections until stopped, then drains them.
+    async fn run(self, listener: TcpListener, mut stop: watch::Receiver<Option<Duration>>) {
+        let graceful = GracefulShutdown::new();
+        let drain = loop {
+            let accepted = tokio::select! {
+                biased;
+                stopped = stop.wait_for(Option::is_some) => {
+                    break stopped.ok().and_then(|d| *d).unwrap_or(Duration::ZERO);
+                }
+                accepted = listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((tcp, peer)) => self.serve(tcp, peer, &graceful),
+                Err(e) => {
+                    // Out of file descriptors and the like: back off a little instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
             }
-            accepted = listener.accept() => accepted,
         };
-        let (tcp, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(e) => {
-                // Out of file descriptors and the like: back off a little instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let limits = limits_from.as_ref().map(|s| (s.snapshot.load().limits, s));
+        drop(listener);
+        if tokio::time::timeout(drain, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(?drain, "drain time over with connections still open");
+        }
+    }
+
+    fn serve(&self, tcp: TcpStream, peer: SocketAddr, graceful: &GracefulShutdown) {
+        let limits = self
+            .limits_from
+            .as_ref()
+            .map(|s| (s.snapshot.load().limits, s));
         let gauge = match limits {
             Some((limits, shared)) => {
                 let open = &shared.metrics.open_connections;
@@ -338,7 +436,7 @@ async fn accept_loop<H, F>(
                     // Over the cap: closed at once; the connections already open are not touched.
                     shared.metrics.reject("max_connections");
                     drop(tcp);
-                    continue;
+                    return;
                 }
                 open.inc();
                 Some(open.clone())
@@ -347,52 +445,146 @@ async fn accept_loop<H, F>(
         };
         let _ = tcp.set_nodelay(true);
         let count = ConnectionCount(gauge);
-        let handler = handler.clone();
-        let timing = limits.map_or_else(Limits::default, |(l, _)| l);
-        let clock = ConnClock::new(timing.header_read_timeout, timing.idle_timeout);
-        let requests = Arc::clone(&clock);
-        let service = service_fn(move |req| {
-            let guard = requests.request_started();
-            let fut = handler(req, peer);
-            async move { Ok::<_, Infallible>(fut.await.map(|inner| GuardedBody { inner, guard })) }
-        });
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        let mut http1 = builder.http1();
-        // Header and idle deadlines are kept by `TimedIo`, which can tell them apart.
-        http1
-            .timer(TokioTimer::new())
-            .keep_alive(true)
-            .header_read_timeout(None);
-        if let Some((limits, _)) = limits {
-            http1.max_buf_size(limits.max_header_bytes);
-        }
-        let mut http2 = builder.http2();
-        http2.timer(TokioTimer::new());
-        if let Some((limits, _)) = limits {
-            http2.max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
-        }
-        let io = TokioIo::new(TimedIo::new(tcp, clock));
-        let conn = builder.serve_connection(io, service).into_owned();
-        let conn = graceful.watch(conn);
-        let rejected = limits.map(|(_, shared)| Arc::clone(shared));
+        let mode = self.mode.load_full();
+        let info = ConnInfo {
+            peer,
+            https: matches!(*mode, ListenerMode::Tls(_)),
+            redirect_https: matches!(*mode, ListenerMode::Redirect),
+        };
+        let handler = self.handler.clone();
+        let shared = limits.map(|(_, s)| Arc::clone(s));
+        let limits = limits.map(|(l, _)| l);
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-                if let (Some(shared), Some(reason)) = (rejected, rejection(&*e)) {
-                    shared.metrics.reject(reason);
+            let timing = limits.unwrap_or_default();
+            let clock = ConnClock::new(timing.header_read_timeout, timing.idle_timeout);
+            let requests = Arc::clone(&clock);
+            let service = service_fn(move |req| {
+                let guard = requests.request_started();
+                let fut = handler(req, info);
+                let clock = Arc::clone(&requests);
+                async move {
+                    let resp = fut.await;
+                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                        // The socket now carries a tunnel, with its own idle timeout.
+                        clock.upgraded();
+                    }
+                    Ok::<_, Infallible>(resp.map(|inner| GuardedBody { inner, guard }))
                 }
-            }
-            drop(count);
+            });
+            let served = match mode.tls() {
+                None => {
+                    let io = TimedIo::new(tcp, clock);
+                    serve_http(io, Versions::Any, service, limits.as_ref(), watcher).await
+                }
+                Some(tls) => {
+                    let acceptor = TlsAcceptor::from(Arc::clone(&tls.server_config));
+                    let handshake =
+                        tokio::time::timeout(timing.header_read_timeout, acceptor.accept(tcp));
+                    let failure = match handshake.await {
+                        Ok(Ok(stream)) => {
+                            let versions = match stream.get_ref().1.alpn_protocol() {
+                                Some(b"h2") => Versions::Http2,
+                                Some(_) => Versions::Http1,
+                                None => Versions::Any,
+                            };
+                            let io = TimedIo::new(stream, clock);
+                            return finish(
+                                serve_http(io, versions, service, limits.as_ref(), watcher).await,
+                                peer,
+                                shared,
+                                count,
+                            );
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            crate::tls::handshake_error_reason(&e)
+                        }
+                        Err(_) => "timeout",
+                    };
+                    if let Some(shared) = &shared {
+                        shared
+                            .metrics
+                            .tls_handshake_errors_total
+                            .with_label_values(&[failure])
+                            .inc();
+                    }
+                    Ok(())
+                }
+            };
+            finish(served, peer, shared, count);
         });
-    };
-    drop(listener);
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(?drain, "drain time over with connections still open");
     }
 }
+
+fn finish(
+    served: Result<(), BoxError>,
+    peer: SocketAddr,
+    shared: Option<Arc<Shared>>,
+    count: ConnectionCount,
+) {
+    if let Err(e) = served {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+        if let (Some(shared), Some(reason)) = (shared, rejection(&*e)) {
+            shared.metrics.reject(reason);
+        }
+    }
+    drop(count);
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Serves HTTP on one client connection until it closes (or hands its socket to an upgrade).
+async fn serve_http<T, S>(
+    io: TimedIo<T>,
+    versions: Versions,
+    service: S,
+    limits: Option<&Limits>,
+    watcher: Watcher,
+) -> Result<(), BoxError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<GuardedBody<ProxyBody>>,
+            Error = Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut http1 = builder.http1();
+    // Header and idle deadlines are kept by `TimedIo`, which can tell them apart.
+    http1
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(None);
+    if let Some(limits) = limits {
+        http1.max_buf_size(limits.max_header_bytes);
+    }
+    let mut http2 = builder.http2();
+    http2.timer(TokioTimer::new());
+    if let Some(limits) = limits {
+        http2
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .initial_stream_window_size(H2_STREAM_WINDOW)
+            .initial_connection_window_size(H2_CONNECTION_WINDOW);
+    }
+    let builder = match versions {
+        Versions::Any => builder,
+        Versions::Http1 => builder.http1_only(),
+        Versions::Http2 => builder.http2_only(),
+    };
+    let conn = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
+        .into_owned();
+    watcher.watch(conn).await
+}
+
+/// HTTP/2 flow-control windows for client connections: enough for a fast stream, bounded per connection.
+const H2_STREAM_WINDOW: u32 = 256 * 1024;
+const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
 
 /// The `reason` label for a connection that hyper ended because of the client.
 fn rejection(error: &(dyn std::error::Error + 'static)) -> Option<&'static str> {

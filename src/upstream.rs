@@ -1,5 +1,6 @@
-//! Upstream connections: HTTP/1.1 keep-alive connections per backend, opened with hyper's low-level
-//! `client::conn`, kept idle in the backend's own small stack and reused most-recent first.
+//! Upstream connections, opened with hyper's low-level `client::conn`: for HTTP/1.1 (`http1`, `https`)
+//! keep-alive connections kept idle in the backend's own small stack and reused most-recent first; for HTTP/2
+//! (`h2c`, `h2`) one shared, multiplexed connection per backend and worker runtime.
 //!
 //! Owning the pool (instead of hyper-util's legacy client) lets the proxy tell "could not connect" (nothing was
 //! sent: safe to retry for any method) from "sent, then failed", take a request back when a pooled connection
@@ -17,11 +18,17 @@ use bytes::Bytes;
 use http::Request;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::{TrySendError, http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus::IntCounter;
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
+
+use crate::config::Protocol;
+use crate::tls::UpstreamTlsSettings;
 
 /// Idle connections kept per backend; more are closed when their response ends.
 const MAX_IDLE: usize = 256;
@@ -97,7 +104,86 @@ impl Body for RequestBody {
     }
 }
 
-pub type Sender = http1::SendRequest<RequestBody>;
+/// A connection's request handle.
+pub enum Sender {
+    H1(http1::SendRequest<RequestBody>),
+    H2(http2::SendRequest<RequestBody>),
+}
+
+impl Sender {
+    fn usable(&self) -> bool {
+        match self {
+            Self::H1(s) => s.is_ready() && !s.is_closed(),
+            Self::H2(s) => s.is_ready() && !s.is_closed(),
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        match self {
+            Self::H1(s) => s.is_closed(),
+            Self::H2(s) => s.is_closed(),
+        }
+    }
+
+    /// Sends a request; a request that was never written comes back inside the error.
+    pub async fn try_send(
+        &mut self,
+        req: Request<RequestBody>,
+    ) -> Result<http::Response<Incoming>, TrySendError<Request<RequestBody>>> {
+        match self {
+            Self::H1(s) => s.try_send_request(req).await,
+            Self::H2(s) => s.try_send_request(req).await,
+        }
+    }
+}
+
+/// How a pool reaches its backends: the protocol, and for `https`/`h2` the TLS client settings.
+#[derive(Clone)]
+pub struct UpstreamKind {
+    pub protocol: Protocol,
+    pub tls_settings: Option<UpstreamTlsSettings>,
+    /// Built once per pool; `None` for plain protocols (or when the CA file could not be read, logged).
+    pub connector: Option<TlsConnector>,
+}
+
+impl UpstreamKind {
+    pub fn plain() -> Self {
+        Self {
+            protocol: Protocol::Http1,
+            tls_settings: None,
+            connector: None,
+        }
+    }
+
+    /// The kind for a pool's settings; reads the CA file for TLS protocols.
+    pub fn new(protocol: Protocol, tls: Option<&UpstreamTlsSettings>) -> Self {
+        let connector = protocol.is_tls().then(|| {
+            let alpn: &[&[u8]] = if protocol.is_http2() {
+                &[b"h2"]
+            } else {
+                &[b"http/1.1"]
+            };
+            let settings = tls.cloned().unwrap_or_default();
+            match crate::tls::client_config(&settings, alpn) {
+                Ok(c) => Some(TlsConnector::from(c)),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot set up TLS to upstreams; connections will fail");
+                    None
+                }
+            }
+        });
+        Self {
+            protocol,
+            tls_settings: protocol.is_tls().then(|| tls.cloned().unwrap_or_default()),
+            connector: connector.flatten(),
+        }
+    }
+
+    /// Same protocol and TLS settings: connections made for one serve the other.
+    pub fn same_as(&self, other: &Self) -> bool {
+        self.protocol == other.protocol && self.tls_settings == other.tls_settings
+    }
+}
 
 struct Idle {
     sender: Sender,
@@ -126,20 +212,37 @@ pub fn set_runtime_index(i: usize) {
 pub struct ConnectionPool {
     address: String,
     resolved: Option<SocketAddr>,
+    pub kind: UpstreamKind,
+    server_name: Option<ServerName<'static>>,
+    /// HTTP/1.1: idle connections. HTTP/2: at most one, the shared connection (never taken out).
     idle: Box<[Mutex<Vec<Idle>>]>,
+    /// HTTP/2: one connection attempt at a time per backend, so a burst of requests shares one connection
+    /// instead of each opening its own. Taken only when there is no usable shared connection.
+    connecting: tokio::sync::Mutex<()>,
     opened: IntCounter,
 }
 
 impl ConnectionPool {
-    pub fn new(address: &str, opened: IntCounter) -> Self {
+    pub fn new(address: &str, opened: IntCounter, kind: UpstreamKind) -> Self {
+        let server_name = kind
+            .tls_settings
+            .as_ref()
+            .and_then(|t| crate::tls::server_name(t.server_name.as_deref(), address));
         Self {
             address: address.to_owned(),
             resolved: address.parse().ok(),
+            kind,
+            server_name,
             idle: (0..RUNTIMES.load(Ordering::Relaxed))
                 .map(|_| Mutex::new(Vec::new()))
                 .collect(),
+            connecting: tokio::sync::Mutex::new(()),
             opened,
         }
+    }
+
+    pub fn protocol(&self) -> Protocol {
+        self.kind.protocol
     }
 
     /// This thread's idle list.
@@ -151,8 +254,19 @@ impl ConnectionPool {
     /// The most recently used idle connection that is still open and ready, if any.
     pub fn checkout(&self) -> Option<Sender> {
         let mut idle = self.idle().lock().unwrap_or_else(|p| p.into_inner());
+        if self.kind.protocol.is_http2() {
+            while let Some(c) = idle.last() {
+                match &c.sender {
+                    Sender::H2(s) if c.sender.usable() => return Some(Sender::H2(s.clone())),
+                    _ => {
+                        idle.pop();
+                    }
+                }
+            }
+            return None;
+        }
         while let Some(c) = idle.pop() {
-            if c.sender.is_ready() && !c.sender.is_closed() && c.since.elapsed() < IDLE_TIMEOUT {
+            if c.sender.usable() && c.since.elapsed() < IDLE_TIMEOUT {
                 return Some(c.sender);
             }
         }
@@ -161,7 +275,7 @@ impl ConnectionPool {
 
     /// Returns a connection whose response has ended.
     pub fn checkin(&self, sender: Sender) {
-        if sender.is_closed() {
+        if sender.is_closed() || matches!(sender, Sender::H2(_)) {
             return;
         }
         let mut idle = self.idle().lock().unwrap_or_else(|p| p.into_inner());
@@ -180,39 +294,84 @@ impl ConnectionPool {
             .sum()
     }
 
-    /// Opens a new connection within `timeout`.
+    /// Opens a new connection within `timeout` (for HTTP/2, it becomes the shared one).
     pub async fn connect(&self, timeout: Duration) -> io::Result<Sender> {
+        let sender = self.open(timeout).await?;
+        self.opened.inc();
+        if let Sender::H2(s) = &sender {
+            let mut idle = self.idle().lock().unwrap_or_else(|p| p.into_inner());
+            idle.clear();
+            idle.push(Idle {
+                sender: Sender::H2(s.clone()),
+                since: Instant::now(),
+            });
+        }
+        Ok(sender)
+    }
+
+    /// Opens a connection of its own (health checks), not counted and not shared.
+    pub async fn open(&self, timeout: Duration) -> io::Result<Sender> {
         let connecting = async {
             let tcp = match self.resolved {
                 Some(addr) => TcpStream::connect(addr).await?,
                 None => TcpStream::connect(self.address.as_str()).await?,
             };
             let _ = tcp.set_nodelay(true);
-            http1::Builder::new()
-                .max_buf_size(256 * 1024)
-                .handshake::<_, RequestBody>(TokioIo::new(tcp))
-                .await
-                .map_err(io::Error::other)
-        };
-        let (sender, conn) = match tokio::time::timeout(timeout, connecting).await {
-            Ok(result) => result?,
-            Err(_) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!(
-                        "connect timed out after {}",
-                        humantime::format_duration(timeout)
-                    ),
-                ));
+            if !self.kind.protocol.is_tls() {
+                return handshake(tcp, self.kind.protocol).await;
             }
+            let (Some(connector), Some(name)) = (&self.kind.connector, &self.server_name) else {
+                return Err(io::Error::other(
+                    "no TLS client settings for this pool (see the error logged at load)",
+                ));
+            };
+            let tls = connector.connect(name.clone(), tcp).await?;
+            handshake(tls, self.kind.protocol).await
         };
-        self.opened.inc();
+        match tokio::time::timeout(timeout, connecting).await {
+            Ok(result) => result,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "connect timed out after {}",
+                    humantime::format_duration(timeout)
+                ),
+            )),
+        }
+    }
+}
+
+/// Speaks HTTP/1.1 or HTTP/2 over an open connection; the connection's I/O runs in its own task.
+async fn handshake<T>(io: T, protocol: Protocol) -> io::Result<Sender>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(io);
+    if protocol.is_http2() {
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake::<_, RequestBody>(io)
+            .await
+            .map_err(io::Error::other)?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
+            }
+        });
+        Ok(Sender::H2(sender))
+    } else {
+        let (sender, conn) = http1::Builder::new()
+            .max_buf_size(256 * 1024)
+            .handshake::<_, RequestBody>(io)
+            .await
+            .map_err(io::Error::other)?;
+        tokio::spawn(async move {
+            // Upgrades (WebSocket) take the connection over after a 101.
+            if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream connection ended with an error");
             }
         });
-        Ok(sender)
+        Ok(Sender::H1(sender))
     }
 }
 
@@ -226,7 +385,7 @@ pub async fn send(
     connect_timeout: Duration,
 ) -> Result<(http::Response<Incoming>, Sender), SendError> {
     while let Some(mut sender) = pool.checkout() {
-        match sender.try_send_request(req).await {
+        match sender.try_send(req).await {
             Ok(resp) => return Ok((resp, sender)),
             Err(mut e) => match e.take_message() {
                 // Closed before the request was written: take it back and try the next connection.
@@ -235,11 +394,20 @@ pub async fn send(
             },
         }
     }
-    let mut sender = match pool.connect(connect_timeout).await {
+    let connected = if pool.kind.protocol.is_http2() {
+        let _one_at_a_time = pool.connecting.lock().await;
+        match pool.checkout() {
+            Some(shared) => Ok(shared),
+            None => pool.connect(connect_timeout).await,
+        }
+    } else {
+        pool.connect(connect_timeout).await
+    };
+    let mut sender = match connected {
         Ok(s) => s,
         Err(e) => return Err(SendError::Connect(e, Box::new(req))),
     };
-    match sender.try_send_request(req).await {
+    match sender.try_send(req).await {
         Ok(resp) => Ok((resp, sender)),
         Err(mut e) => match e.take_message() {
             Some(back) => Err(SendError::Connect(

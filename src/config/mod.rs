@@ -13,7 +13,7 @@ use std::path::Path;
 pub use diag::{ConfigError, FieldPath, Problem};
 pub use validate::{
     AdminSettings, Algorithm, BackendSettings, Config, Limits, ListenerSettings, PoolSettings,
-    RouteSettings, RuntimeSettings, Timeouts,
+    Protocol, RouteSettings, RuntimeSettings, Timeouts,
 };
 
 /// Reads and checks a config file.

@@ -35,6 +35,7 @@ pub struct Limits {
     pub idle_timeout: Option<String>,
     pub max_connections: Option<i64>,
     pub max_request_body_bytes: Option<i64>,
+    pub max_concurrent_streams: Option<i64>,
 }
 
 /// `[access_log]`.
@@ -49,6 +50,33 @@ pub struct AccessLog {
 #[derive(Debug, Deserialize)]
 pub struct Listener {
     pub address: String,
+    /// TLS termination; without it the listener speaks plain HTTP/1.1 and HTTP/2 with prior knowledge.
+    pub tls: Option<ListenerTls>,
+    /// Every request gets a 308 to the same host and path over `https`.
+    pub redirect_https: Option<bool>,
+}
+
+/// `[listeners.tls]`.
+#[derive(Debug, Deserialize)]
+pub struct ListenerTls {
+    #[serde(default)]
+    pub certificates: Vec<CertificatePair>,
+    pub min_version: Option<String>,
+    pub alpn: Option<Vec<String>>,
+}
+
+/// One certificate chain and its private key, both PEM files.
+#[derive(Debug, Deserialize)]
+pub struct CertificatePair {
+    pub cert: String,
+    pub key: String,
+}
+
+/// `[pools.NAME.tls]`: how to reach `https` and `h2` upstreams.
+#[derive(Debug, Deserialize)]
+pub struct UpstreamTls {
+    pub ca_file: Option<String>,
+    pub server_name: Option<String>,
 }
 
 /// `[admin]`: the admin listener (`/healthz`, `/metrics`, `/api/...`).
@@ -78,6 +106,8 @@ pub struct Pool {
     pub circuit_breaker: Option<CircuitBreaker>,
     pub retry: Option<Retry>,
     pub panic_threshold: Option<Number>,
+    pub protocol: Option<String>,
+    pub tls: Option<UpstreamTls>,
 }
 
 /// A number written either way in TOML (`0`, `0.5`).

@@ -10,6 +10,7 @@ use crate::access_log::{AccessLogSettings, Format};
 use crate::breaker::BreakerSettings;
 use crate::health::{CheckKind, HealthCheckSettings, StatusRanges};
 use crate::proxy::retry::RetrySettings;
+use crate::tls::{CertPaths, ListenerTlsSettings, TlsVersion, UpstreamTlsSettings};
 
 /// The highest accepted backend weight (HAProxy's is 256; a little more room, still cheap to expand).
 pub const MAX_WEIGHT: u32 = 1000;
@@ -32,6 +33,8 @@ pub struct Config {
     pub access_log: Option<AccessLogSettings>,
     pub limits: Limits,
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Things worth telling the operator that do not stop the config (an expired certificate).
+    pub warnings: Vec<String>,
 }
 
 /// `[limits]`.
@@ -47,6 +50,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// Over it the client gets 413; `None`: no limit.
     pub max_request_body_bytes: Option<u64>,
+    /// Concurrent streams one HTTP/2 client connection may open.
+    pub max_concurrent_streams: u32,
 }
 
 impl Default for Limits {
@@ -57,6 +62,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(60),
             max_connections: 10_000,
             max_request_body_bytes: None,
+            max_concurrent_streams: 128,
         }
     }
 }
@@ -64,6 +70,43 @@ impl Default for Limits {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListenerSettings {
     pub address: SocketAddr,
+    pub tls: Option<ListenerTlsSettings>,
+    pub redirect_https: bool,
+}
+
+/// How a pool talks to its backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    #[default]
+    Http1,
+    /// HTTP/2 over plain TCP (prior knowledge).
+    H2c,
+    /// HTTP/1.1 over TLS.
+    Https,
+    /// HTTP/2 over TLS.
+    H2,
+}
+
+impl Protocol {
+    pub const ALLOWED: [&'static str; 4] = ["http1", "h2c", "https", "h2"];
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "http1" => Some(Self::Http1),
+            "h2c" => Some(Self::H2c),
+            "https" => Some(Self::Https),
+            "h2" => Some(Self::H2),
+            _ => None,
+        }
+    }
+
+    pub fn is_tls(self) -> bool {
+        matches!(self, Self::Https | Self::H2)
+    }
+
+    pub fn is_http2(self) -> bool {
+        matches!(self, Self::H2c | Self::H2)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -118,6 +161,9 @@ pub struct PoolSettings {
     pub retry: RetrySettings,
     /// Below this healthy share the pool ignores health checks (Envoy's panic mode); 0 = never.
     pub panic_threshold: f64,
+    pub protocol: Protocol,
+    /// For `https` and `h2`.
+    pub tls: Option<UpstreamTlsSettings>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -365,6 +411,106 @@ impl Checker<'_, '_> {
         }
     }
 
+    fn listener_tls(
+        &mut self,
+        field: FieldPath,
+        t: &model::ListenerTls,
+        folder: &std::path::Path,
+        warnings: &mut Vec<String>,
+    ) -> ListenerTlsSettings {
+        if t.certificates.is_empty() {
+            self.err(
+                field.key("certificates"),
+                "no certificate; add one, like certificates = [{ cert = \"certs/site.pem\", key = \"certs/site.key\" }]",
+            );
+        }
+        let mut certificates = Vec::new();
+        for (i, pair) in t.certificates.iter().enumerate() {
+            let paths = CertPaths {
+                cert: folder.join(&pair.cert),
+                key: folder.join(&pair.key),
+            };
+            match crate::tls::load_pair(&paths) {
+                Ok(loaded) => {
+                    if loaded.is_expired() {
+                        warnings.push(format!(
+                            "{}: the certificate in {} expired at {}",
+                            field.key("certificates").index(i),
+                            paths.cert.display(),
+                            humantime::format_rfc3339_seconds(loaded.not_after)
+                        ));
+                    }
+                }
+                Err(e) => self.err(field.key("certificates").index(i), e),
+            }
+            certificates.push(paths);
+        }
+        let min_version = match t.min_version.as_deref() {
+            None => TlsVersion::Tls12,
+            Some(v) => TlsVersion::parse(v).unwrap_or_else(|| {
+                self.err(
+                    field.key("min_version"),
+                    format!("unknown TLS version {v:?}; allowed values: \"1.2\", \"1.3\""),
+                );
+                TlsVersion::Tls12
+            }),
+        };
+        let alpn = match &t.alpn {
+            None => vec!["h2".to_owned(), "http/1.1".to_owned()],
+            Some(list) => {
+                for (i, p) in list.iter().enumerate() {
+                    if p != "h2" && p != "http/1.1" {
+                        self.err(
+                            field.key("alpn").index(i),
+                            format!("unknown protocol {p:?}; allowed values: \"h2\", \"http/1.1\""),
+                        );
+                    }
+                }
+                if list.is_empty() {
+                    self.err(
+                        field.key("alpn"),
+                        "empty; leave it out for [\"h2\", \"http/1.1\"]",
+                    );
+                }
+                list.clone()
+            }
+        };
+        ListenerTlsSettings {
+            certificates,
+            min_version,
+            alpn,
+        }
+    }
+
+    fn upstream_tls(
+        &mut self,
+        field: FieldPath,
+        t: Option<&model::UpstreamTls>,
+        folder: &std::path::Path,
+    ) -> UpstreamTlsSettings {
+        let Some(t) = t else {
+            return UpstreamTlsSettings::default();
+        };
+        let ca_file = t.ca_file.as_ref().map(|f| folder.join(f));
+        if let Some(path) = &ca_file {
+            if let Err(e) = crate::tls::load_roots(Some(path)) {
+                self.err(field.key("ca_file"), e);
+            }
+        }
+        if let Some(name) = &t.server_name {
+            if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
+                self.err(
+                    field.key("server_name"),
+                    format!("{name:?} is not a DNS name or an IP address"),
+                );
+            }
+        }
+        UpstreamTlsSettings {
+            ca_file,
+            server_name: t.server_name.clone(),
+        }
+    }
+
     fn socket_addr(&mut self, field: FieldPath, text: &str) -> Option<SocketAddr> {
         match text.parse::<SocketAddr>() {
             Ok(a) => Some(a),
@@ -432,13 +578,29 @@ pub fn validate(
             "no listener; add one, like [[listeners]] address = \"127.0.0.1:8080\"",
         );
     }
+    let mut warnings = Vec::new();
     for (i, l) in file.listeners.iter().enumerate() {
-        let field = root.key("listeners").index(i).key("address");
+        let lfield = root.key("listeners").index(i);
+        let field = lfield.key("address");
+        let redirect_https = l.redirect_https.unwrap_or(false);
+        let tls = l.tls.as_ref().map(|t| {
+            if redirect_https {
+                c.err(
+                    lfield.key("redirect_https"),
+                    "a TLS listener cannot redirect to https; set redirect_https on a plain listener",
+                );
+            }
+            c.listener_tls(lfield.key("tls"), t, folder, &mut warnings)
+        });
         if let Some(address) = c.socket_addr(field.clone(), &l.address) {
             if !seen_listeners.insert(address) {
                 c.err(field, format!("{:?} is listed twice", l.address));
             } else {
-                listeners.push(ListenerSettings { address });
+                listeners.push(ListenerSettings {
+                    address,
+                    tls,
+                    redirect_https,
+                });
             }
         }
     }
@@ -506,6 +668,33 @@ pub fn validate(
                 );
                 Algorithm::RoundRobin
             }),
+        };
+        let protocol = match pool.protocol.as_deref() {
+            None => Protocol::Http1,
+            Some(text) => Protocol::parse(text).unwrap_or_else(|| {
+                c.err(
+                    field.key("protocol"),
+                    format!(
+                        "unknown protocol {text:?}; allowed values: {}",
+                        Protocol::ALLOWED.map(|a| format!("{a:?}")).join(", ")
+                    ),
+                );
+                Protocol::Http1
+            }),
+        };
+        let upstream_tls = match (&pool.tls, protocol.is_tls()) {
+            (Some(_), false) => {
+                c.err(
+                    field.key("tls"),
+                    format!(
+                        "[pools.{name}.tls] applies to protocol \"https\" or \"h2\"; this pool's protocol is {:?}",
+                        pool.protocol.as_deref().unwrap_or("http1")
+                    ),
+                );
+                None
+            }
+            (t, true) => Some(c.upstream_tls(field.key("tls"), t.as_ref(), folder)),
+            (None, false) => None,
         };
         if pool.backends.is_empty() {
             c.err(
@@ -585,6 +774,8 @@ pub fn validate(
                 breaker,
                 retry,
                 panic_threshold,
+                protocol,
+                tls: upstream_tls,
             },
         );
     }
@@ -685,6 +876,13 @@ pub fn validate(
                     1,
                     10_000_000,
                 ) as usize,
+                max_concurrent_streams: c.int(
+                    field.key("max_concurrent_streams"),
+                    l.max_concurrent_streams,
+                    d.max_concurrent_streams,
+                    1,
+                    10_000,
+                ),
                 max_request_body_bytes: match l.max_request_body_bytes {
                     None => None,
                     Some(v) if v >= 0 => Some(v as u64),
@@ -761,5 +959,6 @@ pub fn validate(
         access_log,
         limits,
         trusted_proxies,
+        warnings,
     })
 }

@@ -6,17 +6,14 @@ mod rise_fall;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use http::{Request, StatusCode, header};
-use http_body_util::Empty;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 pub use rise_fall::{Flip, RiseFall};
 
 use crate::backend::Backend;
+use crate::upstream::RequestBody;
 
 /// `[pools.NAME.health_check]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -83,16 +80,18 @@ pub fn spawn_checker(backend: Arc<Backend>, settings: HealthCheckSettings) -> Jo
         );
         tokio::time::sleep(jitter(settings.interval, 0.0, 1.0)).await;
         loop {
-            let result =
-                match tokio::time::timeout(settings.timeout, check_once(&backend, &settings.kind))
-                    .await
-                {
-                    Ok(r) => r,
-                    Err(_) => Err(format!(
-                        "no answer within {}",
-                        humantime::format_duration(settings.timeout)
-                    )),
-                };
+            let result = match tokio::time::timeout(
+                settings.timeout,
+                check_once(&backend, &settings.kind, settings.timeout),
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(format!(
+                    "no answer within {}",
+                    humantime::format_duration(settings.timeout)
+                )),
+            };
             backend.metrics.count_health_check(result.is_ok());
             if let Err(reason) = &result {
                 backend.set_last_check_error(reason.clone(), SystemTime::now());
@@ -123,35 +122,48 @@ fn jitter(interval: Duration, low: f64, high: f64) -> Duration {
     interval.mul_f64(rand::random_range(low..high))
 }
 
-async fn check_once(backend: &Backend, kind: &CheckKind) -> Result<(), String> {
-    let tcp = TcpStream::connect(backend.address.as_str())
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
+async fn check_once(backend: &Backend, kind: &CheckKind, timeout: Duration) -> Result<(), String> {
     let (path, expected, host) = match kind {
-        CheckKind::Tcp => return Ok(()),
+        CheckKind::Tcp => {
+            return TcpStream::connect(backend.address.as_str())
+                .await
+                .map(drop)
+                .map_err(|e| format!("connect: {e}"));
+        }
         CheckKind::Http {
             path,
             expected,
             host,
         } => (path, expected, host),
     };
-    let (mut sender, conn) = http1::handshake::<_, Empty<Bytes>>(TokioIo::new(tcp))
+    // Over the pool's own protocol (TLS, HTTP/2 included), on a connection of its own.
+    let mut sender = backend
+        .connections
+        .open(timeout)
         .await
-        .map_err(|e| format!("handshake: {e}"))?;
-    let conn = tokio::spawn(conn);
+        .map_err(|e| format!("connect: {e}"))?;
     let host = host.as_deref().unwrap_or(backend.address.as_str());
-    let req = Request::get(path.as_str())
-        .header(header::HOST, host)
+    let protocol = backend.connections.protocol();
+    let mut req = Request::get(path.as_str());
+    if protocol.is_http2() {
+        let scheme = if protocol.is_tls() { "https" } else { "http" };
+        req = req
+            .uri(format!("{scheme}://{host}{path}"))
+            .version(http::Version::HTTP_2);
+    } else {
+        req = req
+            .header(header::HOST, host)
+            .header(header::CONNECTION, "close");
+    }
+    let req = req
         .header(header::USER_AGENT, "switchyard-health-check")
-        .header(header::CONNECTION, "close")
-        .body(Empty::new())
+        .body(RequestBody::Empty)
         .map_err(|e| format!("request: {e}"))?;
-    let resp = sender
-        .send_request(req)
+    let status = sender
+        .try_send(req)
         .await
-        .map_err(|e| format!("request: {e}"));
-    conn.abort();
-    let status = resp?.status();
+        .map_err(|e| format!("request: {}", e.into_error()))?
+        .status();
     if expected.contains(status) {
         Ok(())
     } else {

@@ -3,6 +3,7 @@
 mod body;
 pub mod headers;
 pub mod retry;
+mod tunnel;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
-use http::uri::Uri;
+use http::uri::{Authority, Uri};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::{Body as _, Incoming};
 use tokio::time::Instant;
@@ -20,11 +21,22 @@ pub use body::{Completion, ProxyBody};
 
 use crate::access_log::{AccessLog, Pending};
 use crate::backend::Backend;
+use crate::config::Protocol;
 use crate::error::ProxyError;
 use crate::metrics::{BackendMetrics, Metrics, NONE};
 use crate::pool::{Pool, Tried};
 use crate::router::Snapshot;
 use crate::upstream::{self, Metered, RequestBody, SendError};
+
+/// What the proxy knows of the client connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// The connection is TLS (`X-Forwarded-Proto: https`).
+    pub https: bool,
+    /// The listener only redirects to https.
+    pub redirect_https: bool,
+}
 
 /// The proxy service shared by every connection of every listener.
 pub struct Proxy {
@@ -45,7 +57,8 @@ impl Proxy {
     }
 
     /// Serves one client request.
-    pub async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ProxyBody> {
+    pub async fn handle(&self, mut req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
+        let peer = conn.peer;
         let started = Instant::now();
         let (pool, mut log, max_body, trusted) = {
             let snapshot = self.snapshot.load();
@@ -77,6 +90,12 @@ impl Proxy {
                 .any(|net| net.contains(&headers::canonical(peer.ip())));
             (Arc::clone(pool), log, max_body, trusted)
         };
+        let upgrade = headers::is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+        let protocol = pool.protocol;
+        if upgrade.is_some() && protocol.is_http2() {
+            let e = ProxyError::UpgradeUnsupported;
+            return local_answer(&e, &pool.local_metrics, started, log, 0);
+        }
         pool.budget.record_request(started);
         let mut tried = Tried::default();
         let Some(first) = pool.pick(started, &mut tried).cloned() else {
@@ -89,7 +108,14 @@ impl Proxy {
             limit: max_body.unwrap_or(u64::MAX),
             exceeded: Arc::clone(&body_too_large),
         });
-        let mut req = match prepare(req, peer, trusted, meter) {
+        let how = Forwarding {
+            peer,
+            trusted,
+            proto: if conn.https { "https" } else { "http" },
+            upgrade: upgrade.is_some(),
+            protocol,
+        };
+        let mut req = match prepare(req, &how, meter) {
             Ok(r) => r,
             Err(e) => {
                 first.breaker.cancel_trial();
@@ -109,6 +135,20 @@ impl Proxy {
             let attempts = retries + 1;
             let (failure, back) = match attempt(&pool, &backend, req, started).await {
                 Ok((resp, done)) => {
+                    if let (Some(client), StatusCode::SWITCHING_PROTOCOLS) =
+                        (upgrade, resp.status())
+                    {
+                        let idle = self.snapshot.load().limits.idle_timeout;
+                        return tunnel::open(
+                            resp,
+                            done,
+                            client,
+                            log,
+                            attempts,
+                            idle,
+                            &self.metrics,
+                        );
+                    }
                     return pass_on(resp, done, log, attempts, pool.timeouts.request);
                 }
                 Err((Failure::Response(resp, done), _)) if copy.is_none() => {
@@ -153,6 +193,32 @@ impl Proxy {
             backend = next_backend;
             req = next_req;
         }
+    }
+}
+
+impl Proxy {
+    /// The answer of a `redirect_https` listener: 308 to the same host (without its port) and target.
+    pub fn redirect_https(&self, req: &Request<Incoming>) -> Response<ProxyBody> {
+        let metrics = &self.snapshot.load().no_route_metrics;
+        let host = request_host(req).map(crate::router::normalize_host);
+        let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let location = host
+            .filter(|h| !h.is_empty())
+            .and_then(|h| HeaderValue::from_str(&format!("https://{h}{target}")).ok());
+        let Some(location) = location else {
+            metrics.count_response(StatusCode::BAD_REQUEST);
+            return plain(
+                StatusCode::BAD_REQUEST,
+                "switchyard: a redirect to https needs a Host header\n",
+            );
+        };
+        metrics.count_response(StatusCode::PERMANENT_REDIRECT);
+        let mut resp = plain(
+            StatusCode::PERMANENT_REDIRECT,
+            "switchyard: this site is served over https\n",
+        );
+        resp.headers_mut().insert(header::LOCATION, location);
+        resp
     }
 }
 
@@ -228,12 +294,23 @@ impl Drop for OutcomeGuard<'_> {
     }
 }
 
-/// Rewrites a client request for the upstream: hop-by-hop headers out, forwarding headers in, HTTP/1.1,
-/// origin-form target.
+/// How a request is passed on.
+struct Forwarding {
+    peer: SocketAddr,
+    /// The peer is in `trusted_proxies`.
+    trusted: bool,
+    /// `X-Forwarded-Proto` for this hop.
+    proto: &'static str,
+    /// An upgrade request: `Connection: upgrade` and `Upgrade` stay.
+    upgrade: bool,
+    protocol: Protocol,
+}
+
+/// Rewrites a client request for the upstream: hop-by-hop headers out, forwarding headers in; for HTTP/1.1
+/// upstreams an origin-form target and `Host`, for HTTP/2 ones an absolute target (`:scheme`, `:authority`).
 fn prepare(
     req: Request<Incoming>,
-    peer: SocketAddr,
-    trusted: bool,
+    how: &Forwarding,
     meter: Option<Meter>,
 ) -> Result<Request<RequestBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
@@ -243,23 +320,54 @@ fn prepare(
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
+    let upgrade = if how.upgrade {
+        parts.headers.get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
     headers::strip_hop_by_hop(&mut parts.headers);
+    if let Some(token) = upgrade {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, token);
+    }
     headers::add_forwarded(
         &mut parts.headers,
-        peer.ip(),
-        "http",
+        how.peer.ip(),
+        how.proto,
         original_host.clone(),
-        trusted,
+        how.trusted,
     );
-    if !parts.headers.contains_key(header::HOST) {
-        if let Some(host) = original_host {
-            parts.headers.insert(header::HOST, host);
-        }
-    }
-    parts.version = Version::HTTP_11;
-    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+    if how.protocol.is_http2() {
+        parts.headers.remove(header::HOST);
+        let authority = original_host
+            .as_ref()
+            .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+            .ok_or(ProxyError::BadRequest)?;
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        parts.uri = Uri::try_from(path).map_err(|_| ProxyError::BadRequest)?;
+        parts.uri = Uri::builder()
+            .scheme(if how.protocol.is_tls() {
+                "https"
+            } else {
+                "http"
+            })
+            .authority(authority)
+            .path_and_query(path)
+            .build()
+            .map_err(|_| ProxyError::BadRequest)?;
+        parts.version = Version::HTTP_2;
+    } else {
+        if !parts.headers.contains_key(header::HOST) {
+            if let Some(host) = original_host {
+                parts.headers.insert(header::HOST, host);
+            }
+        }
+        parts.version = Version::HTTP_11;
+        if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            parts.uri = Uri::try_from(path).map_err(|_| ProxyError::BadRequest)?;
+        }
     }
     let body = match meter {
         _ if body.is_end_stream() => RequestBody::Empty,

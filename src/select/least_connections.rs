@@ -65,6 +65,7 @@ mod tests {
                     w,
                     Default::default(),
                     m.for_backend("p", &addr),
+                    crate::upstream::UpstreamKind::plain(),
                 ))
             })
             .collect()

@@ -1,0 +1,461 @@
+//! TLS on both sides, with rustls: the certificates a TLS listener presents (chosen by SNI, re-read when their
+//! files change), and the client side for `https` and `h2` upstreams.
+//!
+//! A listener's certificates live in a [`CertResolver`] behind an `ArcSwap`: a reload swaps the whole set, new
+//! handshakes see the new one, and connections already open keep what they negotiated. A set that fails to load
+//! never replaces a working one.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+
+use crate::metrics::Metrics;
+
+/// The crypto every TLS config here uses (ring: small, and no C toolchain beyond `cc`).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// `min_version`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+impl TlsVersion {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "1.2" => Some(Self::Tls12),
+            "1.3" => Some(Self::Tls13),
+            _ => None,
+        }
+    }
+}
+
+/// A certificate chain and key as configured (paths already joined to the config's folder).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertPaths {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// `[listeners.tls]`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerTlsSettings {
+    pub certificates: Vec<CertPaths>,
+    pub min_version: TlsVersion,
+    pub alpn: Vec<String>,
+}
+
+/// One certificate, loaded and checked against its key.
+pub struct LoadedCert {
+    pub key: Arc<CertifiedKey>,
+    /// DNS names from the subjectAltName extension (the subject's CN when there is none), lower-cased.
+    pub names: Vec<String>,
+    pub not_after: SystemTime,
+    /// The files' bytes, to tell a real change from a touch.
+    raw: (Vec<u8>, Vec<u8>),
+}
+
+impl LoadedCert {
+    /// The label of this certificate in metrics and logs: its first name, or its file.
+    pub fn label(&self, paths: &CertPaths) -> String {
+        self.names
+            .first()
+            .cloned()
+            .unwrap_or_else(|| paths.cert.display().to_string())
+    }
+
+    pub fn is_expired(&self) -> bool {
+        self.not_after < SystemTime::now()
+    }
+}
+
+/// Reads a certificate chain and its key and checks that they belong together. The error names the file and
+/// the reason.
+pub fn load_pair(paths: &CertPaths) -> Result<LoadedCert, String> {
+    let cert_bytes = std::fs::read(&paths.cert)
+        .map_err(|e| format!("cannot read {}: {e}", paths.cert.display()))?;
+    let key_bytes = std::fs::read(&paths.key)
+        .map_err(|e| format!("cannot read {}: {e}", paths.key.display()))?;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_bytes)
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: not a PEM certificate chain: {e}", paths.cert.display()))?;
+    let Some(leaf) = chain.first() else {
+        return Err(format!(
+            "{}: no certificate in the file (expected -----BEGIN CERTIFICATE-----)",
+            paths.cert.display()
+        ));
+    };
+    let key = PrivateKeyDer::from_pem_slice(&key_bytes)
+        .map_err(|e| format!("{}: not a PEM private key: {e}", paths.key.display()))?;
+    let (names, not_after) = describe(leaf).map_err(|e| {
+        format!(
+            "{}: cannot parse the certificate: {e}",
+            paths.cert.display()
+        )
+    })?;
+    let certified = CertifiedKey::from_der(chain, key, &provider()).map_err(|e| match e {
+        rustls::Error::InconsistentKeys(_) => format!(
+            "{} does not match the certificate in {}",
+            paths.key.display(),
+            paths.cert.display()
+        ),
+        other => format!("{}: unusable private key: {other}", paths.key.display()),
+    })?;
+    Ok(LoadedCert {
+        key: Arc::new(certified),
+        names,
+        not_after,
+        raw: (cert_bytes, key_bytes),
+    })
+}
+
+fn describe(leaf: &CertificateDer<'_>) -> Result<(Vec<String>, SystemTime), String> {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(leaf.as_ref()).map_err(|e| e.to_string())?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            if let GeneralName::DNSName(d) = n {
+                names.push(d.to_ascii_lowercase());
+            }
+        }
+    }
+    if names.is_empty() {
+        for cn in cert.subject().iter_common_name() {
+            if let Ok(s) = cn.as_str() {
+                names.push(s.to_ascii_lowercase());
+            }
+        }
+    }
+    let secs = cert.validity().not_after.timestamp();
+    let not_after = if secs >= 0 {
+        UNIX_EPOCH + Duration::from_secs(secs as u64)
+    } else {
+        UNIX_EPOCH
+    };
+    Ok((names, not_after))
+}
+
+/// Loads every certificate of a listener; the first error stops it.
+pub fn load_all(certs: &[CertPaths]) -> Result<Vec<LoadedCert>, String> {
+    certs.iter().map(load_pair).collect()
+}
+
+/// Certificates by name: exact names, then `*.` wildcards one label deep, then the first certificate.
+#[derive(Debug)]
+struct CertSet {
+    default: Arc<CertifiedKey>,
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+}
+
+impl CertSet {
+    fn new(loaded: &[LoadedCert]) -> Option<Self> {
+        let default = Arc::clone(&loaded.first()?.key);
+        let mut exact = HashMap::new();
+        let mut wildcard = HashMap::new();
+        for cert in loaded {
+            for name in &cert.names {
+                let map = match name.strip_prefix("*.") {
+                    Some(suffix) => wildcard.entry(suffix.to_owned()),
+                    None => exact.entry(name.clone()),
+                };
+                // The first certificate listed for a name wins.
+                map.or_insert_with(|| Arc::clone(&cert.key));
+            }
+        }
+        Some(Self {
+            default,
+            exact,
+            wildcard,
+        })
+    }
+
+    fn pick(&self, server_name: Option<&str>) -> Arc<CertifiedKey> {
+        let Some(name) = server_name else {
+            return Arc::clone(&self.default);
+        };
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        if let Some(k) = self.exact.get(&name) {
+            return Arc::clone(k);
+        }
+        if let Some((_, parent)) = name.split_once('.') {
+            if let Some(k) = self.wildcard.get(parent) {
+                return Arc::clone(k);
+            }
+        }
+        Arc::clone(&self.default)
+    }
+}
+
+/// Chooses a listener's certificate by SNI from the set currently loaded.
+#[derive(Debug)]
+pub struct CertResolver {
+    set: ArcSwap<CertSet>,
+}
+
+impl ResolvesServerCert for CertResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.set.load().pick(hello.server_name()))
+    }
+}
+
+/// A TLS listener's state: its settings, its certificates, and the rustls config built on them.
+pub struct ListenerTls {
+    pub settings: ListenerTlsSettings,
+    /// The listener's address, as the `listener` label of the expiry metric.
+    label: String,
+    resolver: Arc<CertResolver>,
+    pub server_config: Arc<ServerConfig>,
+    /// The bytes each certificate was loaded from, and the metric labels in use.
+    loaded: std::sync::Mutex<Loaded>,
+}
+
+struct Loaded {
+    raw: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The `name` label and expiry of each certificate.
+    names: Vec<(String, f64)>,
+}
+
+impl ListenerTls {
+    /// Loads the certificates and builds the listener's rustls config.
+    pub fn new(
+        settings: &ListenerTlsSettings,
+        label: String,
+        metrics: &Metrics,
+    ) -> Result<Self, String> {
+        let loaded = load_all(&settings.certificates)?;
+        let set = CertSet::new(&loaded).ok_or("no certificate configured")?;
+        let resolver = Arc::new(CertResolver {
+            set: ArcSwap::from_pointee(set),
+        });
+        let versions: &[&rustls::SupportedProtocolVersion] = match settings.min_version {
+            TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+            TlsVersion::Tls13 => &[&rustls::version::TLS13],
+        };
+        let mut config = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(versions)
+            .map_err(|e| format!("TLS settings: {e}"))?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::clone(&resolver) as Arc<dyn ResolvesServerCert>);
+        config.alpn_protocols = settings
+            .alpn
+            .iter()
+            .map(|p| p.as_bytes().to_vec())
+            .collect();
+        // Session tickets let returning clients skip the full handshake (HAProxy and NGINX do the same).
+        if let Ok(ticketer) = rustls::crypto::ring::Ticketer::new() {
+            config.ticketer = ticketer;
+        }
+        let this = Self {
+            settings: settings.clone(),
+            label,
+            resolver,
+            server_config: Arc::new(config),
+            loaded: std::sync::Mutex::new(Loaded {
+                raw: Vec::new(),
+                names: Vec::new(),
+            }),
+        };
+        this.publish(&loaded, metrics);
+        Ok(this)
+    }
+
+    fn publish(&self, loaded: &[LoadedCert], metrics: &Metrics) {
+        let mut state = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, _) in state.names.drain(..) {
+            let _ = metrics
+                .tls_certificate_expiry
+                .remove_label_values(&[&self.label, &name]);
+        }
+        for (cert, paths) in loaded.iter().zip(&self.settings.certificates) {
+            let expiry = cert
+                .not_after
+                .duration_since(UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            state.names.push((cert.label(paths), expiry));
+        }
+        state.raw = loaded.iter().map(|c| c.raw.clone()).collect();
+        drop(state);
+        self.export(metrics);
+    }
+
+    /// Sets this listener's expiry series.
+    pub fn export(&self, metrics: &Metrics) {
+        let state = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, expiry) in &state.names {
+            metrics
+                .tls_certificate_expiry
+                .with_label_values(&[&self.label, name])
+                .set(*expiry);
+        }
+    }
+
+    /// Re-reads the certificate files. A change is applied to new handshakes; a file that does not load keeps
+    /// the certificates in use. Returns `None` when nothing changed.
+    pub fn reload_certificates(&self, metrics: &Metrics) -> Option<Result<(), String>> {
+        let result = load_all(&self.settings.certificates);
+        let loaded = match result {
+            Ok(l) => l,
+            Err(e) => {
+                metrics
+                    .tls_certificate_reloads_total
+                    .with_label_values(&["error"])
+                    .inc();
+                tracing::error!(listener = %self.label, error = %e,
+                    "certificate reload failed; still serving the previous certificates");
+                return Some(Err(e));
+            }
+        };
+        {
+            let state = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+            if state.raw.len() == loaded.len()
+                && state
+                    .raw
+                    .iter()
+                    .zip(&loaded)
+                    .all(|(old, new)| *old == new.raw)
+            {
+                return None;
+            }
+        }
+        let set = CertSet::new(&loaded)?;
+        self.resolver.set.store(Arc::new(set));
+        self.publish(&loaded, metrics);
+        metrics
+            .tls_certificate_reloads_total
+            .with_label_values(&["success"])
+            .inc();
+        for (cert, paths) in loaded.iter().zip(&self.settings.certificates) {
+            tracing::info!(listener = %self.label, certificate = %paths.cert.display(),
+                names = ?cert.names, "certificate reloaded");
+        }
+        Some(Ok(()))
+    }
+
+    /// Removes this listener's expiry series (the listener is gone).
+    pub fn forget(&self, metrics: &Metrics) {
+        let state = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, _) in &state.names {
+            let _ = metrics
+                .tls_certificate_expiry
+                .remove_label_values(&[&self.label, name]);
+        }
+    }
+
+    /// Every file the listener's certificates come from.
+    pub fn files(&self) -> impl Iterator<Item = &Path> {
+        self.settings
+            .certificates
+            .iter()
+            .flat_map(|c| [c.cert.as_path(), c.key.as_path()])
+    }
+}
+
+/// Why a client's TLS handshake failed: the `reason` label of `switchyard_tls_handshake_errors_total`.
+pub fn handshake_error_reason(e: &io::Error) -> &'static str {
+    if let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        return match tls {
+            rustls::Error::InvalidMessage(_) => "malformed",
+            rustls::Error::PeerIncompatible(p) => {
+                use rustls::PeerIncompatible as P;
+                match p {
+                    P::Tls12NotOffered
+                    | P::Tls12NotOfferedOrEnabled
+                    | P::SupportedVersionsExtensionRequired
+                    | P::ServerDoesNotSupportTls12Or13 => "protocol_version",
+                    _ => "incompatible",
+                }
+            }
+            rustls::Error::NoApplicationProtocol => "no_application_protocol",
+            rustls::Error::AlertReceived(_) => "alert_received",
+            rustls::Error::PeerMisbehaved(_) => "peer_misbehaved",
+            rustls::Error::InappropriateMessage { .. }
+            | rustls::Error::InappropriateHandshakeMessage { .. } => "malformed",
+            _ => "other",
+        };
+    }
+    match e.kind() {
+        io::ErrorKind::UnexpectedEof
+        | io::ErrorKind::ConnectionReset
+        | io::ErrorKind::BrokenPipe => "closed",
+        io::ErrorKind::InvalidData => "malformed",
+        _ => "other",
+    }
+}
+
+/// `[pools.NAME.tls]`, checked.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct UpstreamTlsSettings {
+    /// `None`: the system's roots.
+    pub ca_file: Option<PathBuf>,
+    pub server_name: Option<String>,
+}
+
+/// Reads a CA bundle; the error names the file.
+pub fn load_roots(ca_file: Option<&Path>) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("{}: not a PEM certificate bundle: {e}", path.display()))?;
+            if certs.is_empty() {
+                return Err(format!("{}: no certificate in the file", path.display()));
+            }
+            for c in certs {
+                roots
+                    .add(c)
+                    .map_err(|e| format!("{}: unusable CA certificate: {e}", path.display()))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for c in found.certs {
+                let _ = roots.add(c);
+            }
+        }
+    }
+    Ok(roots)
+}
+
+/// The client side for one pool's TLS upstreams.
+pub fn client_config(
+    settings: &UpstreamTlsSettings,
+    alpn: &[&[u8]],
+) -> Result<Arc<ClientConfig>, String> {
+    let roots = load_roots(settings.ca_file.as_deref())?;
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS settings: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// The name to verify a backend's certificate against: the configured `server_name`, else the backend's host.
+pub fn server_name(configured: Option<&str>, backend_address: &str) -> Option<ServerName<'static>> {
+    let host = match configured {
+        Some(n) => n,
+        None => match backend_address.rsplit_once(':') {
+            Some((h, _)) => h.trim_start_matches('[').trim_end_matches(']'),
+            None => backend_address,
+        },
+    };
+    ServerName::try_from(host.to_owned()).ok()
+}
