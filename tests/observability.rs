@@ -150,8 +150,24 @@ async fn dashboard_and_alerts_work_against_a_real_prometheus() {
     let b = named_backend("b", Duration::from_millis(3)).await;
     let dead = closed_port().await;
     let failing = controlled("failing", 500).await;
+    // A TLS listener (a certificate made here) for the TLS panels and the expiry alert.
+    let certs = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["shop.example".to_owned()]).unwrap();
+    let (cert_file, key_file) = (certs.path().join("c.pem"), certs.path().join("c.key"));
+    std::fs::write(&cert_file, cert.cert.pem()).unwrap();
+    std::fs::write(&key_file, cert.signing_key.serialize_pem()).unwrap();
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let server = start_proxy(&config(&format!(
         r#"
+[[listeners]]
+address = "127.0.0.1:{tls_port}"
+[listeners.tls]
+certificates = [{{ cert = "{}", key = "{}" }}]
+
 [[routes]]
 path_prefix = "/api"
 pool = "api"
@@ -171,10 +187,19 @@ open_duration = "1m"
 [pools.api]
 backends = [{{ address = "{}" }}]
 "#,
+        cert_file.display(),
+        key_file.display(),
         failing.addr
     )))
     .await;
     let proxy = server.listen_addrs[0];
+    // Plain HTTP to the TLS port: a failed handshake to count.
+    raw(
+        server.listen_addrs[1],
+        b"GET / HTTP/1.1\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
 
     // Bounded traffic in the background while Prometheus scrapes.
     let traffic = tokio::spawn(async move {
@@ -310,7 +335,7 @@ backends = [{{ address = "{}" }}]
         .lines()
         .filter_map(|l| l.trim().strip_prefix("expr: "))
         .collect();
-    assert_eq!(exprs.len(), 5);
+    assert_eq!(exprs.len(), 6);
     for expr in &exprs {
         query(prom, expr).await;
     }
@@ -326,7 +351,7 @@ backends = [{{ address = "{}" }}]
                 .flatten()
                 .flat_map(|g| g["rules"].as_array().into_iter().flatten())
                 .collect();
-            let all_ok = rules.len() == 5 && rules.iter().all(|r| r["health"] == "ok");
+            let all_ok = rules.len() == 6 && rules.iter().all(|r| r["health"] == "ok");
             let down_pending = rules.iter().any(|r| {
                 r["name"] == "SwitchyardBackendDown"
                     && r["alerts"]
