@@ -394,15 +394,18 @@ pub async fn send(
             },
         }
     }
-    let connected = if pool.kind.protocol.is_http2() {
-        let _one_at_a_time = pool.connecting.lock().await;
-        match pool.checkout() {
-            Some(shared) => Ok(shared),
-            None => pool.connect(connect_timeout).await,
+    // Connecting is the rare path and its future is large (TCP, TLS, HTTP/1 or HTTP/2 handshakes): boxed, so
+    // that every request's future stays small and cheap to move.
+    let connected = Box::pin(async {
+        if pool.kind.protocol.is_http2() {
+            let _one_at_a_time = pool.connecting.lock().await;
+            if let Some(shared) = pool.checkout() {
+                return Ok(shared);
+            }
         }
-    } else {
         pool.connect(connect_timeout).await
-    };
+    })
+    .await;
     let mut sender = match connected {
         Ok(s) => s,
         Err(e) => return Err(SendError::Connect(e, Box::new(req))),
