@@ -78,8 +78,8 @@ pub(crate) struct Supervisor {
     listeners: Vec<ListenerTask>,
     admin: Option<ListenerTask>,
     health: HashMap<(String, String), HealthTask>,
-    /// Watches the config file's folder and the folders of every certificate and key.
-    watcher: Option<(BTreeSet<PathBuf>, notify::RecommendedWatcher)>,
+    /// Watches the config file and every certificate and key (through their folders).
+    watcher: Option<(Watched, notify::RecommendedWatcher)>,
 }
 
 impl Supervisor {
@@ -108,11 +108,11 @@ impl Supervisor {
         s
     }
 
-    /// The folders whose changes matter: the config file's, and each certificate's and key's.
-    fn watched_folders(&self) -> BTreeSet<PathBuf> {
-        let mut folders = BTreeSet::new();
+    /// The files whose changes matter (the config file, each certificate and key) and their folders.
+    fn watched(&self) -> Watched {
+        let mut watched = Watched::default();
         let Some(path) = &self.path else {
-            return folders;
+            return watched;
         };
         let mut files = vec![path.clone()];
         for l in &self.listeners {
@@ -121,23 +121,26 @@ impl Supervisor {
             }
         }
         for file in files {
-            folders.insert(match file.parent() {
+            watched.folders.insert(match file.parent() {
                 Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
                 _ => PathBuf::from("."),
             });
+            if let Some(name) = file.file_name() {
+                watched.names.insert(name.to_owned());
+            }
         }
-        folders
+        watched
     }
 
     /// (Re)starts the file watcher when the set of folders to watch changed.
     fn rewatch(&mut self) {
-        let folders = self.watched_folders();
-        if folders.is_empty() || self.watcher.as_ref().is_some_and(|(w, _)| *w == folders) {
+        let watched = self.watched();
+        if watched.folders.is_empty() || self.watcher.as_ref().is_some_and(|(w, _)| *w == watched) {
             return;
         }
         self.watcher = None;
-        if let Some(w) = watch_folders(&folders, self.shared.control.clone()) {
-            self.watcher = Some((folders, w));
+        if let Some(w) = watch_files(&watched, self.shared.control.clone()) {
+            self.watcher = Some((watched, w));
         }
     }
 
@@ -418,18 +421,33 @@ fn contains(snapshot: &Snapshot, backend: &Arc<Backend>) -> bool {
         .is_some_and(|p| p.backends.iter().any(|b| Arc::ptr_eq(b, backend)))
 }
 
+/// The files a watcher looks after, and the folders it watches for them.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Watched {
+    folders: BTreeSet<PathBuf>,
+    names: BTreeSet<std::ffi::OsString>,
+}
+
 /// Watches folders (not files, so editors' rename-replace and Kubernetes ConfigMap symlink swaps are seen),
 /// debounces bursts of events, and asks for a reload; the control loop ignores an unchanged config and
 /// re-reads the certificates then.
-fn watch_folders(
-    folders: &BTreeSet<PathBuf>,
+fn watch_files(
+    watched: &Watched,
     control: mpsc::Sender<Command>,
 ) -> Option<notify::RecommendedWatcher> {
     use notify::{RecursiveMode, Watcher};
     let (events, mut received) = mpsc::channel::<()>(64);
+    let names = watched.names.clone();
     let mut watcher = match notify::recommended_watcher(
         move |event: notify::Result<notify::Event>| {
-            if event.is_ok() {
+            // Only our files, and Kubernetes' `..data` symlink swaps; other files in the folders do not count.
+            let ours = event.is_ok_and(|e| {
+                e.paths.iter().any(|p| {
+                    p.file_name()
+                        .is_some_and(|n| names.contains(n) || n.to_string_lossy().starts_with(".."))
+                })
+            });
+            if ours {
                 let _ = events.try_send(());
             }
         },
@@ -440,7 +458,7 @@ fn watch_folders(
             return None;
         }
     };
-    for folder in folders {
+    for folder in &watched.folders {
         if let Err(e) = watcher.watch(folder, RecursiveMode::NonRecursive) {
             tracing::warn!(folder = %folder.display(), error = %e, "cannot watch this folder; reload with SIGHUP or POST /api/reload");
         }

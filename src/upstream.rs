@@ -397,13 +397,14 @@ pub async fn send(
     // Connecting is the rare path and its future is large (TCP, TLS, HTTP/1 or HTTP/2 handshakes): boxed, so
     // that every request's future stays small and cheap to move.
     let connected = Box::pin(async {
-        if pool.kind.protocol.is_http2() {
-            let _one_at_a_time = pool.connecting.lock().await;
-            if let Some(shared) = pool.checkout() {
-                return Ok(shared);
-            }
+        if !pool.kind.protocol.is_http2() {
+            return pool.connect(connect_timeout).await;
         }
-        pool.connect(connect_timeout).await
+        let _one_at_a_time = pool.connecting.lock().await;
+        match pool.checkout() {
+            Some(shared) => Ok(shared),
+            None => pool.connect(connect_timeout).await,
+        }
     })
     .await;
     let mut sender = match connected {
