@@ -5,10 +5,15 @@
 //! [`TimedIo`] wraps the socket and fails a read whose deadline has passed; the connection's [`ConnClock`]
 //! knows which deadline applies because the service marks each request's start and end ([`RequestGuard`]).
 //! While a request is in flight there is no deadline here (the pool's timeouts apply upstream).
+//!
+//! It also looks at each HTTP/1 request head as it arrives (with httparse, the parser hyper itself uses) for
+//! the framing hyper accepts but a careful proxy refuses: `Content-Length` together with `Transfer-Encoding`,
+//! and `Content-Length` given twice. hyper reads such a request safely (as chunked, closing the connection), but
+//! the request is ambiguous to other hops, so the service answers it 400 ([`RequestGuard::ambiguous_framing`]).
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -38,7 +43,13 @@ pub struct ConnClock {
     /// when hyper does not poll the socket again by itself.
     reader: Mutex<Option<Waker>>,
     /// The connection was upgraded (WebSocket): the tunnel keeps its own idle timeout.
-    upgraded: std::sync::atomic::AtomicBool,
+    upgraded: AtomicBool,
+    /// The next bytes read start a request head (set whenever the last request in flight ends).
+    awaiting_head: AtomicBool,
+    /// Request heads handed to the service so far.
+    heads_served: AtomicU64,
+    /// The number (from 1) of the first request head with ambiguous framing; 0: none.
+    ambiguous_head: AtomicU64,
 }
 
 impl ConnClock {
@@ -52,7 +63,10 @@ impl ConnClock {
             head_started: AtomicU64::new(1),
             idle_since: AtomicU64::new(0),
             reader: Mutex::new(None),
-            upgraded: std::sync::atomic::AtomicBool::new(false),
+            upgraded: AtomicBool::new(false),
+            awaiting_head: AtomicBool::new(false),
+            heads_served: AtomicU64::new(0),
+            ambiguous_head: AtomicU64::new(0),
         })
     }
 
@@ -65,11 +79,14 @@ impl ConnClock {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// A request head is complete and its handling starts.
+    /// A request head is complete and its handling starts. The guard tells whether the head's framing was
+    /// ambiguous.
     pub fn request_started(self: &Arc<Self>) -> RequestGuard {
         self.active.fetch_add(1, Ordering::Relaxed);
         self.head_started.store(0, Ordering::Relaxed);
-        RequestGuard(Arc::clone(self))
+        let n = self.heads_served.fetch_add(1, Ordering::Relaxed) + 1;
+        let ambiguous = self.ambiguous_head.load(Ordering::Relaxed) == n;
+        RequestGuard(Arc::clone(self), ambiguous)
     }
 
     fn bytes_read(&self) {
@@ -100,13 +117,21 @@ impl ConnClock {
 }
 
 /// Marks a request in flight on its connection until dropped (with its response body).
-pub struct RequestGuard(Arc<ConnClock>);
+pub struct RequestGuard(Arc<ConnClock>, bool);
+
+impl RequestGuard {
+    /// Was this request's framing ambiguous (`Content-Length` with `Transfer-Encoding`, or twice)?
+    pub fn ambiguous_framing(&self) -> bool {
+        self.1
+    }
+}
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         let clock = &self.0;
         clock.idle_since.store(clock.now_ms(), Ordering::Relaxed);
         if clock.active.fetch_sub(1, Ordering::Relaxed) == 1 {
+            clock.awaiting_head.store(true, Ordering::Relaxed);
             let waiting = clock.reader.lock().ok().and_then(|mut w| w.take());
             if let Some(waker) = waiting {
                 waker.wake();
@@ -147,7 +172,25 @@ pub struct TimedIo<T> {
     clock: Arc<ConnClock>,
     /// Armed only while a read waits.
     sleep: Option<Pin<Box<Sleep>>>,
+    head: HeadCheck,
+    /// Request heads seen so far on this connection.
+    heads_checked: u64,
 }
+
+/// Where the framing check stands in the bytes the client sends.
+enum HeadCheck {
+    /// At the start of a request head (or inside one that arrived in pieces: the bytes so far).
+    Head(Vec<u8>),
+    /// Inside a body of known length: this many bytes to skip.
+    Body(u64),
+    /// Inside a chunked body: wait until the requests in flight end.
+    Unknown,
+    /// Not HTTP/1 (HTTP/2, an upgraded tunnel, garbage hyper refuses anyway): no more checks.
+    Off,
+}
+
+/// Longest head the check keeps in pieces; hyper refuses longer ones itself (`limits.max_header_bytes`).
+const MAX_CHECKED_HEAD: usize = 64 * 1024;
 
 impl<T> TimedIo<T> {
     pub fn new(inner: T, clock: Arc<ConnClock>) -> Self {
@@ -155,8 +198,130 @@ impl<T> TimedIo<T> {
             inner,
             clock,
             sleep: None,
+            head: HeadCheck::Head(Vec::new()),
+            heads_checked: 0,
         }
     }
+
+    /// Follows the request stream through `new` bytes: each complete head is checked, known-length bodies
+    /// are skipped, so pipelined requests are checked too.
+    fn check_heads(&mut self, mut new: &[u8]) {
+        if matches!(self.head, HeadCheck::Unknown)
+            && self.clock.awaiting_head.swap(false, Ordering::Relaxed)
+        {
+            self.heads_checked = self.clock.heads_served.load(Ordering::Relaxed);
+            self.head = HeadCheck::Head(Vec::new());
+        }
+        while !new.is_empty() {
+            match &mut self.head {
+                HeadCheck::Off | HeadCheck::Unknown => return,
+                HeadCheck::Body(left) => {
+                    let skip = new.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                    *left -= skip as u64;
+                    new = &new[skip..];
+                    if *left == 0 {
+                        self.head = HeadCheck::Head(Vec::new());
+                    }
+                }
+                HeadCheck::Head(so_far) => {
+                    // The common case, a whole head in one read, parses in place without copying.
+                    let joined;
+                    let bytes = if so_far.is_empty() {
+                        new
+                    } else {
+                        so_far.extend_from_slice(new);
+                        joined = std::mem::take(so_far);
+                        &joined[..]
+                    };
+                    match framing(bytes) {
+                        Framing::Partial if bytes.len() < MAX_CHECKED_HEAD => {
+                            self.head = HeadCheck::Head(bytes.to_vec());
+                            return;
+                        }
+                        Framing::Partial | Framing::NotHttp1 => {
+                            self.head = HeadCheck::Off;
+                            return;
+                        }
+                        Framing::Complete { len, body } => {
+                            self.heads_checked += 1;
+                            // The head ends inside `new`: what follows it there is body or the next head.
+                            let after = bytes.len() - len;
+                            let rest = &new[new.len().saturating_sub(after)..];
+                            self.head = match body {
+                                BodyFraming::Length(0) => HeadCheck::Head(Vec::new()),
+                                BodyFraming::Length(n) => HeadCheck::Body(n),
+                                BodyFraming::Chunked => {
+                                    // Its end is seen when the requests in flight end.
+                                    self.clock.awaiting_head.store(false, Ordering::Relaxed);
+                                    HeadCheck::Unknown
+                                }
+                                BodyFraming::Ambiguous => {
+                                    let n = self.heads_checked;
+                                    let _ = self.clock.ambiguous_head.compare_exchange(
+                                        0,
+                                        n,
+                                        Ordering::Relaxed,
+                                        Ordering::Relaxed,
+                                    );
+                                    HeadCheck::Off
+                                }
+                            };
+                            new = rest;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+enum Framing {
+    /// A whole head of `len` bytes, and what follows it.
+    Complete {
+        len: usize,
+        body: BodyFraming,
+    },
+    Partial,
+    NotHttp1,
+}
+
+enum BodyFraming {
+    Length(u64),
+    Chunked,
+    /// `Content-Length` with `Transfer-Encoding`, or `Content-Length` more than once.
+    Ambiguous,
+}
+
+fn framing(bytes: &[u8]) -> Framing {
+    let mut headers = [httparse::EMPTY_HEADER; 128];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(bytes) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Framing::Partial,
+        Err(_) => return Framing::NotHttp1,
+    };
+    let (mut lengths, mut length, mut chunked) = (0, None, false);
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            lengths += 1;
+            length = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok());
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = true;
+        }
+    }
+    let body = match (lengths, chunked) {
+        (0, false) => BodyFraming::Length(0),
+        (0, true) => BodyFraming::Chunked,
+        (1, false) => match length {
+            Some(n) => BodyFraming::Length(n),
+            // hyper refuses it: nothing more to follow.
+            None => return Framing::NotHttp1,
+        },
+        _ => BodyFraming::Ambiguous,
+    };
+    Framing::Complete { len, body }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for TimedIo<T> {
@@ -171,6 +336,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for TimedIo<T> {
             Poll::Ready(Ok(())) => {
                 if buf.filled().len() > before {
                     this.clock.bytes_read();
+                    let new = &buf.filled()[before..];
+                    this.check_heads(new);
                 }
                 Poll::Ready(Ok(()))
             }

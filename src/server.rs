@@ -459,12 +459,24 @@ where
             let timing = limits.unwrap_or_default();
             let clock = ConnClock::new(timing.header_read_timeout, timing.idle_timeout);
             let requests = Arc::clone(&clock);
+            let counted = shared.clone();
             let service = service_fn(move |req| {
                 let guard = requests.request_started();
-                let fut = handler(req, info);
+                let fut = if guard.ambiguous_framing() {
+                    if let Some(shared) = &counted {
+                        shared.metrics.reject("malformed");
+                    }
+                    drop(req);
+                    None
+                } else {
+                    Some(handler(req, info))
+                };
                 let clock = Arc::clone(&requests);
                 async move {
-                    let resp = fut.await;
+                    let resp = match fut {
+                        Some(fut) => fut.await,
+                        None => ambiguous_framing(),
+                    };
                     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                         // The socket now carries a tunnel, with its own idle timeout.
                         clock.upgraded();
@@ -580,6 +592,19 @@ where
         .serve_connection_with_upgrades(TokioIo::new(io), service)
         .into_owned();
     watcher.watch(conn).await
+}
+
+/// The answer to a request whose framing other hops could read differently; the connection closes after it.
+fn ambiguous_framing() -> Response<ProxyBody> {
+    let mut resp = crate::proxy::plain(
+        StatusCode::BAD_REQUEST,
+        "switchyard: ambiguous request framing (Content-Length with Transfer-Encoding, or Content-Length twice)\n",
+    );
+    resp.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    resp
 }
 
 /// HTTP/2 flow-control windows for client connections: enough for a fast stream, bounded per connection.
