@@ -16,6 +16,7 @@ fn pool(algorithm: Algorithm, n: usize, metrics: &Metrics) -> Pool {
             .map(|i| BackendSettings {
                 address: format!("10.0.{}.{}:8080", i / 250, i % 250 + 1),
                 weight: 1 + (i % 3) as u32,
+                source: Default::default(),
             })
             .collect(),
         timeouts: Timeouts {
@@ -28,6 +29,7 @@ fn pool(algorithm: Algorithm, n: usize, metrics: &Metrics) -> Pool {
         panic_threshold: 0.0,
         protocol: Default::default(),
         tls: None,
+        discovery: None,
     };
     Pool::new("bench", &settings, metrics, None)
 }

@@ -169,6 +169,7 @@ pub fn pools_json(shared: &Shared) -> Value {
                     let last_error = b.last_check_error();
                     json!({
                         "address": b.address,
+                        "source": b.source().as_str(),
                         "weight": b.weight(),
                         "draining": b.is_draining(),
                         "healthy": b.is_healthy(),

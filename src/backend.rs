@@ -52,6 +52,8 @@ pub struct Backend {
     last_check_error: ArcSwapOption<CheckError>,
     pub connections: ConnectionPool,
     pub metrics: BackendMetrics,
+    /// 1 when the backend came from DNS discovery, 0 from the config file.
+    from_dns: std::sync::atomic::AtomicBool,
 }
 
 impl Backend {
@@ -81,6 +83,23 @@ impl Backend {
             last_check_error: ArcSwapOption::empty(),
             connections: ConnectionPool::new(address, metrics.connections_opened.clone(), kind),
             metrics,
+            from_dns: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Where the backend came from (`/api/pools`); kept up to date across reloads and DNS changes.
+    pub fn set_source(&self, source: crate::config::BackendSource) {
+        self.from_dns.store(
+            source == crate::config::BackendSource::Dns,
+            Ordering::Relaxed,
+        );
+    }
+
+    pub fn source(&self) -> crate::config::BackendSource {
+        if self.from_dns.load(Ordering::Relaxed) {
+            crate::config::BackendSource::Dns
+        } else {
+            crate::config::BackendSource::Static
         }
     }
 

@@ -18,6 +18,7 @@ pub mod breaker;
 pub mod client_conn;
 pub mod config;
 pub mod demo;
+pub mod discovery;
 pub mod error;
 pub mod health;
 pub mod metrics;

@@ -40,6 +40,8 @@ pub struct Metrics {
     pub tls_handshake_errors_total: IntCounterVec,
     pub tls_certificate_expiry: prometheus::GaugeVec,
     pub upgraded_connections: IntGauge,
+    pub discovery_lookups_total: IntCounterVec,
+    pub discovery_backends: IntGaugeVec,
 }
 
 fn must<T>(result: prometheus::Result<T>) -> T {
@@ -184,8 +186,24 @@ impl Metrics {
             "switchyard_upgraded_connections",
             "Upgraded connections (WebSocket and other upgrades) currently open.",
         ));
+        let discovery_lookups_total = must(IntCounterVec::new(
+            Opts::new(
+                "switchyard_discovery_lookups_total",
+                "DNS discovery lookups, by result: success, empty (NXDOMAIN or no records), failure.",
+            ),
+            &["pool", "result"],
+        ));
+        let discovery_backends = must(IntGaugeVec::new(
+            Opts::new(
+                "switchyard_discovery_backends",
+                "Backends a pool currently has from DNS discovery.",
+            ),
+            &["pool"],
+        ));
         for c in [
-            Box::new(tls_certificate_reloads_total.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(discovery_lookups_total.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(discovery_backends.clone()),
+            Box::new(tls_certificate_reloads_total.clone()),
             Box::new(tls_handshake_errors_total.clone()),
             Box::new(tls_certificate_expiry.clone()),
             Box::new(upgraded_connections.clone()),
@@ -238,6 +256,8 @@ impl Metrics {
             tls_handshake_errors_total,
             tls_certificate_expiry,
             upgraded_connections,
+            discovery_lookups_total,
+            discovery_backends,
         }
     }
 

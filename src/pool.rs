@@ -73,18 +73,23 @@ impl Pool {
             .map(|b| match old.get(b.address.as_str()) {
                 // A backend reached another way (protocol, TLS) is a new backend: its connections do not fit.
                 Some(kept) if kept.connections.kind.same_as(&kind) => {
+                    kept.set_source(b.source);
                     kept.set_weight(b.weight);
                     kept.set_breaker_settings(settings.breaker);
                     Arc::clone(kept)
                 }
-                _ => Arc::new(Backend::new(
-                    name,
-                    &b.address,
-                    b.weight,
-                    settings.breaker,
-                    metrics.for_backend(name, &b.address),
-                    kind.clone(),
-                )),
+                _ => {
+                    let backend = Backend::new(
+                        name,
+                        &b.address,
+                        b.weight,
+                        settings.breaker,
+                        metrics.for_backend(name, &b.address),
+                        kind.clone(),
+                    );
+                    backend.set_source(b.source);
+                    Arc::new(backend)
+                }
             })
             .collect::<Vec<_>>();
         Self {

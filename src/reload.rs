@@ -16,7 +16,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::backend::Backend;
-use crate::config::{self, Config};
+use crate::config::{
+    self, BackendSettings, BackendSource, Config, DiscoverySettings, ResolverSettings,
+};
+use crate::discovery;
 use crate::health::{self, HealthCheckSettings};
 use crate::proxy::Proxy;
 use crate::router::Snapshot;
@@ -54,6 +57,29 @@ pub(crate) enum Command {
     Shutdown {
         reply: oneshot::Sender<()>,
     },
+    /// A pool's DNS discovery answered.
+    Discovered {
+        pool: String,
+        answer: discovery::Answer,
+    },
+}
+
+/// A pool's DNS discovery: its task, and what the control loop knows from it.
+struct Discovery {
+    settings: DiscoverySettings,
+    task: JoinHandle<()>,
+    /// The backends DNS gave last (kept through failed lookups).
+    known: Vec<discovery::Found>,
+    /// Lookups in a row that answered "no such name / no records".
+    empty_streak: u32,
+    /// The last lookup failed (to log transitions, not every failure).
+    failing: bool,
+}
+
+impl Drop for Discovery {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// A health-check task and what it was started with; aborted when dropped.
@@ -77,9 +103,15 @@ pub(crate) struct Supervisor {
     applied_text: Option<String>,
     listeners: Vec<ListenerTask>,
     admin: Option<ListenerTask>,
+    /// The admin address is shared with another switchyard (`reuse_port`): on shutdown it is given up at once,
+    /// so the other process answers `/healthz`.
+    admin_shared: bool,
     health: HashMap<(String, String), HealthTask>,
     /// Watches the config file and every certificate and key (through their folders).
     watcher: Option<(Watched, notify::RecommendedWatcher)>,
+    discovery: HashMap<String, Discovery>,
+    /// The resolver discovery uses, and the settings it was built from.
+    resolver: Option<(ResolverSettings, Arc<hickory_resolver::TokioResolver>)>,
 }
 
 impl Supervisor {
@@ -89,6 +121,7 @@ impl Supervisor {
         path: Option<PathBuf>,
         listeners: Vec<ListenerTask>,
         admin: ListenerTask,
+        admin_shared: bool,
     ) -> Self {
         let applied_text = path
             .as_deref()
@@ -100,12 +133,193 @@ impl Supervisor {
             applied_text,
             listeners,
             admin: Some(admin),
+            admin_shared,
             health: HashMap::new(),
             watcher: None,
+            discovery: HashMap::new(),
+            resolver: None,
         };
         s.reconcile_health();
         s.rewatch();
+        let config = s.shared.config.load_full();
+        s.reconcile_discovery(&config);
         s
+    }
+
+    /// Starts, keeps or stops discovery tasks so that exactly the pools with `discovery` have one.
+    fn reconcile_discovery(&mut self, config: &Config) {
+        let wanted: Vec<(&String, &DiscoverySettings)> = config
+            .pools
+            .iter()
+            .filter_map(|(name, p)| p.discovery.as_ref().map(|d| (name, d)))
+            .collect();
+        let resolver_changed = self
+            .resolver
+            .as_ref()
+            .is_none_or(|(settings, _)| *settings != config.resolver);
+        if !wanted.is_empty() && resolver_changed {
+            match discovery::resolver(&config.resolver) {
+                Ok(r) => self.resolver = Some((config.resolver.clone(), Arc::new(r))),
+                Err(e) => tracing::error!(error = %e, "cannot set up DNS discovery"),
+            }
+        }
+        let mut old = std::mem::take(&mut self.discovery);
+        for (name, settings) in wanted {
+            let Some((_, resolver)) = &self.resolver else {
+                continue;
+            };
+            let entry = match old.remove(name) {
+                Some(d) if d.settings == *settings && !resolver_changed => d,
+                previous => {
+                    // New settings: start over, but keep serving what was known until the first answer.
+                    let known = previous
+                        .map(|mut d| std::mem::take(&mut d.known))
+                        .unwrap_or_default();
+                    Discovery {
+                        settings: settings.clone(),
+                        task: discovery::spawn(
+                            name.clone(),
+                            settings.clone(),
+                            Arc::clone(resolver),
+                            self.shared.control.clone(),
+                        ),
+                        known,
+                        empty_streak: 0,
+                        failing: false,
+                    }
+                }
+            };
+            self.discovery.insert(name.clone(), entry);
+        }
+        for name in old.keys() {
+            let _ = self
+                .shared
+                .metrics
+                .discovery_backends
+                .remove_label_values(&[name]);
+        }
+    }
+
+    /// The config the data path runs: the file's, with each pool's discovered backends added (a backend listed
+    /// in the file and found in DNS counts as static).
+    fn effective(&self, config: &Config) -> Config {
+        let mut config = config.clone();
+        for (name, d) in &self.discovery {
+            let Some(pool) = config.pools.get_mut(name) else {
+                continue;
+            };
+            for found in &d.known {
+                if !pool.backends.iter().any(|b| b.address == found.address) {
+                    pool.backends.push(BackendSettings {
+                        address: found.address.clone(),
+                        weight: found.weight,
+                        source: BackendSource::Dns,
+                    });
+                }
+            }
+        }
+        config
+    }
+
+    /// Applies a discovery answer: a change is published like a reload; failures and fresh empty answers keep
+    /// what is known.
+    fn discovered(&mut self, pool: &str, answer: discovery::Answer) {
+        let Some(d) = self.discovery.get_mut(pool) else {
+            return;
+        };
+        let metrics = &self.shared.metrics;
+        metrics
+            .discovery_lookups_total
+            .with_label_values(&[pool, answer.result()])
+            .inc();
+        let name = &d.settings.name;
+        let next = match answer {
+            discovery::Answer::Found(found) => {
+                if d.failing || d.empty_streak > 0 {
+                    tracing::info!(pool, name = %name, "DNS discovery answers again");
+                }
+                d.failing = false;
+                d.empty_streak = 0;
+                found
+            }
+            discovery::Answer::Failed(error) => {
+                if !d.failing {
+                    tracing::warn!(pool, name = %name, %error,
+                        "DNS lookup failed; keeping the last known backends");
+                }
+                d.failing = true;
+                return;
+            }
+            discovery::Answer::Empty => {
+                d.failing = false;
+                d.empty_streak += 1;
+                if d.empty_streak < discovery::EMPTY_STREAK || d.known.is_empty() {
+                    if d.empty_streak == 1 && !d.known.is_empty() {
+                        tracing::warn!(pool, name = %name,
+                            "DNS has no records for this name; keeping the last known backends unless it persists for {} lookups",
+                            discovery::EMPTY_STREAK);
+                    }
+                    return;
+                }
+                Vec::new()
+            }
+        };
+        if next == d.known {
+            return;
+        }
+        let added: Vec<&str> = next
+            .iter()
+            .filter(|f| !d.known.contains(f))
+            .map(|f| f.address.as_str())
+            .collect();
+        let removed: Vec<&str> = d
+            .known
+            .iter()
+            .filter(|f| !next.contains(f))
+            .map(|f| f.address.as_str())
+            .collect();
+        tracing::info!(pool, name = %name, ?added, ?removed, "discovered backends changed");
+        metrics
+            .discovery_backends
+            .with_label_values(&[pool])
+            .set(next.len() as i64);
+        d.known = next;
+        let config = self.shared.config.load_full();
+        let effective = self.effective(&config);
+        let previous = self.shared.snapshot.load_full();
+        let snapshot = Snapshot::build(
+            &effective,
+            &self.shared.metrics,
+            Some(&previous),
+            previous.access_log.clone(),
+        );
+        let removed = removed_backends(&previous, &snapshot);
+        self.shared.snapshot.store(Arc::new(snapshot));
+        self.reconcile_health();
+        self.retire(removed);
+    }
+
+    /// Lets removed backends finish their requests, then drops their metric series (unless a backend of the same
+    /// name replaced them).
+    fn retire(&self, removed: Vec<Arc<Backend>>) {
+        let current = self.shared.snapshot.load_full();
+        for backend in removed {
+            let metrics = Arc::clone(&self.shared.metrics);
+            let renamed = current
+                .pools
+                .get(&backend.pool)
+                .is_some_and(|p| p.backends.iter().any(|b| b.address == backend.address));
+            if renamed {
+                continue;
+            }
+            tokio::spawn(async move {
+                // Requests in flight finish on the old backend; its series go once it is idle.
+                while backend.active_requests() > 0 {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                backend.metrics.remove_series(&metrics);
+            });
+        }
     }
 
     /// The files whose changes matter (the config file, each certificate and key) and their folders.
@@ -167,6 +381,7 @@ impl Supervisor {
                     let _ = reply.send(());
                     return;
                 }
+                Command::Discovered { pool, answer } => self.discovered(&pool, answer),
             }
         }
     }
@@ -251,7 +466,7 @@ impl Supervisor {
             match kept {
                 Some(_) => modes.push((l.address, mode)),
                 None => {
-                    let tcp = bind(l.address, &format!("listeners[{i}].address"))
+                    let tcp = bind(l.address, &format!("listeners[{i}].address"), l.reuse_port)
                         .await
                         .map_err(|e| format!("{e}; reload refused"))?;
                     bound.push((l.address, tcp, mode));
@@ -267,7 +482,14 @@ impl Supervisor {
         )
         .await
         .map_err(|e| format!("{e}; reload refused"))?;
-        let snapshot = Snapshot::build(&new, &self.shared.metrics, Some(&previous), access_log);
+        self.reconcile_discovery(&new);
+        let effective = self.effective(&new);
+        let snapshot = Snapshot::build(
+            &effective,
+            &self.shared.metrics,
+            Some(&previous),
+            access_log,
+        );
         let removed = removed_backends(&previous, &snapshot);
         outcome.backends_added = added_backends(&previous, &snapshot);
         outcome.backends_removed = removed
@@ -322,25 +544,7 @@ impl Supervisor {
 
         self.reconcile_health();
         self.rewatch();
-        let current = self.shared.snapshot.load_full();
-        for backend in removed {
-            let metrics = Arc::clone(&self.shared.metrics);
-            // Rebuilt under the same name (its protocol changed): the series belong to the new one now.
-            let renamed = current
-                .pools
-                .get(&backend.pool)
-                .is_some_and(|p| p.backends.iter().any(|b| b.address == backend.address));
-            if renamed {
-                continue;
-            }
-            tokio::spawn(async move {
-                // Requests in flight finish on the old backend; its series go once it is idle.
-                while backend.active_requests() > 0 {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                backend.metrics.remove_series(&metrics);
-            });
-        }
+        self.retire(removed);
         Ok(outcome)
     }
 
@@ -377,6 +581,12 @@ impl Supervisor {
         self.shared.shutting_down.store(true, Ordering::SeqCst);
         let drain = self.shared.config.load().drain_timeout;
         self.health.clear();
+        self.discovery.clear();
+        if self.admin_shared {
+            if let Some(admin) = self.admin.take() {
+                drop(admin.stop(Duration::ZERO));
+            }
+        }
         let deadline = tokio::time::Instant::now() + drain;
         let tasks: Vec<JoinHandle<()>> = self.listeners.drain(..).map(|l| l.stop(drain)).collect();
         for t in tasks {

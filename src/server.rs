@@ -117,16 +117,25 @@ impl Server {
         for (i, l) in config.listeners.iter().enumerate() {
             let mode = ListenerMode::build(l, None, &shared.metrics)
                 .map_err(|e| StartError::Tls(format!("listeners[{i}].tls: {e}")))?;
-            let tcp = bind(l.address, &format!("listeners[{i}].address")).await?;
+            let tcp = bind(l.address, &format!("listeners[{i}].address"), l.reuse_port).await?;
             listeners.push(ListenerTask::proxy(l.address, tcp, mode, &proxy, &shared)?);
         }
-        let admin_tcp = bind(config.admin.address, "admin.address").await?;
+        // With `reuse_port`, a second switchyard on this host (an upgrade) shares the admin address too.
+        let admin_shared = config.listeners.iter().any(|l| l.reuse_port);
+        let admin_tcp = bind(config.admin.address, "admin.address", admin_shared).await?;
         let admin = ListenerTask::admin(config.admin.address, admin_tcp, &shared)?;
         let listen_addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.bound).collect();
         shared.listen_addrs.store(Arc::new(listen_addrs.clone()));
         let admin_addr = admin.bound;
 
-        let supervisor = Supervisor::new(Arc::clone(&shared), proxy, path, listeners, admin);
+        let supervisor = Supervisor::new(
+            Arc::clone(&shared),
+            proxy,
+            path,
+            listeners,
+            admin,
+            admin_shared,
+        );
         let supervisor = tokio::spawn(supervisor.run(commands));
         Ok(Self {
             shared,
@@ -174,14 +183,33 @@ pub async fn request_reload(shared: &Shared, trigger: Trigger) -> Result<ReloadO
         .unwrap_or_else(|_| Err("switchyard is shutting down".to_owned()))
 }
 
-pub(crate) async fn bind(address: SocketAddr, field: &str) -> Result<TcpListener, StartError> {
-    TcpListener::bind(address)
-        .await
-        .map_err(|source| StartError::Bind {
-            address,
-            field: field.to_owned(),
-            source,
-        })
+/// Binds a listening socket; with `reuse_port`, other processes (a newer switchyard) may bind the same address
+/// and the kernel spreads new connections over all of them.
+pub(crate) async fn bind(
+    address: SocketAddr,
+    field: &str,
+    reuse_port: bool,
+) -> Result<TcpListener, StartError> {
+    let error = |source| StartError::Bind {
+        address,
+        field: field.to_owned(),
+        source,
+    };
+    if !reuse_port {
+        return TcpListener::bind(address).await.map_err(error);
+    }
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(address),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )
+    .map_err(error)?;
+    socket.set_reuse_address(true).map_err(error)?;
+    socket.set_reuse_port(true).map_err(error)?;
+    socket.set_nonblocking(true).map_err(error)?;
+    socket.bind(&address.into()).map_err(error)?;
+    socket.listen(4096).map_err(error)?;
+    TcpListener::from_std(socket.into()).map_err(error)
 }
 
 /// What a proxy listener speaks. Swapped on reload without rebinding: a connection takes the mode current

@@ -495,3 +495,106 @@ async fn reload_count(admin: u16, result: &str) -> f64 {
     )
     .unwrap_or(0.0)
 }
+
+/// The zero-downtime upgrade: a second switchyard starts on the same addresses (`reuse_port`) while the first
+/// serves, the first gets SIGTERM and drains; a client sending requests all along sees only 200s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_with_reuse_port_loses_no_request() {
+    let backend = named_backend("b", Duration::ZERO).await;
+    let dir = tempfile::tempdir().unwrap();
+    let make = move |port: u16, admin: u16| {
+        format!(
+            "drain_timeout = \"5s\"\n[[listeners]]\naddress = \"127.0.0.1:{port}\"\nreuse_port = true\n\
+             [admin]\naddress = \"127.0.0.1:{admin}\"\n[[routes]]\npool = \"p\"\n[pools.p]\n\
+             backends = [{{ address = \"{backend}\" }}]\n"
+        )
+    };
+    let (mut old, port, _admin) = spawn(dir.path(), make).await;
+    let proxy: SocketAddr = ([127, 0, 0, 1], port).into();
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopping = std::sync::Arc::clone(&stop);
+    let traffic = tokio::spawn(async move {
+        let client = client();
+        let (mut ok, mut failed) = (0u32, Vec::new());
+        let end = std::time::Instant::now() + Duration::from_secs(20);
+        let mut n = 0u32;
+        while !stopping.load(std::sync::atomic::Ordering::Relaxed)
+            && std::time::Instant::now() < end
+        {
+            n += 1;
+            // Every other request on a new connection, so both processes' accept queues are in play.
+            let mut req = Request::get(format!("http://{proxy}/"));
+            if n % 2 == 0 {
+                req = req.header("connection", "close");
+            }
+            let req = req.body(full("")).unwrap();
+            match client.request(req).await {
+                Ok(resp) if resp.status() == 200 => {
+                    let _ = resp.into_body().collect().await;
+                    ok += 1;
+                }
+                Ok(resp) => failed.push(format!("status {}", resp.status())),
+                Err(e) => failed.push(format!("{e:?}")),
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        (ok, failed)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The new process: same config file, same addresses.
+    let log = dir.path().join("new.log");
+    let new = Proc(
+        Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args([
+                "run",
+                "--config",
+                dir.path().join("switchyard.toml").to_str().unwrap(),
+                "--workers",
+                "2",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .spawn()
+            .unwrap(),
+        Some(log.clone()),
+    );
+    let up = eventually(Duration::from_secs(20), || async {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("switchyard running")
+    })
+    .await;
+    assert!(
+        up,
+        "the new process did not start: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // The old one drains and exits.
+    signal(&old.0, "TERM");
+    let exited = eventually(Duration::from_secs(15), || {
+        let done = matches!(old.0.try_wait(), Ok(Some(_)));
+        async move { done }
+    })
+    .await;
+    assert!(exited, "the old process did not exit");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = traffic.await.unwrap();
+    eprintln!(
+        "upgrade: {ok} requests answered 200, {} failed",
+        failed.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        ok as usize + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok > 200, "only {ok} requests");
+    drop(new);
+}

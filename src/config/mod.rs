@@ -12,8 +12,9 @@ use std::path::Path;
 
 pub use diag::{ConfigError, FieldPath, Problem};
 pub use validate::{
-    AdminSettings, Algorithm, BackendSettings, Config, Limits, ListenerSettings, PoolSettings,
-    Protocol, RouteSettings, RuntimeSettings, Timeouts,
+    AdminSettings, Algorithm, BackendSettings, BackendSource, Config, DiscoverySettings, Limits,
+    ListenerSettings, PoolSettings, Protocol, ResolverSettings, RouteSettings, RuntimeSettings,
+    Timeouts,
 };
 
 /// Reads and checks a config file.

@@ -25,6 +25,24 @@ pub struct File {
     pub limits: Option<Limits>,
     /// Peers (CIDR) whose `X-Forwarded-*` and `Forwarded` headers are kept and appended to.
     pub trusted_proxies: Option<Vec<String>>,
+    pub resolver: Option<Resolver>,
+}
+
+/// `[resolver]`: the DNS servers discovery asks.
+#[derive(Debug, Deserialize)]
+pub struct Resolver {
+    pub nameservers: Option<Vec<String>>,
+    pub timeout: Option<String>,
+}
+
+/// `discovery = { type = "dns" | "dns_srv", name, port, refresh }`.
+#[derive(Debug, Deserialize)]
+pub struct Discovery {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub name: String,
+    pub port: Option<i64>,
+    pub refresh: Option<String>,
 }
 
 /// `[limits]`: what one client may ask of the proxy.
@@ -54,6 +72,8 @@ pub struct Listener {
     pub tls: Option<ListenerTls>,
     /// Every request gets a 308 to the same host and path over `https`.
     pub redirect_https: Option<bool>,
+    /// SO_REUSEPORT: other processes may bind the same address.
+    pub reuse_port: Option<bool>,
 }
 
 /// `[listeners.tls]`.
@@ -108,6 +128,7 @@ pub struct Pool {
     pub panic_threshold: Option<Number>,
     pub protocol: Option<String>,
     pub tls: Option<UpstreamTls>,
+    pub discovery: Option<Discovery>,
 }
 
 /// A number written either way in TOML (`0`, `0.5`).

@@ -35,6 +35,41 @@ pub struct Config {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Things worth telling the operator that do not stop the config (an expired certificate).
     pub warnings: Vec<String>,
+    pub resolver: ResolverSettings,
+}
+
+/// `[resolver]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ResolverSettings {
+    /// Empty: the system's (`/etc/resolv.conf`).
+    pub nameservers: Vec<SocketAddr>,
+    pub timeout: Duration,
+}
+
+/// A pool's `discovery`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoverySettings {
+    pub name: String,
+    /// `Some(port)`: A/AAAA records with this port; `None`: SRV records give ports and weights.
+    pub port: Option<u16>,
+    pub refresh: Duration,
+}
+
+/// Where a backend came from: the config file, or DNS discovery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendSource {
+    #[default]
+    Static,
+    Dns,
+}
+
+impl BackendSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Static => "static",
+            Self::Dns => "dns",
+        }
+    }
 }
 
 /// `[limits]`.
@@ -72,6 +107,7 @@ pub struct ListenerSettings {
     pub address: SocketAddr,
     pub tls: Option<ListenerTlsSettings>,
     pub redirect_https: bool,
+    pub reuse_port: bool,
 }
 
 /// How a pool talks to its backends.
@@ -164,6 +200,7 @@ pub struct PoolSettings {
     pub protocol: Protocol,
     /// For `https` and `h2`.
     pub tls: Option<UpstreamTlsSettings>,
+    pub discovery: Option<DiscoverySettings>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -171,6 +208,7 @@ pub struct BackendSettings {
     /// `host:port` as the operator wrote it; also the `backend` label of every metric.
     pub address: String,
     pub weight: u32,
+    pub source: BackendSource,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -511,6 +549,64 @@ impl Checker<'_, '_> {
         }
     }
 
+    fn discovery(&mut self, field: FieldPath, d: &model::Discovery) -> Option<DiscoverySettings> {
+        let name = d.name.trim_end_matches('.');
+        if !is_host_name(name) {
+            self.err(
+                field.key("name"),
+                format!(
+                    "{:?} is not a DNS name; write it like \"api.service.consul\"",
+                    d.name
+                ),
+            );
+        }
+        let refresh = self.duration(
+            field.key("refresh"),
+            d.refresh.as_deref(),
+            Duration::from_secs(10),
+        );
+        let port = match (d.kind.as_str(), d.port) {
+            ("dns", Some(p)) if (1..=65535).contains(&p) => Some(p as u16),
+            ("dns", Some(p)) => {
+                self.err(
+                    field.key("port"),
+                    format!("{p} is out of range; allowed values: 1 to 65535"),
+                );
+                None
+            }
+            ("dns", None) => {
+                self.err(
+                    field.key("port"),
+                    "type \"dns\" (A/AAAA records) needs the backends' port, like port = 8080",
+                );
+                None
+            }
+            ("dns_srv", Some(_)) => {
+                self.err(
+                    field.key("port"),
+                    "type \"dns_srv\" takes ports (and weights) from the SRV records; leave port out",
+                );
+                None
+            }
+            ("dns_srv", None) => None,
+            (other, _) => {
+                self.err(
+                    field.key("type"),
+                    format!("unknown discovery type {other:?}; allowed values: \"dns\" (A/AAAA), \"dns_srv\" (SRV)"),
+                );
+                return None;
+            }
+        };
+        if d.kind == "dns" && port.is_none() {
+            return None;
+        }
+        Some(DiscoverySettings {
+            name: name.to_owned(),
+            port,
+            refresh,
+        })
+    }
+
     fn socket_addr(&mut self, field: FieldPath, text: &str) -> Option<SocketAddr> {
         match text.parse::<SocketAddr>() {
             Ok(a) => Some(a),
@@ -600,6 +696,7 @@ pub fn validate(
                     address,
                     tls,
                     redirect_https,
+                    reuse_port: l.reuse_port.unwrap_or(false),
                 });
             }
         }
@@ -696,10 +793,14 @@ pub fn validate(
             (t, true) => Some(c.upstream_tls(field.key("tls"), t.as_ref(), folder)),
             (None, false) => None,
         };
-        if pool.backends.is_empty() {
+        let discovery = pool
+            .discovery
+            .as_ref()
+            .and_then(|d| c.discovery(field.key("discovery"), d));
+        if pool.backends.is_empty() && pool.discovery.is_none() {
             c.err(
                 field.key("backends"),
-                "pool has no backends; add at least one, like { address = \"127.0.0.1:9001\" }",
+                "pool has no backends; add at least one, like { address = \"127.0.0.1:9001\" }, or a discovery",
             );
         }
         let mut backends = Vec::new();
@@ -732,6 +833,7 @@ pub fn validate(
             backends.push(BackendSettings {
                 address: address.to_owned(),
                 weight,
+                source: BackendSource::Static,
             });
         }
         let t = pool.timeouts.as_ref();
@@ -776,6 +878,7 @@ pub fn validate(
                 panic_threshold,
                 protocol,
                 tls: upstream_tls,
+                discovery,
             },
         );
     }
@@ -910,6 +1013,37 @@ pub fn validate(
             ),
         }
     }
+    let resolver = {
+        let field = root.key("resolver");
+        let r = file.resolver.as_ref();
+        let mut nameservers = Vec::new();
+        for (i, text) in r
+            .and_then(|r| r.nameservers.as_ref())
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let parsed = text.parse::<SocketAddr>().or_else(|_| {
+                text.parse::<std::net::IpAddr>()
+                    .map(|ip| SocketAddr::new(ip, 53))
+            });
+            match parsed {
+                Ok(a) => nameservers.push(a),
+                Err(_) => c.err(
+                    field.key("nameservers").index(i),
+                    format!("{text:?} is not a DNS server address; write it like \"127.0.0.1:8600\" or \"10.0.0.2\" (port 53)"),
+                ),
+            }
+        }
+        ResolverSettings {
+            nameservers,
+            timeout: c.duration(
+                field.key("timeout"),
+                r.and_then(|r| r.timeout.as_deref()),
+                Duration::from_secs(2),
+            ),
+        }
+    };
     let drain_timeout = c.duration(
         root.key("drain_timeout"),
         file.drain_timeout.as_deref(),
@@ -960,5 +1094,6 @@ pub fn validate(
         limits,
         trusted_proxies,
         warnings,
+        resolver,
     })
 }

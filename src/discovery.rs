@@ -1,0 +1,161 @@
+//! Upstreams from DNS: A/AAAA records (with the configured port) or SRV records (ports and weights), as Consul's
+//! DNS interface and Kubernetes headless services publish them, resolved with hickory-resolver.
+//!
+//! One task per pool asks every `refresh` (sooner when the records' TTL is shorter, never more than once a
+//! second) and hands each answer to the control loop, which owns what is known: a failed lookup keeps the last
+//! known set, an authoritative empty answer empties it only once it has persisted for [`EMPTY_STREAK`] lookups,
+//! and a change is applied exactly like a reload (unchanged backends keep their state).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::name_server::TokioConnectionProvider;
+use hickory_resolver::proto::rr::{RData, RecordType};
+use hickory_resolver::proto::xfer::Protocol;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::config::{DiscoverySettings, ResolverSettings};
+
+/// Lookups in a row that must answer "no such name / no records" before the discovered backends are dropped.
+pub const EMPTY_STREAK: u32 = 3;
+/// The shortest time between two lookups, whatever the TTL.
+const MIN_REFRESH: Duration = Duration::from_secs(1);
+
+/// One backend found in DNS.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Found {
+    pub address: String,
+    pub weight: u32,
+}
+
+/// What one lookup said.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    Found(Vec<Found>),
+    /// NXDOMAIN, or the name exists without records of the type asked.
+    Empty,
+    /// Timeout, SERVFAIL, refused, no server reachable: says nothing about the backends.
+    Failed(String),
+}
+
+impl Answer {
+    /// The `result` label of `switchyard_discovery_lookups_total`.
+    pub fn result(&self) -> &'static str {
+        match self {
+            Self::Found(_) => "success",
+            Self::Empty => "empty",
+            Self::Failed(_) => "failure",
+        }
+    }
+}
+
+/// Builds the resolver: the configured name servers (UDP, then TCP for long answers), or the system's.
+pub fn resolver(settings: &ResolverSettings) -> Result<TokioResolver, String> {
+    let mut builder = if settings.nameservers.is_empty() {
+        TokioResolver::builder_tokio()
+            .map_err(|e| format!("cannot read the system's DNS settings: {e}"))?
+    } else {
+        let mut config = ResolverConfig::new();
+        for &server in &settings.nameservers {
+            config.add_name_server(NameServerConfig::new(server, Protocol::Udp));
+            config.add_name_server(NameServerConfig::new(server, Protocol::Tcp));
+        }
+        TokioResolver::builder_with_config(config, TokioConnectionProvider::default())
+    };
+    let options: &mut ResolverOpts = builder.options_mut();
+    options.timeout = settings.timeout;
+    options.attempts = 1;
+    // Every refresh asks the server: the answer's TTL paces the lookups, not a cache.
+    options.cache_size = 0;
+    // Names are absolute as configured (`api.service.consul`), not tried under search domains.
+    options.ndots = 0;
+    Ok(builder.build())
+}
+
+/// Asks once; returns the answer and how long it may be trusted (its smallest TTL).
+pub async fn lookup(
+    resolver: &TokioResolver,
+    settings: &DiscoverySettings,
+) -> (Answer, Option<Duration>) {
+    let now = std::time::Instant::now();
+    let name = format!("{}.", settings.name);
+    let result = match settings.port {
+        Some(port) => resolver.lookup_ip(name.as_str()).await.map(|ips| {
+            let ttl = ips.valid_until().saturating_duration_since(now);
+            let mut found: Vec<Found> = ips
+                .iter()
+                .map(|ip| Found {
+                    address: SocketAddr::new(ip, port).to_string(),
+                    weight: 1,
+                })
+                .collect();
+            found.sort();
+            found.dedup();
+            (found, ttl)
+        }),
+        None => match resolver.lookup(name.as_str(), RecordType::SRV).await {
+            Ok(records) => {
+                let ttl = records.valid_until().saturating_duration_since(now);
+                let mut found = Vec::new();
+                for data in records.iter() {
+                    let RData::SRV(srv) = data else { continue };
+                    let target = srv.target().to_ascii();
+                    // The target's addresses: from the same answer's additional records when the server sent
+                    // them (hickory keeps them), else one more lookup.
+                    let ips: Vec<IpAddr> = match resolver.lookup_ip(target.as_str()).await {
+                        Ok(ips) => ips.iter().collect(),
+                        Err(_) => Vec::new(),
+                    };
+                    for ip in ips {
+                        found.push(Found {
+                            address: SocketAddr::new(ip, srv.port()).to_string(),
+                            weight: u32::from(srv.weight())
+                                .clamp(1, crate::config::validate::MAX_WEIGHT),
+                        });
+                    }
+                }
+                found.sort();
+                found.dedup_by(|a, b| a.address == b.address);
+                Ok((found, ttl))
+            }
+            Err(e) => Err(e),
+        },
+    };
+    match result {
+        Ok((found, _)) if found.is_empty() => (Answer::Empty, None),
+        Ok((found, ttl)) => (Answer::Found(found), Some(ttl)),
+        Err(e) if e.is_nx_domain() || e.is_no_records_found() => (Answer::Empty, None),
+        Err(e) => (Answer::Failed(e.to_string()), None),
+    }
+}
+
+/// A pool's discovery task: looks up, reports to the control loop, waits, again.
+pub(crate) fn spawn(
+    pool: String,
+    settings: DiscoverySettings,
+    resolver: Arc<TokioResolver>,
+    report: mpsc::Sender<crate::reload::Command>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let started = Instant::now();
+            let (answer, ttl) = lookup(&resolver, &settings).await;
+            let wait = ttl
+                .map_or(settings.refresh, |t| t.min(settings.refresh))
+                .max(MIN_REFRESH);
+            let command = crate::reload::Command::Discovered {
+                pool: pool.clone(),
+                answer,
+            };
+            if report.send(command).await.is_err() {
+                return;
+            }
+            tokio::time::sleep_until(started + wait).await;
+        }
+    })
+}

@@ -1,0 +1,416 @@
+//! DNS discovery against a real DNS server on 127.0.0.1 (UDP, built here with hickory-proto), whose records the
+//! tests change: pools follow A and SRV records (ports and weights), keep the last known backends while DNS is
+//! down, and drop them on NXDOMAIN only once it persists.
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::rr::rdata::{A, SRV};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+
+use common::*;
+use switchyard::server::Server;
+
+/// The records the test DNS server answers with; names are lower-case, without the trailing dot.
+#[derive(Default)]
+struct Zone {
+    a: HashMap<String, Vec<Ipv4Addr>>,
+    /// (weight, port, target)
+    srv: HashMap<String, Vec<(u16, u16, String)>>,
+}
+
+struct Dns {
+    addr: SocketAddr,
+    zone: Arc<Mutex<Zone>>,
+    task: JoinHandle<()>,
+}
+
+impl Dns {
+    async fn start() -> Self {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let zone = Arc::new(Mutex::new(Zone::default()));
+        let task = tokio::spawn(serve(socket, Arc::clone(&zone)));
+        Self { addr, zone, task }
+    }
+
+    /// Stops answering (the socket closes: queries fail), then answers again on the same address.
+    fn stop(&self) {
+        self.task.abort();
+    }
+
+    async fn restart(&mut self) {
+        let socket = UdpSocket::bind(self.addr).await.unwrap();
+        self.task = tokio::spawn(serve(socket, Arc::clone(&self.zone)));
+    }
+
+    fn set(&self, edit: impl FnOnce(&mut Zone)) {
+        edit(&mut self.zone.lock().unwrap());
+    }
+}
+
+impl Drop for Dns {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve(socket: UdpSocket, zone: Arc<Mutex<Zone>>) {
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+            return;
+        };
+        let Ok(query) = Message::from_vec(&buf[..n]) else {
+            continue;
+        };
+        let answer = respond(&query, &zone.lock().unwrap());
+        if let Ok(bytes) = answer.to_vec() {
+            let _ = socket.send_to(&bytes, from).await;
+        }
+    }
+}
+
+fn respond(query: &Message, zone: &Zone) -> Message {
+    let mut answer = Message::new();
+    answer
+        .set_id(query.id())
+        .set_message_type(MessageType::Response)
+        .set_op_code(OpCode::Query)
+        .set_authoritative(true)
+        .set_recursion_desired(query.recursion_desired())
+        .set_recursion_available(true);
+    let mut known = false;
+    for q in query.queries() {
+        answer.add_query(q.clone());
+        let name = q
+            .name()
+            .to_ascii()
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        known |= zone.a.contains_key(&name) || zone.srv.contains_key(&name);
+        match q.query_type() {
+            RecordType::A => {
+                for ip in zone.a.get(&name).into_iter().flatten() {
+                    answer.add_answer(Record::from_rdata(q.name().clone(), 1, RData::A(A(*ip))));
+                }
+            }
+            RecordType::SRV => {
+                for (weight, port, target) in zone.srv.get(&name).into_iter().flatten() {
+                    let target = Name::from_ascii(format!("{target}.")).unwrap();
+                    answer.add_answer(Record::from_rdata(
+                        q.name().clone(),
+                        1,
+                        RData::SRV(SRV::new(0, *weight, *port, target)),
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    if !known {
+        answer.set_response_code(ResponseCode::NXDomain);
+    }
+    answer
+}
+
+fn discovery_config(dns: SocketAddr, pool_extra: &str) -> String {
+    config(&format!(
+        "[resolver]\nnameservers = [\"{dns}\"]\ntimeout = \"300ms\"\n\n[[routes]]\npool = \"p\"\n[pools.p]\n{pool_extra}\n"
+    ))
+}
+
+async fn backends(server: &Server) -> Vec<(String, String, u64)> {
+    let p = pools(server).await;
+    let mut list: Vec<(String, String, u64)> = p["pools"]["p"]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["address"].as_str().unwrap().to_owned(),
+                b["source"].as_str().unwrap().to_owned(),
+                b["weight"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    list.sort();
+    list
+}
+
+async fn lookups(server: &Server, result: &str) -> f64 {
+    let (_, text) = admin_get(server, "/metrics").await;
+    metric(
+        &text,
+        &format!("switchyard_discovery_lookups_total{{pool=\"p\",result=\"{result}\"}}"),
+    )
+    .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn a_records_add_a_backend_beside_the_static_ones() {
+    let dns = Dns::start().await;
+    let from_dns = named_backend("dns", Duration::ZERO).await;
+    let listed = named_backend("static", Duration::ZERO).await;
+    let server = start_proxy(&discovery_config(
+        dns.addr,
+        &format!(
+            "backends = [{{ address = \"{listed}\" }}]\ndiscovery = {{ type = \"dns\", name = \"web.test\", port = {}, refresh = \"1s\" }}",
+            from_dns.port()
+        ),
+    ))
+    .await;
+    // Only the static backend until DNS has the name.
+    assert_eq!(
+        backends(&server).await,
+        vec![(listed.to_string(), "static".into(), 1)]
+    );
+    dns.set(|z| {
+        z.a.insert("web.test".into(), vec![Ipv4Addr::LOCALHOST]);
+    });
+    let want = {
+        let mut w = vec![
+            (listed.to_string(), "static".to_owned(), 1),
+            (from_dns.to_string(), "dns".to_owned(), 1),
+        ];
+        w.sort();
+        w
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            backends(&server).await == want
+        })
+        .await,
+        "the A record never showed up: {:?}",
+        backends(&server).await
+    );
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..10 {
+        let (status, _, body) = get(server.listen_addrs[0], "/", None).await;
+        assert_eq!(status, 200);
+        seen.insert(body);
+    }
+    assert_eq!(seen.len(), 2, "both backends take traffic: {seen:?}");
+    let (_, text) = admin_get(&server, "/metrics").await;
+    assert_eq!(
+        metric(&text, "switchyard_discovery_backends{pool=\"p\"}"),
+        Some(1.0)
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn srv_records_give_ports_and_weights_and_the_pool_follows_them() {
+    let dns = Dns::start().await;
+    let a = named_backend("a", Duration::ZERO).await;
+    let b = named_backend("b", Duration::ZERO).await;
+    let c = named_backend("c", Duration::ZERO).await;
+    dns.set(|z| {
+        z.a.insert("node.test".into(), vec![Ipv4Addr::LOCALHOST]);
+        z.srv.insert(
+            "_http._tcp.api.test".into(),
+            vec![
+                (1, a.port(), "node.test".into()),
+                (3, b.port(), "node.test".into()),
+            ],
+        );
+    });
+    let server = start_proxy(&discovery_config(
+        dns.addr,
+        "discovery = { type = \"dns_srv\", name = \"_http._tcp.api.test\", refresh = \"1s\" }",
+    ))
+    .await;
+    let mut first = vec![
+        (a.to_string(), "dns".to_owned(), 1),
+        (b.to_string(), "dns".to_owned(), 3),
+    ];
+    first.sort();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            backends(&server).await == first
+        })
+        .await,
+        "{:?}",
+        backends(&server).await
+    );
+    // Weights 1:3 over 40 requests: smooth round-robin gives exactly 10 and 30.
+    let mut counts = HashMap::new();
+    for _ in 0..40 {
+        let (status, _, body) = get(server.listen_addrs[0], "/", None).await;
+        assert_eq!(status, 200);
+        *counts.entry(body).or_insert(0) += 1;
+    }
+    assert_eq!((counts["a"], counts["b"]), (10, 30), "{counts:?}");
+
+    // Records change: a goes, c comes (weight 0 counts as 1); b keeps its state (same backend).
+    dns.set(|z| {
+        z.srv.insert(
+            "_http._tcp.api.test".into(),
+            vec![
+                (3, b.port(), "node.test".into()),
+                (0, c.port(), "node.test".into()),
+            ],
+        );
+    });
+    let mut second = vec![
+        (b.to_string(), "dns".to_owned(), 3),
+        (c.to_string(), "dns".to_owned(), 1),
+    ];
+    second.sort();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            backends(&server).await == second
+        })
+        .await,
+        "{:?}",
+        backends(&server).await
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn dns_down_keeps_the_last_backends_and_nxdomain_empties_only_once_it_persists() {
+    let mut dns = Dns::start().await;
+    let a = named_backend("a", Duration::ZERO).await;
+    dns.set(|z| {
+        z.a.insert("node.test".into(), vec![Ipv4Addr::LOCALHOST]);
+        z.srv.insert(
+            "_http._tcp.api.test".into(),
+            vec![(1, a.port(), "node.test".into())],
+        );
+    });
+    let server = start_proxy(&discovery_config(
+        dns.addr,
+        "discovery = { type = \"dns_srv\", name = \"_http._tcp.api.test\", refresh = \"1s\" }",
+    ))
+    .await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            backends(&server).await.len() == 1
+        })
+        .await
+    );
+
+    // The DNS server goes away: lookups fail, the backend stays and serves.
+    dns.stop();
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            lookups(&server, "failure").await >= 2.0
+        })
+        .await,
+        "no failed lookups counted"
+    );
+    assert_eq!(
+        backends(&server).await.len(),
+        1,
+        "a DNS outage emptied the pool"
+    );
+    let (status, _, body) = get(server.listen_addrs[0], "/", None).await;
+    assert_eq!((status.as_u16(), body.as_str()), (200, "a"));
+
+    // Back, now saying NXDOMAIN: the backend stays for the first empty answers, then goes.
+    dns.set(|z| {
+        z.srv.clear();
+        z.a.clear();
+    });
+    dns.restart().await;
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            lookups(&server, "empty").await >= 1.0
+        })
+        .await
+    );
+    let empties = lookups(&server, "empty").await;
+    if empties < 3.0 {
+        assert_eq!(
+            backends(&server).await.len(),
+            1,
+            "emptied after {empties} empty answers"
+        );
+    }
+    assert!(
+        eventually(Duration::from_secs(15), || async {
+            backends(&server).await.is_empty()
+        })
+        .await,
+        "a persistent NXDOMAIN never emptied the discovered backends"
+    );
+    assert!(lookups(&server, "empty").await >= 3.0);
+    let (status, _, _) = get(server.listen_addrs[0], "/", None).await;
+    assert_eq!(status, 503);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_pool_waiting_for_its_first_answer_says_503() {
+    // A DNS server that never answers.
+    let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let server = start_proxy(&discovery_config(
+        silent.local_addr().unwrap(),
+        "discovery = { type = \"dns\", name = \"web.test\", port = 80 }",
+    ))
+    .await;
+    let (status, _, body) = get(server.listen_addrs[0], "/", None).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("no backend available"), "{body}");
+    server.shutdown().await;
+}
+
+#[test]
+fn validate_checks_discovery_settings() {
+    let check = |pool: &str| {
+        switchyard::config::parse(
+            &config(&format!("[[routes]]\npool = \"p\"\n[pools.p]\n{pool}\n")),
+            "t.toml",
+        )
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    };
+    assert!(
+        check("discovery = { type = \"dns\", name = \"api.service.consul\", port = 8080 }").is_ok()
+    );
+    assert!(
+        check("discovery = { type = \"dns_srv\", name = \"_http._tcp.api.service.consul\" }")
+            .is_ok()
+    );
+    let e = check("discovery = { type = \"dns\", name = \"api.test\" }").unwrap_err();
+    assert!(
+        e.contains("pools.p.discovery.port") && e.contains("needs the backends' port"),
+        "{e}"
+    );
+    let e = check("discovery = { type = \"dns_srv\", name = \"_x._tcp.api.test\", port = 1 }")
+        .unwrap_err();
+    assert!(e.contains("leave port out"), "{e}");
+    let e = check("discovery = { type = \"consul\", name = \"api.test\" }").unwrap_err();
+    assert!(
+        e.contains("pools.p.discovery.type") && e.contains("\"dns_srv\""),
+        "{e}"
+    );
+    let e = check(
+        "discovery = { type = \"dns\", name = \"not a name\", port = 80, refresh = \"soon\" }",
+    )
+    .unwrap_err();
+    assert!(
+        e.contains("pools.p.discovery.name") && e.contains("pools.p.discovery.refresh"),
+        "{e}"
+    );
+    let e = check("").unwrap_err();
+    assert!(
+        e.contains("pools.p.backends") && e.contains("or a discovery"),
+        "{e}"
+    );
+    let e = switchyard::config::parse(
+        &config("[resolver]\nnameservers = [\"dns.example\"]\n[[routes]]\npool = \"p\"\n[pools.p]\nbackends = [{ address = \"127.0.0.1:1\" }]\n"),
+        "t.toml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("resolver.nameservers[0]"), "{e}");
+}
