@@ -149,7 +149,7 @@ backends = [{{ address = "{a}" }}, {{ address = "{b}", weight = 3 }}]
     assert_eq!(headers["content-type"], "application/json");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     let backend = |addr: std::net::SocketAddr, weight: u32| {
-        serde_json::json!({"address": addr.to_string(), "weight": weight, "healthy": true, "circuit": "closed",
+        serde_json::json!({"address": addr.to_string(), "source": "static", "weight": weight, "healthy": true, "circuit": "closed",
             "active_requests": 0, "draining": false, "consecutive_failures": 0, "half_open_at": null, "last_check_error": null,
             "last_check_error_at": null})
     };
