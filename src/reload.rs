@@ -103,9 +103,6 @@ pub(crate) struct Supervisor {
     applied_text: Option<String>,
     listeners: Vec<ListenerTask>,
     admin: Option<ListenerTask>,
-    /// The admin address is shared with another switchyard (`reuse_port`): on shutdown it is given up at once,
-    /// so the other process answers `/healthz`.
-    admin_shared: bool,
     health: HashMap<(String, String), HealthTask>,
     /// Watches the config file and every certificate and key (through their folders).
     watcher: Option<(Watched, notify::RecommendedWatcher)>,
@@ -121,7 +118,6 @@ impl Supervisor {
         path: Option<PathBuf>,
         listeners: Vec<ListenerTask>,
         admin: ListenerTask,
-        admin_shared: bool,
     ) -> Self {
         let applied_text = path
             .as_deref()
@@ -133,7 +129,6 @@ impl Supervisor {
             applied_text,
             listeners,
             admin: Some(admin),
-            admin_shared,
             health: HashMap::new(),
             watcher: None,
             discovery: HashMap::new(),
@@ -582,11 +577,6 @@ impl Supervisor {
         let drain = self.shared.config.load().drain_timeout;
         self.health.clear();
         self.discovery.clear();
-        if self.admin_shared {
-            if let Some(admin) = self.admin.take() {
-                drop(admin.stop(Duration::ZERO));
-            }
-        }
         let deadline = tokio::time::Instant::now() + drain;
         let tasks: Vec<JoinHandle<()>> = self.listeners.drain(..).map(|l| l.stop(drain)).collect();
         for t in tasks {

@@ -128,14 +128,7 @@ impl Server {
         shared.listen_addrs.store(Arc::new(listen_addrs.clone()));
         let admin_addr = admin.bound;
 
-        let supervisor = Supervisor::new(
-            Arc::clone(&shared),
-            proxy,
-            path,
-            listeners,
-            admin,
-            admin_shared,
-        );
+        let supervisor = Supervisor::new(Arc::clone(&shared), proxy, path, listeners, admin);
         let supervisor = tokio::spawn(supervisor.run(commands));
         Ok(Self {
             shared,
