@@ -203,6 +203,12 @@ impl<T> TimedIo<T> {
         }
     }
 
+    /// Feeds bytes read from the client to the framing check, as a read does (for the fuzz target).
+    #[doc(hidden)]
+    pub fn observe(&mut self, bytes: &[u8]) {
+        self.check_heads(bytes);
+    }
+
     /// Follows the request stream through `new` bytes: each complete head is checked, known-length bodies
     /// are skipped, so pipelined requests are checked too.
     fn check_heads(&mut self, mut new: &[u8]) {
