@@ -510,44 +510,74 @@ where
                     let io = TimedIo::new(tcp, clock);
                     serve_http(io, Versions::Any, service, limits.as_ref(), watcher).await
                 }
+                // Boxed: a TLS stream is large, and a plain connection's task should not carry its space.
                 Some(tls) => {
-                    let acceptor = TlsAcceptor::from(Arc::clone(&tls.server_config));
-                    let handshake =
-                        tokio::time::timeout(timing.header_read_timeout, acceptor.accept(tcp));
-                    let failure = match handshake.await {
-                        Ok(Ok(stream)) => {
-                            let versions = match stream.get_ref().1.alpn_protocol() {
-                                Some(b"h2") => Versions::Http2,
-                                Some(_) => Versions::Http1,
-                                None => Versions::Any,
-                            };
-                            let io = TimedIo::new(stream, clock);
-                            return finish(
-                                serve_http(io, versions, service, limits.as_ref(), watcher).await,
-                                peer,
-                                shared,
-                                count,
-                            );
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            crate::tls::handshake_error_reason(&e)
-                        }
-                        Err(_) => "timeout",
-                    };
-                    if let Some(shared) = &shared {
-                        shared
-                            .metrics
-                            .tls_handshake_errors_total
-                            .with_label_values(&[failure])
-                            .inc();
-                    }
-                    Ok(())
+                    Box::pin(serve_tls(
+                        tcp,
+                        Arc::clone(tls),
+                        clock,
+                        service,
+                        limits,
+                        watcher,
+                        shared.as_ref(),
+                        peer,
+                    ))
+                    .await
                 }
             };
             finish(served, peer, shared, count);
         });
     }
+}
+
+/// Completes a client's TLS handshake (within `limits.header_read_timeout`), then serves HTTP over it. A failed
+/// handshake is counted by reason, not logged above debug.
+#[allow(clippy::too_many_arguments)]
+async fn serve_tls<S>(
+    tcp: TcpStream,
+    tls: Arc<ListenerTls>,
+    clock: Arc<ConnClock>,
+    service: S,
+    limits: Option<Limits>,
+    watcher: Watcher,
+    shared: Option<&Arc<Shared>>,
+    peer: SocketAddr,
+) -> Result<(), BoxError>
+where
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<GuardedBody<ProxyBody>>,
+            Error = Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let timeout = limits.unwrap_or_default().header_read_timeout;
+    let acceptor = TlsAcceptor::from(Arc::clone(&tls.server_config));
+    let failure = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(stream)) => {
+            let versions = match stream.get_ref().1.alpn_protocol() {
+                Some(b"h2") => Versions::Http2,
+                Some(_) => Versions::Http1,
+                None => Versions::Any,
+            };
+            let io = TimedIo::new(stream, clock);
+            return serve_http(io, versions, service, limits.as_ref(), watcher).await;
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            crate::tls::handshake_error_reason(&e)
+        }
+        Err(_) => "timeout",
+    };
+    if let Some(shared) = shared {
+        shared
+            .metrics
+            .tls_handshake_errors_total
+            .with_label_values(&[failure])
+            .inc();
+    }
+    Ok(())
 }
 
 fn finish(
