@@ -490,7 +490,8 @@ where
                     drop(req);
                     None
                 } else {
-                    Some(handler(req, info))
+                    // Boxed once here: the request's future is a few KiB, and hyper moves it several times.
+                    Some(Box::pin(handler(req, info)))
                 };
                 let clock = Arc::clone(&requests);
                 async move {

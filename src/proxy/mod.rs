@@ -489,3 +489,27 @@ pub fn plain(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
     );
     resp
 }
+
+#[cfg(test)]
+mod future_size {
+    //! Every request's future is moved a few times on its way into hyper: keep it small. The connect path (TCP,
+    //! TLS and HTTP/2 handshakes) is boxed for that reason; these bounds catch it coming back inline.
+    use super::*;
+
+    fn size<'a, F: std::future::Future>(
+        _: impl Fn(&'a Proxy, Request<Incoming>, ConnInfo) -> F,
+    ) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    fn size3<A, B, C, F: std::future::Future>(_: impl Fn(A, B, C) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    #[test]
+    fn request_futures_stay_small() {
+        let (handle, send) = (size(Proxy::handle), size3(upstream::send));
+        assert!(handle <= 3584, "Proxy::handle's future is {handle} bytes");
+        assert!(send <= 1536, "upstream::send's future is {send} bytes");
+    }
+}
