@@ -58,6 +58,32 @@ proptest! {
     }
 
     #[test]
+    fn large_pools_never_pick_an_unusable_backend(
+        n in 33usize..300,
+        usable_seed in any::<u64>(),
+        usable_share in 0u32..=100,
+        least in any::<bool>(),
+        picks in 1usize..40,
+    ) {
+        let metrics = Metrics::new();
+        let weights: Vec<u32> = (0..n).map(|i| 1 + (i % 5) as u32).collect();
+        let bs = backends(&weights, &metrics);
+        let usable_mask: Vec<bool> = (0..n)
+            .map(|i| (usable_seed.rotate_left(i as u32 % 64) ^ i as u64) % 100 < u64::from(usable_share))
+            .collect();
+        let algorithm = if least { Algorithm::LeastConnections } else { Algorithm::RoundRobin };
+        let selector = Selector::new(algorithm, &bs);
+        let usable = |i: usize| usable_mask[i];
+        let any_usable = usable_mask.iter().any(|&u| u);
+        for _ in 0..picks {
+            match selector.pick(&bs, usable) {
+                Some(i) => prop_assert!(usable(i), "picked unusable {}", i),
+                None => prop_assert!(!any_usable, "found nothing though some were usable"),
+            }
+        }
+    }
+
+    #[test]
     fn round_robin_respects_weights_over_whole_periods(
         weights in prop::collection::vec(1u32..=12, 1..12),
         periods in 1usize..4,

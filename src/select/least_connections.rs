@@ -2,7 +2,12 @@
 //!
 //! Load is compared as `(active + 1) / weight` (as Envoy does), so weights matter even when the pool is idle;
 //! ties go to the first candidate after a rotating start, which makes them round-robin. The division is a
-//! multiplication by a reciprocal each backend keeps, so a pick over 256 backends stays a few hundred ns.
+//! multiplication by a reciprocal each backend keeps.
+//!
+//! Pools of up to [`EXACT_UP_TO`] backends are scanned whole: the pick is exactly a least-loaded backend. Larger
+//! pools take the less loaded of two backends chosen at random ("power of two choices", Envoy's default for
+//! least-request): a pick stays constant-time however large the pool, and the load spread stays within a small
+//! factor of the exact one. When random draws keep hitting unavailable backends, the whole pool is scanned.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,7 +30,13 @@ impl LeastConnections {
         if n == 0 {
             return None;
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let ticket = self.next.fetch_add(1, Ordering::Relaxed);
+        if n > EXACT_UP_TO {
+            if let Some(i) = two_choices(backends, ticket, &usable) {
+                return Some(i);
+            }
+        }
+        let start = ticket % n;
         let (mut best, mut best_score) = (usize::MAX, u64::MAX);
         let (tail, head) = backends.split_at(start);
         for (i, b) in head
@@ -45,6 +56,48 @@ impl LeastConnections {
         }
         (best != usize::MAX).then_some(best)
     }
+}
+
+/// Pools larger than this pick by two random choices instead of a full scan.
+pub const EXACT_UP_TO: usize = 32;
+
+/// The less loaded of two distinct usable backends drawn at random; `None` when a few draws find fewer than two.
+#[inline]
+fn two_choices(
+    backends: &[Arc<Backend>],
+    ticket: usize,
+    usable: &impl Fn(usize) -> bool,
+) -> Option<usize> {
+    let n = backends.len() as u64;
+    let mut state = ticket as u64;
+    let mut found: [usize; 2] = [usize::MAX; 2];
+    let mut count = 0;
+    for _ in 0..8 {
+        let i = (splitmix64(&mut state) % n) as usize;
+        if usable(i) && found[0] != i {
+            found[count] = i;
+            count += 1;
+            if count == 2 {
+                let (a, b) = (found[0], found[1]);
+                return Some(if backends[b].load_score() < backends[a].load_score() {
+                    b
+                } else {
+                    a
+                });
+            }
+        }
+    }
+    None
+}
+
+/// A fast, well-mixed pseudo-random sequence from a counter (SplitMix64).
+#[inline]
+fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 #[cfg(test)]
@@ -80,6 +133,22 @@ mod tests {
         for _ in 0..5 {
             assert_eq!(lc.pick(&bs, |_| true), Some(2));
         }
+    }
+
+    #[test]
+    fn large_pools_avoid_the_loaded_and_spread_the_rest() {
+        let bs = backends(&vec![1; 100]);
+        let _busy: Vec<_> = (0..5).map(|_| bs[7].begin()).collect();
+        let lc = LeastConnections::new();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..2000 {
+            let i = lc.pick(&bs, |_| true).unwrap();
+            assert_ne!(i, 7, "the loaded backend won a two-way choice");
+            seen.insert(i);
+        }
+        assert!(seen.len() >= 95, "only {} backends ever picked", seen.len());
+        // Mostly unavailable: the random draws fall back to a scan and still find the one usable backend.
+        assert_eq!(lc.pick(&bs, |i| i == 42), Some(42));
     }
 
     #[test]
