@@ -545,13 +545,7 @@ async fn serve_tls<S>(
     peer: SocketAddr,
 ) -> Result<(), BoxError>
 where
-    S: hyper::service::Service<
-            Request<Incoming>,
-            Response = Response<GuardedBody<ProxyBody>>,
-            Error = Infallible,
-        > + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: ClientService,
 {
     let timeout = limits.unwrap_or_default().header_read_timeout;
     let acceptor = TlsAcceptor::from(Arc::clone(&tls.server_config));
@@ -608,13 +602,7 @@ async fn serve_http<T, S>(
 ) -> Result<(), BoxError>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    S: hyper::service::Service<
-            Request<Incoming>,
-            Response = Response<GuardedBody<ProxyBody>>,
-            Error = Infallible,
-        > + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: ClientService,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     let mut http1 = builder.http1();
@@ -657,6 +645,29 @@ fn ambiguous_framing() -> Response<ProxyBody> {
         http::HeaderValue::from_static("close"),
     );
     resp
+}
+
+/// The service one client connection runs: each request to a guarded response.
+trait ClientService:
+    hyper::service::Service<
+        Request<Incoming>,
+        Response = Response<GuardedBody<ProxyBody>>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Send
+    + 'static
+{
+}
+
+impl<S> ClientService for S where
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = Response<GuardedBody<ProxyBody>>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Send
+        + 'static
+{
 }
 
 /// HTTP/2 flow-control windows for client connections: enough for a fast stream, bounded per connection.

@@ -865,6 +865,27 @@ async fn websocket_backend() -> SocketAddr {
     addr
 }
 
+type WebSocket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>;
+
+async fn ws_connect(server: &Server) -> WebSocket {
+    let url = format!("ws://{}/chat", server.listen_addrs[0]);
+    tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap()
+        .0
+}
+
+/// Sends a text message and waits (bounded) for the same text back.
+async fn echo(ws: &mut WebSocket, text: &str) {
+    ws.send(Message::text(text.to_owned())).await.unwrap();
+    let back = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .expect("no echo")
+        .unwrap()
+        .unwrap();
+    assert_eq!(back.into_text().unwrap().as_str(), text);
+}
+
 #[tokio::test]
 async fn websocket_messages_flow_both_ways_through_the_proxy() {
     let backend = websocket_backend().await;
@@ -875,14 +896,7 @@ async fn websocket_messages_flow_both_ways_through_the_proxy() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
     for i in 0..5 {
-        let text = format!("hello {i}");
-        ws.send(Message::text(text.clone())).await.unwrap();
-        let echoed = tokio::time::timeout(Duration::from_secs(5), ws.next())
-            .await
-            .expect("no echo")
-            .unwrap()
-            .unwrap();
-        assert_eq!(echoed.into_text().unwrap().as_str(), text);
+        echo(&mut ws, &format!("hello {i}")).await;
     }
     ws.send(Message::binary(vec![0u8, 1, 2, 255]))
         .await
@@ -926,38 +940,14 @@ async fn shutdown_lets_an_open_websocket_finish_within_the_drain_timeout() {
     let backend = websocket_backend().await;
     let toml = format!("drain_timeout = \"30s\"\n{}", pool_config(&[backend], ""));
     let server = start_proxy(&toml).await;
-    let url = format!("ws://{}/chat", server.listen_addrs[0]);
-    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
-        .await
-        .unwrap();
-    ws.send(Message::text("before")).await.unwrap();
-    assert_eq!(
-        ws.next()
-            .await
-            .unwrap()
-            .unwrap()
-            .into_text()
-            .unwrap()
-            .as_str(),
-        "before"
-    );
+    let mut ws = ws_connect(&server).await;
+    echo(&mut ws, "before").await;
 
     let shutdown = tokio::spawn(server.shutdown());
     // Draining: the tunnel still carries messages, and the shutdown waits for it.
     for i in 0..3 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let text = format!("during {i}");
-        ws.send(Message::text(text.clone())).await.unwrap();
-        assert_eq!(
-            ws.next()
-                .await
-                .unwrap()
-                .unwrap()
-                .into_text()
-                .unwrap()
-                .as_str(),
-            text
-        );
+        echo(&mut ws, &format!("during {i}")).await;
     }
     assert!(
         !shutdown.is_finished(),
@@ -1001,21 +991,8 @@ async fn an_idle_websocket_is_closed_after_the_idle_timeout() {
         "[limits]\nidle_timeout = \"1s\"\n\n[[routes]]",
     );
     let server = start_proxy(&toml).await;
-    let url = format!("ws://{}/chat", server.listen_addrs[0]);
-    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
-        .await
-        .unwrap();
-    ws.send(Message::text("ping")).await.unwrap();
-    assert_eq!(
-        ws.next()
-            .await
-            .unwrap()
-            .unwrap()
-            .into_text()
-            .unwrap()
-            .as_str(),
-        "ping"
-    );
+    let mut ws = ws_connect(&server).await;
+    echo(&mut ws, "ping").await;
     // Silence: the proxy closes the tunnel; the client sees the end of the stream.
     let ended = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
