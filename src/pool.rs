@@ -20,6 +20,8 @@ pub struct Pool {
     pub algorithm: Algorithm,
     /// How the backends are spoken to (HTTP/1.1 or HTTP/2, plain or TLS).
     pub protocol: Protocol,
+    /// The protocol and TLS client the backends' connections use.
+    pub kind: UpstreamKind,
     pub backends: Vec<Arc<Backend>>,
     selector: Selector,
     pub timeouts: Timeouts,
@@ -66,7 +68,14 @@ impl Pool {
         let old: HashMap<&str, &Arc<Backend>> = previous
             .map(|p| p.backends.iter().map(|b| (b.address.as_str(), b)).collect())
             .unwrap_or_default();
-        let kind = UpstreamKind::new(settings.protocol, settings.tls.as_ref());
+        // Built once per settings: a reload or a DNS change with the same settings keeps the TLS client (and
+        // does not read the CA file or the system's roots again).
+        let kind = match previous {
+            Some(p) if p.kind.built_from(settings.protocol, settings.tls.as_ref()) => {
+                p.kind.clone()
+            }
+            _ => UpstreamKind::new(settings.protocol, settings.tls.as_ref()),
+        };
         let backends = settings
             .backends
             .iter()
@@ -96,6 +105,7 @@ impl Pool {
             name: name.to_owned(),
             algorithm: settings.algorithm,
             protocol: settings.protocol,
+            kind,
             selector: Selector::new(settings.algorithm, &backends),
             backends,
             timeouts: settings.timeouts,
@@ -140,5 +150,52 @@ impl Pool {
         }
         let healthy = self.backends.iter().filter(|b| b.is_healthy()).count();
         (healthy as f64) < self.panic_threshold * self.backends.len() as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{BackendSettings, Protocol};
+
+    fn settings(protocol: Protocol) -> PoolSettings {
+        PoolSettings {
+            algorithm: Algorithm::RoundRobin,
+            backends: vec![BackendSettings {
+                address: "127.0.0.1:9".to_owned(),
+                weight: 1,
+                source: Default::default(),
+            }],
+            timeouts: Timeouts {
+                connect: std::time::Duration::from_secs(1),
+                request: std::time::Duration::from_secs(1),
+            },
+            health_check: None,
+            breaker: Default::default(),
+            retry: Default::default(),
+            panic_threshold: 0.0,
+            protocol,
+            tls: None,
+            discovery: None,
+        }
+    }
+
+    fn client_config(pool: &Pool) -> &Arc<rustls::ClientConfig> {
+        pool.kind.connector.as_ref().map(|c| c.config()).unwrap()
+    }
+
+    #[test]
+    fn a_rebuilt_pool_keeps_its_tls_client_while_the_settings_stay() {
+        let metrics = Metrics::new();
+        let first = Pool::new("p", &settings(Protocol::Https), &metrics, None);
+        let again = Pool::new("p", &settings(Protocol::Https), &metrics, Some(&first));
+        assert!(Arc::ptr_eq(client_config(&first), client_config(&again)));
+        assert!(Arc::ptr_eq(&first.backends[0], &again.backends[0]));
+        let h2 = Pool::new("p", &settings(Protocol::H2), &metrics, Some(&again));
+        assert!(!Arc::ptr_eq(client_config(&again), client_config(&h2)));
+        assert!(
+            !Arc::ptr_eq(&again.backends[0], &h2.backends[0]),
+            "a backend reached another way is new"
+        );
     }
 }

@@ -281,17 +281,34 @@ impl Supervisor {
         d.known = next;
         let config = self.shared.config.load_full();
         let effective = self.effective(&config);
+        let access_log = self.shared.snapshot.load().access_log.clone();
+        self.install(&effective, access_log);
+    }
+
+    /// Publishes the routing snapshot for `effective` (backends that stay are carried over), starts and stops
+    /// health checks to match, and retires the removed backends. Returns the backends added and removed, as
+    /// `pool/address`.
+    fn install(
+        &mut self,
+        effective: &Config,
+        access_log: Option<(
+            crate::access_log::AccessLogSettings,
+            Arc<crate::access_log::AccessLog>,
+        )>,
+    ) -> (Vec<String>, Vec<String>) {
         let previous = self.shared.snapshot.load_full();
-        let snapshot = Snapshot::build(
-            &effective,
-            &self.shared.metrics,
-            Some(&previous),
-            previous.access_log.clone(),
-        );
+        let snapshot =
+            Snapshot::build(effective, &self.shared.metrics, Some(&previous), access_log);
+        let added = added_backends(&previous, &snapshot);
         let removed = removed_backends(&previous, &snapshot);
+        let removed_names = removed
+            .iter()
+            .map(|b| format!("{}/{}", b.pool, b.address))
+            .collect();
         self.shared.snapshot.store(Arc::new(snapshot));
         self.reconcile_health();
         self.retire(removed);
+        (added, removed_names)
     }
 
     /// Lets removed backends finish their requests, then drops their metric series (unless a backend of the same
@@ -479,19 +496,7 @@ impl Supervisor {
         .map_err(|e| format!("{e}; reload refused"))?;
         self.reconcile_discovery(&new);
         let effective = self.effective(&new);
-        let snapshot = Snapshot::build(
-            &effective,
-            &self.shared.metrics,
-            Some(&previous),
-            access_log,
-        );
-        let removed = removed_backends(&previous, &snapshot);
-        outcome.backends_added = added_backends(&previous, &snapshot);
-        outcome.backends_removed = removed
-            .iter()
-            .map(|b| format!("{}/{}", b.pool, b.address))
-            .collect();
-        self.shared.snapshot.store(Arc::new(snapshot));
+        (outcome.backends_added, outcome.backends_removed) = self.install(&effective, access_log);
         let drain = new.drain_timeout;
         let wanted: Vec<_> = new.listeners.iter().map(|l| l.address).collect();
         self.shared.config.store(Arc::new(new));
@@ -537,9 +542,7 @@ impl Supervisor {
             .listen_addrs
             .store(Arc::new(self.listeners.iter().map(|l| l.bound).collect()));
 
-        self.reconcile_health();
         self.rewatch();
-        self.retire(removed);
         Ok(outcome)
     }
 

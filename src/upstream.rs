@@ -179,6 +179,12 @@ impl UpstreamKind {
         }
     }
 
+    /// Was this kind built from these settings?
+    pub fn built_from(&self, protocol: Protocol, tls: Option<&UpstreamTlsSettings>) -> bool {
+        let tls = protocol.is_tls().then(|| tls.cloned().unwrap_or_default());
+        self.protocol == protocol && self.tls_settings == tls
+    }
+
     /// Same protocol and TLS settings: connections made for one serve the other.
     pub fn same_as(&self, other: &Self) -> bool {
         self.protocol == other.protocol && self.tls_settings == other.tls_settings

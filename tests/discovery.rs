@@ -222,9 +222,10 @@ async fn srv_records_give_ports_and_weights_and_the_pool_follows_them() {
             ],
         );
     });
+    // `refresh` is an hour: the records' 1 s TTL is what makes the pool follow them.
     let server = start_proxy(&discovery_config(
         dns.addr,
-        "discovery = { type = \"dns_srv\", name = \"_http._tcp.api.test\", refresh = \"1s\" }",
+        "discovery = { type = \"dns_srv\", name = \"_http._tcp.api.test\", refresh = \"1h\" }",
     ))
     .await;
     let mut first = vec![
@@ -249,7 +250,17 @@ async fn srv_records_give_ports_and_weights_and_the_pool_follows_them() {
     }
     assert_eq!((counts["a"], counts["b"]), (10, 30), "{counts:?}");
 
-    // Records change: a goes, c comes (weight 0 counts as 1); b keeps its state (same backend).
+    // b is drained by hand: that state must survive the change (b stays the same backend).
+    let (status, _) = send(
+        server.admin_addr,
+        "POST",
+        &format!("/api/pools/p/backends/{b}/drain"),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // Records change: a goes, c comes (weight 0 counts as 1).
     dns.set(|z| {
         z.srv.insert(
             "_http._tcp.api.test".into(),
@@ -271,6 +282,27 @@ async fn srv_records_give_ports_and_weights_and_the_pool_follows_them() {
         .await,
         "{:?}",
         backends(&server).await
+    );
+    let p = pools(&server).await;
+    let draining = |addr: SocketAddr| {
+        p["pools"]["p"]["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["address"] == addr.to_string())
+            .map(|x| x["draining"].as_bool().unwrap())
+    };
+    assert_eq!(
+        draining(b),
+        Some(true),
+        "b lost its state in the change: {p}"
+    );
+    assert_eq!(draining(c), Some(false));
+    let (status, _, body) = get(server.listen_addrs[0], "/", None).await;
+    assert_eq!(
+        (status.as_u16(), body.as_str()),
+        (200, "c"),
+        "the drained b got a request"
     );
     server.shutdown().await;
 }
