@@ -221,11 +221,11 @@ impl Backend {
 
     /// Feeds one attempt's outcome to the circuit breaker.
     #[inline]
-    pub fn record_outcome(&self, ok: bool, now: Instant, what: &dyn std::fmt::Display) {
+    pub fn record_outcome(&self, ok: bool, what: &dyn std::fmt::Display) {
         let transition = if ok {
             self.breaker.on_success()
         } else {
-            self.breaker.on_failure(now, &what.to_string())
+            self.breaker.on_failure(Instant::now(), &what.to_string())
         };
         if let Some(t) = transition {
             self.on_transition(&t);

@@ -212,6 +212,11 @@ impl<T> TimedIo<T> {
     /// Follows the request stream through `new` bytes: each complete head is checked, known-length bodies
     /// are skipped, so pipelined requests are checked too.
     fn check_heads(&mut self, mut new: &[u8]) {
+        if self.clock.upgraded.load(Ordering::Relaxed) {
+            // Tunnel bytes from here on.
+            self.head = HeadCheck::Off;
+            return;
+        }
         if matches!(self.head, HeadCheck::Unknown)
             && self.clock.awaiting_head.swap(false, Ordering::Relaxed)
         {
@@ -239,7 +244,21 @@ impl<T> TimedIo<T> {
                         joined = std::mem::take(so_far);
                         &joined[..]
                     };
-                    match framing(bytes) {
+                    // After a first head that parsed as HTTP/1, most heads have no framing header at all: a
+                    // scan for line starts finds that without a full parse.
+                    let quick = if self.heads_checked > 0 {
+                        plain_head(bytes)
+                    } else {
+                        None
+                    };
+                    let found = match quick {
+                        Some(len) => Framing::Complete {
+                            len,
+                            body: BodyFraming::Length(0),
+                        },
+                        None => framing(bytes),
+                    };
+                    match found {
                         Framing::Partial if bytes.len() < MAX_CHECKED_HEAD => {
                             self.head = HeadCheck::Head(bytes.to_vec());
                             return;
@@ -296,6 +315,34 @@ enum BodyFraming {
     Chunked,
     /// `Content-Length` with `Transfer-Encoding`, or `Content-Length` more than once.
     Ambiguous,
+}
+
+/// The length of the complete head at the start of `bytes` when none of its lines can be `Content-Length` or
+/// `Transfer-Encoding` (by the first letters of the line, in any case); `None` when it could, or when the head is
+/// not complete: [`framing`] then parses it.
+fn plain_head(bytes: &[u8]) -> Option<usize> {
+    let mut line_ends = memchr::memchr_iter(b'\n', bytes);
+    // The request line.
+    let mut start = line_ends.next()? + 1;
+    loop {
+        let line = &bytes[start..];
+        match line {
+            [b'\n', ..] => return Some(start + 1),
+            [b'\r', b'\n', ..] => return Some(start + 2),
+            _ if starts_with_ignore_case(line, b"content-length")
+                || starts_with_ignore_case(line, b"transfer-encoding") =>
+            {
+                return None;
+            }
+            _ => start = line_ends.next()? + 1,
+        }
+    }
+}
+
+fn starts_with_ignore_case(bytes: &[u8], prefix: &[u8]) -> bool {
+    bytes
+        .get(..prefix.len())
+        .is_some_and(|b| b.eq_ignore_ascii_case(prefix))
 }
 
 fn framing(bytes: &[u8]) -> Framing {
@@ -360,15 +407,22 @@ impl<T: AsyncRead + Unpin> AsyncRead for TimedIo<T> {
                 let sleep = this
                     .sleep
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                if sleep.deadline() != deadline {
+                // On a busy connection the idle deadline moves later with every request: the timer is only
+                // moved earlier here, and when it fires before the current deadline it is re-armed then.
+                if deadline < sleep.deadline() {
                     sleep.as_mut().reset(deadline);
                 }
-                match sleep.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        ReadTimeout { header },
-                    ))),
-                    Poll::Pending => Poll::Pending,
+                loop {
+                    if sleep.as_mut().poll(cx).is_pending() {
+                        return Poll::Pending;
+                    }
+                    if Instant::now() >= deadline {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            ReadTimeout { header },
+                        )));
+                    }
+                    sleep.as_mut().reset(deadline);
                 }
             }
         }
@@ -402,5 +456,78 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn parsed(bytes: &[u8]) -> Option<(usize, Option<u64>)> {
+        match framing(bytes) {
+            Framing::Complete { len, body } => Some((
+                len,
+                match body {
+                    BodyFraming::Length(n) => Some(n),
+                    _ => None,
+                },
+            )),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn plain_heads_are_found_without_a_parse() {
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\nCookie: c=1\r\nTE: trailers\r\n\r\nGET";
+        assert_eq!(plain_head(head), Some(head.len() - 3));
+        assert_eq!(parsed(head), Some((head.len() - 3, Some(0))));
+        assert_eq!(plain_head(b"GET / HTTP/1.1\nHost: a\n\n"), Some(24));
+        for framed in [
+            &b"POST / HTTP/1.1\r\nHost: a\r\ncontent-LENGTH: 3\r\n\r\nabc"[..],
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\n",
+        ] {
+            assert_eq!(plain_head(framed), None);
+        }
+    }
+
+    proptest! {
+        /// Whatever the bytes, a head the quick scan calls plain is one the full parse finds no body in (or
+        /// one hyper refuses anyway).
+        #[test]
+        fn quick_scan_agrees_with_the_parser(
+            lines in proptest::collection::vec(
+                prop_oneof![
+                    Just("Host: a".to_string()),
+                    Just("Content-Length: 5".to_string()),
+                    Just("transfer-encoding: chunked".to_string()),
+                    Just(" folded".to_string()),
+                    Just("".to_string()),
+                    "[ -~]{0,12}",
+                ],
+                0..6,
+            ),
+            ending in prop_oneof![Just("\r\n"), Just("\n")],
+            tail in proptest::collection::vec(any::<u8>(), 0..8),
+        ) {
+            let mut bytes = b"GET /x HTTP/1.1".to_vec();
+            for line in &lines {
+                bytes.extend_from_slice(ending.as_bytes());
+                bytes.extend_from_slice(line.as_bytes());
+            }
+            bytes.extend_from_slice(ending.as_bytes());
+            bytes.extend_from_slice(ending.as_bytes());
+            bytes.extend_from_slice(&tail);
+            if let Some(len) = plain_head(&bytes) {
+                match parsed(&bytes) {
+                    Some((parsed_len, body)) => {
+                        prop_assert_eq!(parsed_len, len);
+                        prop_assert_eq!(body, Some(0));
+                    }
+                    None => prop_assert!(matches!(framing(&bytes), Framing::NotHttp1)),
+                }
+            }
+        }
     }
 }

@@ -28,5 +28,6 @@ pub mod reload;
 pub mod router;
 pub mod select;
 pub mod server;
+pub mod socket;
 pub mod tls;
 pub mod upstream;

@@ -29,6 +29,7 @@ use crate::metrics::Metrics;
 use crate::proxy::{ConnInfo, Proxy, ProxyBody};
 use crate::reload::{Command, ReloadOutcome, Supervisor, Trigger};
 use crate::router::Snapshot;
+use crate::socket::Tcp;
 use crate::tls::ListenerTls;
 
 /// What the data path and the control plane share.
@@ -469,6 +470,7 @@ where
         let mode = self.mode.load_full();
         let info = ConnInfo {
             peer,
+            peer_value: crate::proxy::headers::peer_value(peer.ip()),
             https: matches!(*mode, ListenerMode::Tls(_)),
             redirect_https: matches!(*mode, ListenerMode::Redirect),
         };
@@ -491,7 +493,7 @@ where
                     None
                 } else {
                     // Boxed once here: the request's future is a few KiB, and hyper moves it several times.
-                    Some(Box::pin(handler(req, info)))
+                    Some(Box::pin(handler(req, info.clone())))
                 };
                 let clock = Arc::clone(&requests);
                 async move {
@@ -508,7 +510,7 @@ where
             });
             let served = match mode.tls() {
                 None => {
-                    let io = TimedIo::new(tcp, clock);
+                    let io = TimedIo::new(Tcp::new(tcp), clock);
                     serve_http(io, Versions::Any, service, limits.as_ref(), watcher).await
                 }
                 // Boxed: a TLS stream is large, and a plain connection's task should not carry its space.
@@ -549,7 +551,7 @@ where
 {
     let timeout = limits.unwrap_or_default().header_read_timeout;
     let acceptor = TlsAcceptor::from(Arc::clone(&tls.server_config));
-    let failure = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+    let failure = match tokio::time::timeout(timeout, acceptor.accept(Tcp::new(tcp))).await {
         Ok(Ok(stream)) => {
             let versions = match stream.get_ref().1.alpn_protocol() {
                 Some(b"h2") => Versions::Http2,

@@ -28,6 +28,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 use crate::config::Protocol;
+use crate::socket::Tcp;
 use crate::tls::UpstreamTlsSettings;
 
 /// Idle connections kept per backend; more are closed when their response ends.
@@ -125,15 +126,19 @@ impl Sender {
         }
     }
 
-    /// Sends a request; a request that was never written comes back inside the error.
+    /// Sends a request; a request that was never written comes back with the error.
     pub async fn try_send(
         &mut self,
-        req: Request<RequestBody>,
-    ) -> Result<http::Response<Incoming>, TrySendError<Request<RequestBody>>> {
-        match self {
-            Self::H1(s) => s.try_send_request(req).await,
-            Self::H2(s) => s.try_send_request(req).await,
-        }
+        req: Outgoing,
+    ) -> Result<http::Response<Incoming>, (hyper::Error, Option<Outgoing>)> {
+        let sent = match self {
+            Self::H1(s) => s.try_send_request(*req).await,
+            Self::H2(s) => s.try_send_request(*req).await,
+        };
+        sent.map_err(|mut e: TrySendError<Request<RequestBody>>| {
+            let back = e.take_message().map(Box::new);
+            (e.into_error(), back)
+        })
     }
 }
 
@@ -258,7 +263,7 @@ impl ConnectionPool {
     }
 
     /// The most recently used idle connection that is still open and ready, if any.
-    pub fn checkout(&self) -> Option<Sender> {
+    pub fn checkout(&self, now: Instant) -> Option<Sender> {
         let mut idle = self.idle().lock().unwrap_or_else(|p| p.into_inner());
         if self.kind.protocol.is_http2() {
             while let Some(c) = idle.last() {
@@ -272,7 +277,7 @@ impl ConnectionPool {
             return None;
         }
         while let Some(c) = idle.pop() {
-            if c.sender.usable() && c.since.elapsed() < IDLE_TIMEOUT {
+            if c.sender.usable() && now.saturating_duration_since(c.since) < IDLE_TIMEOUT {
                 return Some(c.sender);
             }
         }
@@ -280,16 +285,13 @@ impl ConnectionPool {
     }
 
     /// Returns a connection whose response has ended.
-    pub fn checkin(&self, sender: Sender) {
+    pub fn checkin(&self, sender: Sender, now: Instant) {
         if sender.is_closed() || matches!(sender, Sender::H2(_)) {
             return;
         }
         let mut idle = self.idle().lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE {
-            idle.push(Idle {
-                sender,
-                since: Instant::now(),
-            });
+            idle.push(Idle { sender, since: now });
         }
     }
 
@@ -324,14 +326,14 @@ impl ConnectionPool {
             };
             let _ = tcp.set_nodelay(true);
             if !self.kind.protocol.is_tls() {
-                return handshake(tcp, self.kind.protocol).await;
+                return handshake(Tcp::new(tcp), self.kind.protocol).await;
             }
             let (Some(connector), Some(name)) = (&self.kind.connector, &self.server_name) else {
                 return Err(io::Error::other(
                     "no TLS client settings for this pool (see the error logged at load)",
                 ));
             };
-            let tls = connector.connect(name.clone(), tcp).await?;
+            let tls = connector.connect(name.clone(), Tcp::new(tcp)).await?;
             handshake(tls, self.kind.protocol).await
         };
         match tokio::time::timeout(timeout, connecting).await {
@@ -381,23 +383,26 @@ where
     }
 }
 
+/// A request on its way to a backend. Boxed: it passes through several nested futures (retries, timeout,
+/// pool, connection) and stays one pointer in each instead of a few hundred bytes moved with every one.
+pub type Outgoing = Box<Request<RequestBody>>;
+
 /// Sends `req` on a pooled connection, or on a new one when none is idle (or the idle ones turn out closed).
 ///
 /// Errors: `Err((error, Some(req)))` when the request was never sent (a connect failure), `Err((error, None))`
 /// once it was.
 pub async fn send(
     pool: &ConnectionPool,
-    mut req: Request<RequestBody>,
+    mut req: Outgoing,
+    now: Instant,
     connect_timeout: Duration,
 ) -> Result<(http::Response<Incoming>, Sender), SendError> {
-    while let Some(mut sender) = pool.checkout() {
+    while let Some(mut sender) = pool.checkout(now) {
         match sender.try_send(req).await {
             Ok(resp) => return Ok((resp, sender)),
-            Err(mut e) => match e.take_message() {
-                // Closed before the request was written: take it back and try the next connection.
-                Some(back) => req = back,
-                None => return Err(SendError::Sent(e.into_error())),
-            },
+            // Closed before the request was written: take it back and try the next connection.
+            Err((_, Some(back))) => req = back,
+            Err((e, None)) => return Err(SendError::Sent(e)),
         }
     }
     // Connecting is the rare path and its future is large (TCP, TLS, HTTP/1 or HTTP/2 handshakes): boxed, so
@@ -407,7 +412,7 @@ pub async fn send(
             return pool.connect(connect_timeout).await;
         }
         let _one_at_a_time = pool.connecting.lock().await;
-        match pool.checkout() {
+        match pool.checkout(now) {
             Some(shared) => Ok(shared),
             None => pool.connect(connect_timeout).await,
         }
@@ -415,26 +420,24 @@ pub async fn send(
     .await;
     let mut sender = match connected {
         Ok(s) => s,
-        Err(e) => return Err(SendError::Connect(e, Box::new(req))),
+        Err(e) => return Err(SendError::Connect(e, req)),
     };
     match sender.try_send(req).await {
         Ok(resp) => Ok((resp, sender)),
-        Err(mut e) => match e.take_message() {
-            Some(back) => Err(SendError::Connect(
-                io::Error::new(
-                    io::ErrorKind::ConnectionAborted,
-                    "connection closed before the request was sent",
-                ),
-                Box::new(back),
-            )),
-            None => Err(SendError::Sent(e.into_error())),
-        },
+        Err((_, Some(back))) => Err(SendError::Connect(
+            io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "connection closed before the request was sent",
+            ),
+            back,
+        )),
+        Err((e, None)) => Err(SendError::Sent(e)),
     }
 }
 
 pub enum SendError {
     /// Nothing was sent; the request comes back.
-    Connect(io::Error, Box<Request<RequestBody>>),
+    Connect(io::Error, Outgoing),
     /// The request was (at least partly) sent, then the exchange failed.
     Sent(hyper::Error),
 }

@@ -22,7 +22,8 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let host = map.get("host").cloned();
     let trusted = data.first().is_some_and(|b| b % 2 == 0);
     headers::strip_hop_by_hop(&mut map);
-    headers::add_forwarded(&mut map, [192, 0, 2, 1].into(), "http", host, trusted);
+    let peer = headers::peer_value([192, 0, 2, 1].into());
+    headers::add_forwarded(&mut map, &peer, "http", host, trusted);
     for name in [
         "connection",
         "keep-alive",

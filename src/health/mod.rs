@@ -160,9 +160,9 @@ async fn check_once(backend: &Backend, kind: &CheckKind, timeout: Duration) -> R
         .body(RequestBody::Empty)
         .map_err(|e| format!("request: {e}"))?;
     let status = sender
-        .try_send(req)
+        .try_send(Box::new(req))
         .await
-        .map_err(|e| format!("request: {}", e.into_error()))?
+        .map_err(|(e, _)| format!("request: {e}"))?
         .status();
     if expected.contains(status) {
         Ok(())

@@ -73,14 +73,15 @@ pub struct Completion {
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
         let backend = self.done.in_flight.backend();
-        let elapsed = self.done.started.elapsed();
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(self.done.started);
         backend.metrics.duration.observe(elapsed.as_secs_f64());
         if let Some(log) = self.done.log.take() {
             log.finish(elapsed, self.bytes_out);
         }
         if self.ended || self.body.is_end_stream() {
             if let Some(sender) = self.done.connection.take() {
-                backend.connections.checkin(sender);
+                backend.connections.checkin(sender, now);
             }
         }
     }

@@ -6,7 +6,7 @@ use http::HeaderMap;
 use http::header::{self, HeaderName, HeaderValue};
 
 /// Headers that describe one connection, never the message (RFC 9110 §7.6.1), plus the legacy ones.
-const HOP_BY_HOP: [HeaderName; 7] = [
+static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -22,30 +22,59 @@ pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-h
 
 /// Removes the hop-by-hop headers and every header that `Connection` names; `TE: trailers` stays (gRPC needs
 /// it, and HTTP/2 allows it).
+///
+/// Runs twice per request: one pass over the names finds what is there, so a message without hop-by-hop
+/// headers costs no lookups, and nothing allocates.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let mut present = [false; 7];
+    let mut any = false;
+    for name in headers.keys() {
+        if let Some(i) = hop_by_hop_index(name) {
+            present[i] = true;
+            any = true;
+        }
+    }
+    if !any {
+        return;
+    }
     let te_trailers = headers.get(header::TE).is_some_and(|v| {
         v.to_str().is_ok_and(|v| {
             v.split(',')
                 .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
         })
     });
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
+    if present[0] {
+        let mut values = headers.get_all(header::CONNECTION).iter();
+        let first = values.next().cloned();
+        let more: Vec<HeaderValue> = values.cloned().collect();
+        for value in first.iter().chain(&more) {
+            for token in value.to_str().unwrap_or("").split(',') {
+                headers.remove(token.trim());
+            }
+        }
+    }
+    for (name, here) in HOP_BY_HOP.iter().zip(present) {
+        if here {
             headers.remove(name);
         }
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
-    }
     if te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// The position of `name` in [`HOP_BY_HOP`]: a match on the name's text, which dispatches on its length first
+/// (far cheaper than comparing it with each of the seven).
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    match name.as_str() {
+        "connection" => Some(0),
+        "keep-alive" => Some(1),
+        "proxy-connection" => Some(2),
+        "te" => Some(3),
+        "trailer" => Some(4),
+        "transfer-encoding" => Some(5),
+        "upgrade" => Some(6),
+        _ => None,
     }
 }
 
@@ -69,22 +98,24 @@ pub static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 /// dropped, and `X-Forwarded-Proto` and `X-Forwarded-Host` describe this hop.
 pub fn add_forwarded(
     headers: &mut HeaderMap,
-    peer: IpAddr,
+    peer: &HeaderValue,
     proto: &'static str,
     host: Option<HeaderValue>,
     trusted: bool,
 ) {
-    let peer = canonical(peer);
     let previous = if trusted {
         join_values(headers, &X_FORWARDED_FOR)
     } else {
         None
     };
     let value = match previous {
-        Some(previous) => format!("{previous}, {peer}"),
-        None => peer.to_string(),
+        Some(previous) => {
+            let peer = peer.to_str().unwrap_or("");
+            HeaderValue::from_str(&format!("{previous}, {peer}")).ok()
+        }
+        None => Some(peer.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&value) {
+    if let Some(v) = value {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     if trusted {
@@ -102,6 +133,12 @@ pub fn add_forwarded(
             None => headers.remove(&X_FORWARDED_HOST),
         };
     }
+}
+
+/// The peer's address as an `X-Forwarded-For` value, made once per connection.
+pub fn peer_value(peer: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&canonical(peer).to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// An IPv4 peer on a dual-stack socket shows as `::ffff:a.b.c.d`; log and forward it as `a.b.c.d`.
@@ -152,6 +189,39 @@ mod tests {
     }
 
     #[test]
+    fn every_connection_value_counts_and_plain_messages_stay() {
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("close"));
+        h.append(header::CONNECTION, HeaderValue::from_static("X-A, , x-b"));
+        h.insert("x-a", HeaderValue::from_static("1"));
+        h.insert("x-b", HeaderValue::from_static("1"));
+        h.insert("x-c", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().collect::<Vec<_>>(), ["x-c"]);
+
+        let mut plain = HeaderMap::new();
+        plain.insert(header::HOST, HeaderValue::from_static("a.b"));
+        plain.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        let before = plain.clone();
+        strip_hop_by_hop(&mut plain);
+        assert_eq!(plain, before);
+    }
+
+    #[test]
+    fn hop_by_hop_names_are_found_by_text() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name), Some(i));
+        }
+        assert_eq!(hop_by_hop_index(&header::CONTENT_LENGTH), None);
+    }
+
+    #[test]
+    fn peer_values_are_canonical() {
+        assert_eq!(peer_value("::ffff:10.1.2.3".parse().unwrap()), "10.1.2.3");
+        assert_eq!(peer_value("2001:db8::1".parse().unwrap()), "2001:db8::1");
+    }
+
+    #[test]
     fn te_trailers_stays_for_grpc() {
         let mut h = HeaderMap::new();
         h.insert(header::TE, HeaderValue::from_static("gzip, Trailers"));
@@ -166,7 +236,7 @@ mod tests {
         h.append(&X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2"));
         add_forwarded(
             &mut h,
-            "10.0.0.1".parse().unwrap(),
+            &peer_value("10.0.0.1".parse().unwrap()),
             "http",
             Some(HeaderValue::from_static("a.b")),
             true,
@@ -183,7 +253,13 @@ mod tests {
         h.append(&X_FORWARDED_HOST, HeaderValue::from_static("evil.example"));
         h.append(&FORWARDED, HeaderValue::from_static("for=1.1.1.1"));
         let host = Some(HeaderValue::from_static("a.b"));
-        add_forwarded(&mut h, "10.0.0.1".parse().unwrap(), "http", host, false);
+        add_forwarded(
+            &mut h,
+            &peer_value("10.0.0.1".parse().unwrap()),
+            "http",
+            host,
+            false,
+        );
         assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.1");
         assert_eq!(h[&X_FORWARDED_PROTO], "http");
         assert_eq!(h[&X_FORWARDED_HOST], "a.b");
