@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""A/B of switchyard builds: the same two NGINX upstreams (CPU 1), each build in turn with `--workers 1` on CPU 0,
+`wrk -t1 -c50` on CPU 1, rounds alternating in order; prints req/s and requests per proxy CPU-second, and each
+build's ratio to the first (paired by round, median). `haproxy` may be given as a build, as a yardstick.
+
+Usage: python3 benches/ab.py BINARY_A BINARY_B [haproxy]    (env: DUR seconds per run, default 6; ROUNDS, default 4)
+Needs nginx, haproxy and wrk. Traffic stays on 127.0.0.1 (ports 18080-18089); everything started is stopped.
+"""
+import os, subprocess, sys, time, re, signal, statistics, socket, tempfile
+D = tempfile.mkdtemp(prefix="switchyard-ab-")
+B1, B2, P, A = 18081, 18082, 18080, 18089
+def nginx_conf():
+    body = "".join(f"""server {{ listen 127.0.0.1:{p} backlog=4096; default_type text/plain; add_header X-Backend {p}; location / {{ return 200 "ok\\n"; }} }}\n""" for p in (B1, B2))
+    t = f"""worker_processes 1; daemon off; master_process on; pid {D}/ng.pid; error_log {D}/ng.err warn; worker_rlimit_nofile 16384;
+events {{ worker_connections 8192; multi_accept on; }}
+http {{ access_log off; client_body_temp_path {D}/b; proxy_temp_path {D}/p; fastcgi_temp_path {D}/f; uwsgi_temp_path {D}/u; scgi_temp_path {D}/s; keepalive_requests 1000000; keepalive_timeout 65s; {body} }}"""
+    open(f"{D}/ng.conf", "w").write(t)
+SY = f"""[[listeners]]
+address = "127.0.0.1:{P}"
+[admin]
+address = "127.0.0.1:{A}"
+[[routes]]
+path_prefix = "/"
+pool = "bench"
+[pools.bench]
+algorithm = "round_robin"
+backends = [ {{ address = "127.0.0.1:{B1}" }}, {{ address = "127.0.0.1:{B2}" }} ]
+"""
+HA = f"""global
+    nbthread 1
+    maxconn 8192
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    timeout http-keep-alive 30s
+frontend fe
+    bind 127.0.0.1:{P}
+    default_backend be
+backend be
+    balance roundrobin
+    server s1 127.0.0.1:{B1}
+    server s2 127.0.0.1:{B2}
+"""
+def cpu(pid):
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+def wait_port(p):
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", p), 0.2).close(); return
+        except OSError: time.sleep(0.05)
+    raise SystemExit(f"port {p} not up")
+def main():
+    dur = int(os.environ.get("DUR", "6")); rounds = int(os.environ.get("ROUNDS", "4"))
+    variants = sys.argv[1:]
+    open(f"{D}/sy.toml", "w").write(SY); open(f"{D}/ha.cfg", "w").write(HA); nginx_conf()
+    ng = subprocess.Popen(["taskset", "-c", "1", "nginx", "-p", D + "/", "-e", f"{D}/ng.early", "-c", f"{D}/ng.conf"])
+    wait_port(B1)
+    res = {v: [] for v in variants}
+    try:
+        for r in range(rounds):
+            order = variants if r % 2 == 0 else variants[::-1]
+            for v in order:
+                argv = ["haproxy", "-f", f"{D}/ha.cfg"] if v == "haproxy" else [v, "run", "--config", f"{D}/sy.toml", "--workers", "1"]
+                p = subprocess.Popen(["taskset", "-c", "0"] + argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                wait_port(P); time.sleep(0.5)
+                subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c50", "-d2s", f"http://127.0.0.1:{P}/"], capture_output=True)
+                c0 = cpu(p.pid)
+                out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c50", f"-d{dur}s", f"http://127.0.0.1:{P}/"], capture_output=True, text=True).stdout
+                c1 = cpu(p.pid)
+                n = int(re.search(r"(\d+) requests in", out).group(1))
+                rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+                res[v].append((rps, n / (c1 - c0)))
+                p.send_signal(signal.SIGTERM if v != "haproxy" else signal.SIGUSR1); 
+                try: p.wait(10)
+                except subprocess.TimeoutExpired: p.kill(); p.wait()
+                time.sleep(0.5)
+                print(f"r{r} {os.path.basename(v):16s} {rps:9.0f} req/s {n/(c1-c0):9.0f} req/CPU-s", flush=True)
+    finally:
+        ng.send_signal(signal.SIGQUIT); ng.wait()
+    base = variants[0]
+    for v in variants:
+        rr = [a[0] / b[0] for a, b in zip(res[v], res[base])]; cc = [a[1] / b[1] for a, b in zip(res[v], res[base])]
+        print(f"{os.path.basename(v):16s} rps med {statistics.median(x[0] for x in res[v]):8.0f}  per-CPU med {statistics.median(x[1] for x in res[v]):8.0f}   vs {os.path.basename(base)}: rps {statistics.median(rr):.3f}x per-CPU {statistics.median(cc):.3f}x")
+main()
