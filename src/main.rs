@@ -162,11 +162,7 @@ fn run(
     // Every runtime is a current-thread one, without a multi-thread scheduler's synchronization: one worker
     // serves everything on this thread; with more, this thread keeps the control plane and each worker thread
     // accepts and serves client connections on its own runtime.
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .event_interval(EVENT_INTERVAL)
-        .build()
-    {
+    let runtime = match current_thread_runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("switchyard: cannot start the runtime: {e}");
@@ -233,6 +229,14 @@ fn run(
 /// at once.
 const EVENT_INTERVAL: u32 = 256;
 
+/// One current-thread runtime (the main one, or a worker's).
+fn current_thread_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .event_interval(EVENT_INTERVAL)
+        .build()
+}
+
 /// Starts `n` threads, each running a current-thread runtime until the process ends; returns their handles.
 fn start_workers(n: usize) -> std::io::Result<Vec<tokio::runtime::Handle>> {
     switchyard::upstream::set_runtime_count(n + 1);
@@ -243,11 +247,7 @@ fn start_workers(n: usize) -> std::io::Result<Vec<tokio::runtime::Handle>> {
             .name(format!("switchyard-worker-{i}"))
             .spawn(move || {
                 switchyard::upstream::set_runtime_index(i);
-                match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .event_interval(EVENT_INTERVAL)
-                    .build()
-                {
+                match current_thread_runtime() {
                     Ok(rt) => {
                         let _ = tx.send(Ok(rt.handle().clone()));
                         rt.block_on(std::future::pending::<()>());

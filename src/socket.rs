@@ -21,10 +21,6 @@ impl Tcp {
         Self(stream)
     }
 
-    pub fn get_ref(&self) -> &TcpStream {
-        &self.0
-    }
-
     fn poll_send<R>(
         &self,
         cx: &mut Context<'_>,
