@@ -10,7 +10,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_resolver::TokioResolver;
+use hickory_resolver::proto::ProtoErrorKind;
+use hickory_resolver::proto::op::ResponseCode;
+use hickory_resolver::{ResolveError, TokioResolver};
 use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::proto::rr::{RData, RecordType};
@@ -37,10 +39,25 @@ pub struct Found {
 #[derive(Debug, Clone)]
 pub enum Answer {
     Found(Vec<Found>),
-    /// NXDOMAIN, or the name exists without records of the type asked.
+    /// NXDOMAIN, or NOERROR without records of the type asked: the name really has no backends.
     Empty,
-    /// Timeout, SERVFAIL, refused, no server reachable: says nothing about the backends.
+    /// Timeout, SERVFAIL, REFUSED, no server reachable, anything else: says nothing about the backends.
     Failed(String),
+}
+
+/// Does this error say the name has no records (NXDOMAIN, or NOERROR with an empty answer)? hickory reports
+/// SERVFAIL, REFUSED and the like as "no records found" too, with their response code: those are failures of
+/// the server, not answers about the name.
+fn no_such_records(error: &ResolveError) -> bool {
+    error.proto().is_some_and(|p| {
+        matches!(
+            p.kind(),
+            ProtoErrorKind::NoRecordsFound {
+                response_code: ResponseCode::NXDomain | ResponseCode::NoError,
+                ..
+            }
+        )
+    })
 }
 
 impl Answer {
@@ -109,7 +126,10 @@ pub async fn lookup(
                     // them (hickory keeps them), else one more lookup.
                     let ips: Vec<IpAddr> = match resolver.lookup_ip(target.as_str()).await {
                         Ok(ips) => ips.iter().collect(),
-                        Err(_) => Vec::new(),
+                        // A target without addresses adds no backend; a target whose lookup failed makes
+                        // the whole answer a failure (what is known is kept), never a smaller set.
+                        Err(e) if no_such_records(&e) => Vec::new(),
+                        Err(e) => return (Answer::Failed(describe(&e)), None),
                     };
                     for ip in ips {
                         found.push(Found {
@@ -129,8 +149,25 @@ pub async fn lookup(
     match result {
         Ok((found, _)) if found.is_empty() => (Answer::Empty, None),
         Ok((found, ttl)) => (Answer::Found(found), Some(ttl)),
-        Err(e) if e.is_nx_domain() || e.is_no_records_found() => (Answer::Empty, None),
-        Err(e) => (Answer::Failed(e.to_string()), None),
+        Err(e) if no_such_records(&e) => (Answer::Empty, None),
+        Err(e) => (Answer::Failed(describe(&e)), None),
+    }
+}
+
+/// A failed lookup in words an operator can act on ("answered SERVFAIL", not hickory's "no records found").
+fn describe(error: &ResolveError) -> String {
+    match error.proto().map(|p| p.kind()) {
+        Some(ProtoErrorKind::NoRecordsFound {
+            response_code,
+            query,
+            ..
+        }) => format!(
+            "the DNS server answered {response_code:?} ({}) to {} {}",
+            response_code.to_str(),
+            query.name(),
+            query.query_type()
+        ),
+        _ => error.to_string(),
     }
 }
 

@@ -101,6 +101,9 @@ pub(crate) struct Supervisor {
     path: Option<PathBuf>,
     /// The text of the last config applied, to ignore file events that change nothing.
     applied_text: Option<String>,
+    /// The last reload (or the start) succeeded. After a failure, the next valid file is applied and counted
+    /// even when its text is the one running (an operator putting the good file back).
+    last_reload_ok: bool,
     listeners: Vec<ListenerTask>,
     admin: Option<ListenerTask>,
     health: HashMap<(String, String), HealthTask>,
@@ -127,6 +130,7 @@ impl Supervisor {
             proxy,
             path,
             applied_text,
+            last_reload_ok: true,
             listeners,
             admin: Some(admin),
             health: HashMap::new(),
@@ -240,12 +244,17 @@ impl Supervisor {
             discovery::Answer::Failed(error) => {
                 if !d.failing {
                     tracing::warn!(pool, name = %name, %error,
-                        "DNS lookup failed; keeping the last known backends");
+                        "DNS lookup failed; keeping the last known backends until it answers again");
                 }
                 d.failing = true;
+                // A failure says nothing about the name: "no records" must come again in a row.
+                d.empty_streak = 0;
                 return;
             }
             discovery::Answer::Empty => {
+                if d.failing {
+                    tracing::info!(pool, name = %name, "DNS discovery answers again");
+                }
                 d.failing = false;
                 d.empty_streak += 1;
                 if d.empty_streak < discovery::EMPTY_STREAK || d.known.is_empty() {
@@ -412,7 +421,8 @@ impl Supervisor {
                 return self.failed(error);
             }
         };
-        if trigger == Trigger::FileChange && self.applied_text.as_deref() == Some(text.as_str()) {
+        let unchanged = self.applied_text.as_deref() == Some(text.as_str());
+        if trigger == Trigger::FileChange && unchanged && self.last_reload_ok {
             // Not the config: maybe a certificate or key.
             self.reload_certificates();
             return Ok(ReloadOutcome::default());
@@ -424,9 +434,11 @@ impl Supervisor {
         match self.apply(config).await {
             Ok(outcome) => {
                 self.applied_text = Some(text);
+                self.last_reload_ok = true;
                 self.shared.metrics.reload_result(true);
                 tracing::info!(
                     ?trigger,
+                    changed = !unchanged,
                     added = ?outcome.backends_added,
                     removed = ?outcome.backends_removed,
                     listeners_added = ?outcome.listeners_added,
@@ -442,7 +454,8 @@ impl Supervisor {
         }
     }
 
-    fn failed(&self, error: String) -> Result<ReloadOutcome, String> {
+    fn failed(&mut self, error: String) -> Result<ReloadOutcome, String> {
+        self.last_reload_ok = false;
         self.shared.metrics.reload_result(false);
         tracing::error!("config reload failed; still serving the previous config:\n{error}");
         Err(error)

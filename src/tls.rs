@@ -226,6 +226,9 @@ pub struct ListenerTls {
 
 struct Loaded {
     raw: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The last re-read failed: the next one that loads counts as a reload even if the files are as before
+    /// (an operator putting the good files back).
+    failed: bool,
     /// The `name` label and expiry of each certificate.
     names: Vec<(String, f64)>,
 }
@@ -267,6 +270,7 @@ impl ListenerTls {
             server_config: Arc::new(config),
             loaded: std::sync::Mutex::new(Loaded {
                 raw: Vec::new(),
+                failed: false,
                 names: Vec::new(),
             }),
         };
@@ -289,6 +293,7 @@ impl ListenerTls {
             state.names.push((cert.label(paths), expiry));
         }
         state.raw = loaded.iter().map(|c| c.raw.clone()).collect();
+        state.failed = false;
         drop(state);
         self.export(metrics);
     }
@@ -311,6 +316,7 @@ impl ListenerTls {
         let loaded = match result {
             Ok(l) => l,
             Err(e) => {
+                self.loaded.lock().unwrap_or_else(|p| p.into_inner()).failed = true;
                 metrics
                     .tls_certificate_reloads_total
                     .with_label_values(&["error"])
@@ -321,15 +327,25 @@ impl ListenerTls {
             }
         };
         {
-            let state = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
-            if state.raw.len() == loaded.len()
+            let mut state = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+            let same = state.raw.len() == loaded.len()
                 && state
                     .raw
                     .iter()
                     .zip(&loaded)
-                    .all(|(old, new)| *old == new.raw)
-            {
-                return None;
+                    .all(|(old, new)| *old == new.raw);
+            if same {
+                if !std::mem::take(&mut state.failed) {
+                    return None;
+                }
+                drop(state);
+                metrics
+                    .tls_certificate_reloads_total
+                    .with_label_values(&["success"])
+                    .inc();
+                tracing::info!(listener = %self.label,
+                    "certificates load again after a failed reload; unchanged, still serving them");
+                return Some(Ok(()));
             }
         }
         let set = CertSet::new(&loaded)?;

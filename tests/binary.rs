@@ -13,104 +13,6 @@ use http_body_util::BodyExt;
 
 use common::*;
 
-struct Proc(Child, Option<std::path::PathBuf>);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-        // No log line of any run may say a thread panicked.
-        if let Some(log) = &self.1 {
-            let text = std::fs::read_to_string(log).unwrap_or_default();
-            if text.contains("panicked") && !std::thread::panicking() {
-                panic!("switchyard panicked:\n{text}");
-            }
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill")
-        .args([&format!("-{sig}"), &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill -{sig} failed");
-}
-
-/// Starts `switchyard run` on the config `make(port, admin)` and waits until its admin `/healthz` answers.
-/// Free ports are found by binding port 0 and closing it, which another process may take in between: a start
-/// that fails is tried again with new ports.
-async fn spawn_with(
-    dir: &std::path::Path,
-    make: impl Fn(u16, u16) -> String,
-    stderr: impl Fn() -> Stdio,
-) -> (Proc, u16, u16) {
-    for _ in 0..5 {
-        let (port, admin) = (free_port(), free_port());
-        if port == admin {
-            continue;
-        }
-        let path = dir.join("switchyard.toml");
-        std::fs::write(&path, make(port, admin)).unwrap();
-        let mut child = Proc(
-            Command::new(env!("CARGO_BIN_EXE_switchyard"))
-                .args(["run", "--config", path.to_str().unwrap(), "--workers", "2"])
-                .stdout(Stdio::null())
-                .stderr(stderr())
-                .spawn()
-                .unwrap(),
-            None,
-        );
-        let admin_addr: SocketAddr = ([127, 0, 0, 1], admin).into();
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some((status, _)) = try_get(admin_addr, "/healthz").await {
-                if status == 200 {
-                    return (child, port, admin);
-                }
-            }
-            if matches!(child.0.try_wait(), Ok(Some(_))) || std::time::Instant::now() > deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-    panic!("switchyard did not come up");
-}
-
-async fn spawn(dir: &std::path::Path, make: impl Fn(u16, u16) -> String) -> (Proc, u16, u16) {
-    let log = dir.join("stderr.log");
-    let (mut proc, port, admin) = spawn_with(dir, make, || {
-        Stdio::from(std::fs::File::create(&log).unwrap())
-    })
-    .await;
-    proc.1 = Some(log);
-    (proc, port, admin)
-}
-
-fn config_for(port: u16, admin: u16, backend: SocketAddr) -> String {
-    format!(
-        r#"
-[[listeners]]
-address = "127.0.0.1:{port}"
-[admin]
-address = "127.0.0.1:{admin}"
-[[routes]]
-pool = "p"
-[pools.p]
-backends = [{{ address = "{backend}" }}]
-"#
-    )
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_the_request_in_flight_finish_then_exits_zero() {
@@ -487,14 +389,6 @@ async fn shutdown_closes_idle_connections_at_once_and_a_second_signal_exits_now(
     assert_eq!(proc.0.try_wait().unwrap().and_then(|s| s.code()), Some(1));
 }
 
-async fn reload_count(admin: u16, result: &str) -> f64 {
-    let (_, _, text) = get(([127, 0, 0, 1], admin).into(), "/metrics", None).await;
-    metric(
-        &text,
-        &format!("switchyard_config_reloads_total{{result=\"{result}\"}}"),
-    )
-    .unwrap_or(0.0)
-}
 
 /// The zero-downtime upgrade: a second switchyard starts on the same addresses (`reuse_port`) while the first
 /// serves, the first gets SIGTERM and drains; a client sending requests all along sees only 200s.

@@ -24,6 +24,8 @@ struct Zone {
     a: HashMap<String, Vec<Ipv4Addr>>,
     /// (weight, port, target)
     srv: HashMap<String, Vec<(u16, u16, String)>>,
+    /// Answer every query with this code and no records (SERVFAIL, REFUSED), as a broken resolver does.
+    failing: Option<ResponseCode>,
 }
 
 struct Dns {
@@ -87,6 +89,13 @@ fn respond(query: &Message, zone: &Zone) -> Message {
         .set_authoritative(true)
         .set_recursion_desired(query.recursion_desired())
         .set_recursion_available(true);
+    if let Some(code) = zone.failing {
+        for q in query.queries() {
+            answer.add_query(q.clone());
+        }
+        answer.set_authoritative(false).set_response_code(code);
+        return answer;
+    }
     let mut known = false;
     for q in query.queries() {
         answer.add_query(q.clone());
@@ -445,4 +454,94 @@ fn validate_checks_discovery_settings() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("resolver.nameservers[0]"), "{e}");
+}
+
+/// A resolver answering SERVFAIL or REFUSED says nothing about the name: the pool keeps its discovered backends
+/// however long it lasts (well past the three lookups that empty it on NXDOMAIN), counts each lookup as a
+/// failure, and logs once when failing starts and once when it ends. Through the real binary, for A and SRV.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servfail_and_refused_keep_the_discovered_backends() {
+    let dns = Dns::start().await;
+    let from_dns = named_backend("dns", Duration::ZERO).await;
+    dns.set(|z| {
+        z.a.insert("web.test".into(), vec![Ipv4Addr::LOCALHOST]);
+        z.a.insert("node.test".into(), vec![Ipv4Addr::LOCALHOST]);
+        z.srv.insert(
+            "_http._tcp.api.test".into(),
+            vec![(1, from_dns.port(), "node.test".into())],
+        );
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let (_proc, port, admin) = spawn(dir.path(), |port, admin| {
+        format!(
+            "[[listeners]]\naddress = \"127.0.0.1:{port}\"\n[admin]\naddress = \"127.0.0.1:{admin}\"\n\
+             [resolver]\nnameservers = [\"{}\"]\ntimeout = \"300ms\"\n\
+             [[routes]]\nhost = \"a.test\"\npool = \"a\"\n[[routes]]\nhost = \"srv.test\"\npool = \"srv\"\n\
+             [pools.a]\ndiscovery = {{ type = \"dns\", name = \"web.test\", port = {}, refresh = \"1s\" }}\n\
+             [pools.srv]\ndiscovery = {{ type = \"dns_srv\", name = \"_http._tcp.api.test\", refresh = \"1s\" }}\n",
+            dns.addr,
+            from_dns.port()
+        )
+    })
+    .await;
+    let proxy: SocketAddr = ([127, 0, 0, 1], port).into();
+    let lookups = |pool: &'static str, result: &'static str| async move {
+        metric_at(
+            admin,
+            &format!("switchyard_discovery_lookups_total{{pool=\"{pool}\",result=\"{result}\"}}"),
+        )
+        .await
+    };
+    let served = || async {
+        get(proxy, "/", Some("a.test")).await.0 == 200
+            && get(proxy, "/", Some("srv.test")).await.0 == 200
+    };
+    assert!(
+        eventually(Duration::from_secs(10), served).await,
+        "the discovered backends never served"
+    );
+    for code in [ResponseCode::ServFail, ResponseCode::Refused] {
+        let before = (lookups("a", "failure").await, lookups("srv", "failure").await);
+        dns.set(|z| z.failing = Some(code));
+        // Five failed refreshes in a row for each pool: more than the three that empty a pool on NXDOMAIN.
+        assert!(
+            eventually(Duration::from_secs(20), || async {
+                lookups("a", "failure").await >= before.0 + 5.0
+                    && lookups("srv", "failure").await >= before.1 + 5.0
+            })
+            .await,
+            "{code:?} was not counted as a failed lookup"
+        );
+        assert!(served().await, "{code:?} emptied a discovered pool");
+        assert_eq!(lookups("a", "empty").await, 0.0, "{code:?} taken for 'no records'");
+        assert_eq!(lookups("srv", "empty").await, 0.0, "{code:?} taken for 'no records'");
+        dns.set(|z| z.failing = None);
+        let successes = (lookups("a", "success").await, lookups("srv", "success").await);
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                lookups("a", "success").await > successes.0
+                    && lookups("srv", "success").await > successes.1
+            })
+            .await
+        );
+    }
+    let (_, _, pools) = get(([127, 0, 0, 1], admin).into(), "/api/pools", None).await;
+    let pools: serde_json::Value = serde_json::from_str(&pools).unwrap();
+    for pool in ["a", "srv"] {
+        assert_eq!(
+            pools["pools"][pool]["backends"][0]["address"],
+            from_dns.to_string()
+        );
+    }
+    let log = strip_ansi(&std::fs::read_to_string(dir.path().join("stderr.log")).unwrap());
+    for pool in ["pool=\"a\"", "pool=\"srv\""] {
+        let lines = |what: &str| {
+            log.lines()
+                .filter(|l| l.contains(pool) && l.contains(what))
+                .count()
+        };
+        assert_eq!(lines("DNS lookup failed"), 2, "once per failing episode:\n{log}");
+        assert_eq!(lines("DNS discovery answers again"), 2, "{log}");
+        assert_eq!(lines("no records"), 0, "{log}");
+    }
 }

@@ -103,12 +103,6 @@ impl Pki {
     }
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
 /// `[[listeners]]` with TLS over `certs`, an admin listener, and a pool `p` over `backend`.
 fn tls_config(certs: &[&Issued], backend: SocketAddr, listener_extra: &str) -> String {
     let list: Vec<String> = certs

@@ -53,12 +53,6 @@ async fn reloads(server: &Server, result: &str) -> f64 {
     .unwrap_or(0.0)
 }
 
-fn write_atomically(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rewriting_the_file_in_place_adds_removes_and_reweights() {
     let a = named_backend("a", Duration::ZERO).await;
@@ -603,4 +597,88 @@ async fn changed_settings_apply_and_a_moved_admin_listener_is_refused() {
     let t = std::time::Instant::now();
     assert_eq!(get(server.listen_addrs[0], "/", None).await.0, 504);
     assert!(t.elapsed() < Duration::from_secs(3));
+}
+
+/// Polls a metric of the binary at `admin` until it equals `want`.
+async fn metric_reaches(admin: u16, series: &str, want: f64) -> bool {
+    eventually(DEADLINE, || async { metric_at(admin, series).await == want }).await
+}
+
+/// The operator's undo after a failed reload: the good text written back (identical to what runs) is a
+/// successful reload, by rename and in place, so the reload alert stops firing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn putting_the_good_file_back_after_a_failed_reload_counts_as_a_success() {
+    let a = named_backend("a", Duration::ZERO).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (proc, port, admin) = spawn(dir.path(), |port, admin| config_for(port, admin, a)).await;
+    let path = dir.path().join("switchyard.toml");
+    let good = std::fs::read_to_string(&path).unwrap();
+    let bad = good.replace("[pools.p]\n", "[pools.p]\nalgorithm = \"fastest\"\n");
+    assert_ne!(good, bad);
+    let ok = "switchyard_config_reloads_total{result=\"success\"}";
+    let failed = "switchyard_config_reloads_total{result=\"failure\"}";
+    let gauge = "switchyard_config_last_reload_successful";
+
+    let mut round = 0.0;
+    for write in [
+        |p: &Path, t: &str| write_atomically(p, t),
+        |p: &Path, t: &str| std::fs::write(p, t).unwrap(),
+    ] {
+        round += 1.0;
+        write(&path, &bad);
+        assert!(metric_reaches(admin, failed, round).await, "the bad file was not refused");
+        assert_eq!(metric_at(admin, gauge).await, 0.0);
+        write(&path, &good);
+        assert!(
+            metric_reaches(admin, ok, round).await,
+            "the good text back was not counted as a reload (round {round})"
+        );
+        assert_eq!(metric_at(admin, gauge).await, 1.0);
+        assert_eq!(get(([127, 0, 0, 1], port).into(), "/", None).await.0, 200);
+    }
+    // With the last reload good, an unchanged file is still no reload: a SIGHUP afterwards is the next one.
+    std::fs::write(&path, &good).unwrap();
+    signal(&proc.0, "HUP");
+    assert!(metric_reaches(admin, ok, 3.0).await);
+    assert_eq!(metric_at(admin, failed).await, 2.0);
+    let log = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    let log = strip_ansi(&log);
+    assert!(
+        log.contains("config reloaded") && log.contains("changed=false"),
+        "{log}"
+    );
+}
+
+/// The same for certificates: after a broken certificate file, the good bytes written back count as a
+/// successful certificate reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn putting_a_good_certificate_back_after_a_broken_one_counts_as_a_success() {
+    let a = named_backend("a", Duration::ZERO).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["api.test".to_owned()]).unwrap();
+    let (cert_path, key_path) = (dir.path().join("site.pem"), dir.path().join("site.key"));
+    let good = cert.cert.pem();
+    std::fs::write(&cert_path, &good).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let (_proc, _port, admin) = spawn(dir.path(), |port, admin| {
+        format!(
+            "[[listeners]]\naddress = \"127.0.0.1:{port}\"\n[listeners.tls]\n\
+             certificates = [{{ cert = \"site.pem\", key = \"site.key\" }}]\n\
+             [admin]\naddress = \"127.0.0.1:{admin}\"\n[[routes]]\npool = \"p\"\n[pools.p]\n\
+             backends = [{{ address = \"{a}\" }}]\n"
+        )
+    })
+    .await;
+    let ok = "switchyard_tls_certificate_reloads_total{result=\"success\"}";
+    let failed = "switchyard_tls_certificate_reloads_total{result=\"error\"}";
+    write_atomically(
+        &cert_path,
+        "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
+    );
+    assert!(metric_reaches(admin, failed, 1.0).await, "the broken file was not counted");
+    write_atomically(&cert_path, &good);
+    assert!(
+        metric_reaches(admin, ok, 1.0).await,
+        "the good certificate back was not counted as a reload"
+    );
 }

@@ -23,6 +23,9 @@ use tokio::net::{TcpListener, TcpStream};
 
 use switchyard::server::Server;
 
+mod process;
+pub use process::*;
+
 pub type BoxBody =
     http_body_util::combinators::BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -531,4 +534,29 @@ pub async fn all_down(server: &Server, addrs: &[SocketAddr]) -> bool {
             .all(|a| backend_json(&p, *a)["healthy"] == false)
     })
     .await
+}
+
+/// Replaces a file's content the way editors and deploy tools do: a new file renamed over the old one.
+pub fn write_atomically(path: &std::path::Path, content: impl AsRef<[u8]>) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, content).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// A log text without its terminal colour codes.
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
