@@ -174,6 +174,7 @@ pub fn pools_json(shared: &Shared) -> Value {
                         "draining": b.is_draining(),
                         "healthy": b.is_healthy(),
                         "circuit": state.as_str(),
+                        "circuit_held_closed": b.breaker.is_held_closed(),
                         "active_requests": b.active_requests(),
                         "consecutive_failures": failures,
                         "half_open_at": open_until.map(|u| rfc3339(wall + u.saturating_duration_since(now))),
@@ -188,6 +189,7 @@ pub fn pools_json(shared: &Shared) -> Value {
                     "algorithm": pool.algorithm.as_str(),
                     "health_checks": pool.health_check.is_some(),
                     "panic": pool.in_panic(),
+                    "circuit_breaker_capped": pool.breaker_capped(),
                     "backends": backends,
                 }),
             )

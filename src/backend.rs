@@ -219,17 +219,48 @@ impl Backend {
         admitted
     }
 
-    /// Feeds one attempt's outcome to the circuit breaker.
+    /// Feeds a successful attempt to the circuit breaker.
     #[inline]
-    pub fn record_outcome(&self, ok: bool, what: &dyn std::fmt::Display) {
-        let transition = if ok {
-            self.breaker.on_success()
-        } else {
-            self.breaker.on_failure(Instant::now(), &what.to_string())
-        };
+    pub fn record_success(&self) {
+        if let Some(t) = self.breaker.on_success() {
+            self.on_transition(&t);
+        }
+    }
+
+    /// Feeds a failed attempt to the circuit breaker; the circuit may open only if `may_open()` agrees (asked
+    /// only when this failure reaches the threshold). Returns true when the failure newly held it closed.
+    pub fn record_failure(
+        &self,
+        what: &dyn std::fmt::Display,
+        may_open: impl FnOnce() -> bool,
+    ) -> bool {
+        let what = what.to_string();
+        let (transition, held) = self
+            .breaker
+            .on_failure_capped(Instant::now(), &what, may_open);
         if let Some(t) = transition {
             self.on_transition(&t);
         }
+        if held {
+            tracing::warn!(pool = %self.pool, backend = %self.address, last = %what,
+                "breaker held closed: cap (as many of the pool's circuits as allowed are open already)");
+        }
+        held
+    }
+
+    /// Claims a trial on an open circuit now, without waiting out its open period (the pool has no usable
+    /// backend left otherwise).
+    pub fn admit_early(&self) -> bool {
+        let (admitted, transition) = self.breaker.admit_early();
+        if let Some(t) = transition {
+            self.on_transition(&t);
+        }
+        admitted
+    }
+
+    /// Not draining, under its request cap, and its circuit not closed: a backend for an early trial.
+    pub fn may_try_early(&self) -> bool {
+        !self.is_draining() && self.under_cap() && self.breaker.state() != State::Closed
     }
 
     /// The health checks saw the backend come back: whatever opened its circuit predates that, so close it

@@ -21,6 +21,8 @@ pub struct BreakerSettings {
     pub max_open_duration: Duration,
     /// Requests in flight above which the backend is skipped; 0 = unlimited.
     pub max_active_requests: u32,
+    /// At most this share of a pool's backends may have their circuit open or half-open at once.
+    pub max_open_percent: u32,
 }
 
 impl Default for BreakerSettings {
@@ -30,6 +32,7 @@ impl Default for BreakerSettings {
             open_duration: Duration::from_secs(30),
             max_open_duration: Duration::from_secs(300),
             max_active_requests: 0,
+            max_open_percent: 50,
         }
     }
 }
@@ -86,6 +89,8 @@ pub struct Breaker {
     open_for: Duration,
     open_until: Option<Instant>,
     trial_in_flight: bool,
+    /// The failures reached the threshold but the pool's cap kept the circuit closed.
+    held_closed: bool,
 }
 
 impl Breaker {
@@ -97,6 +102,7 @@ impl Breaker {
             open_for: settings.open_duration,
             open_until: None,
             trial_in_flight: false,
+            held_closed: false,
         }
     }
 
@@ -106,6 +112,10 @@ impl Breaker {
 
     pub fn consecutive_failures(&self) -> u32 {
         self.consecutive_failures
+    }
+
+    pub fn is_held_closed(&self) -> bool {
+        self.held_closed
     }
 
     /// When an open circuit turns half-open.
@@ -187,8 +197,34 @@ impl Breaker {
         self.trial_in_flight = false;
     }
 
+    /// Opens an open (or half-open) circuit's door now: one trial at a time, without waiting out the open period.
+    /// For a pool whose every usable backend is open, so that recovery is seen within a round trip.
+    pub fn admit_early(&mut self) -> (bool, Option<Transition>) {
+        match self.state {
+            State::Closed => (true, None),
+            State::HalfOpen if self.trial_in_flight => (false, None),
+            State::HalfOpen => {
+                self.trial_in_flight = true;
+                (true, None)
+            }
+            State::Open => {
+                self.state = State::HalfOpen;
+                self.trial_in_flight = true;
+                (
+                    true,
+                    Some(Transition {
+                        to: State::HalfOpen,
+                        reason: "every usable backend of the pool is open; trying this one now"
+                            .to_owned(),
+                    }),
+                )
+            }
+        }
+    }
+
     pub fn on_success(&mut self) -> Option<Transition> {
         self.consecutive_failures = 0;
+        self.held_closed = false;
         match self.state {
             State::HalfOpen => {
                 self.state = State::Closed;
@@ -206,9 +242,25 @@ impl Breaker {
     }
 
     pub fn on_failure(&mut self, now: Instant, what: &str) -> Option<Transition> {
-        match self.state {
+        self.on_failure_capped(now, what, || true).0
+    }
+
+    /// A failure, where a closed circuit may open only if `may_open()` agrees (the pool's cap; asked only when
+    /// the threshold is reached). Also returns true when this failure newly held the circuit closed.
+    pub fn on_failure_capped(
+        &mut self,
+        now: Instant,
+        what: &str,
+        may_open: impl FnOnce() -> bool,
+    ) -> (Option<Transition>, bool) {
+        let transition = match self.state {
             State::Closed => {
                 self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+                if self.consecutive_failures >= self.settings.failure_threshold && !may_open() {
+                    let newly = !self.held_closed;
+                    self.held_closed = true;
+                    return (None, newly);
+                }
                 if self.consecutive_failures >= self.settings.failure_threshold {
                     self.open_for = self.settings.open_duration;
                     Some(self.open(
@@ -232,11 +284,13 @@ impl Breaker {
                 Some(self.open(now, format!("trial request failed: {what}")))
             }
             State::Open => None,
-        }
+        };
+        (transition, false)
     }
 
     fn open(&mut self, now: Instant, reason: String) -> Transition {
         self.state = State::Open;
+        self.held_closed = false;
         self.trial_in_flight = false;
         self.open_until = Some(now + self.open_for);
         Transition {
@@ -328,6 +382,25 @@ impl CircuitBreaker {
         self.with(|m| m.on_failure(now, what))
     }
 
+    /// See [`Breaker::on_failure_capped`].
+    pub fn on_failure_capped(
+        &self,
+        now: Instant,
+        what: &str,
+        may_open: impl FnOnce() -> bool,
+    ) -> (Option<Transition>, bool) {
+        self.with(|m| m.on_failure_capped(now, what, may_open))
+    }
+
+    pub fn is_held_closed(&self) -> bool {
+        self.state() == State::Closed && self.with(|m| m.is_held_closed())
+    }
+
+    /// See [`Breaker::admit_early`].
+    pub fn admit_early(&self) -> (bool, Option<Transition>) {
+        self.with(|m| m.admit_early())
+    }
+
     pub fn reset(&self, reason: &str) -> Option<Transition> {
         self.with(|m| m.reset(reason))
     }
@@ -371,6 +444,7 @@ mod tests {
             open_duration: Duration::from_secs(10),
             max_open_duration: Duration::from_secs(35),
             max_active_requests: 0,
+            max_open_percent: 100,
         }
     }
 
@@ -503,5 +577,61 @@ mod tests {
         assert_eq!(b.on_success(), None);
         assert_eq!(b.open_until(), until);
         assert_eq!(b.state(), State::Open);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_cap_holds_a_circuit_closed_and_asks_again_on_the_next_failure() {
+        let mut b = Breaker::new(settings());
+        let now = Instant::now();
+        let mut asked = 0;
+        for _ in 0..2 {
+            assert_eq!(
+                b.on_failure_capped(now, "x", || unreachable!()),
+                (None, false)
+            );
+        }
+        assert_eq!(
+            b.on_failure_capped(now, "x", || {
+                asked += 1;
+                false
+            }),
+            (None, true),
+            "held: reported once"
+        );
+        assert_eq!(b.on_failure_capped(now, "x", || false), (None, false));
+        assert!(b.is_held_closed());
+        assert_eq!(b.state(), State::Closed);
+        assert!(b.admit(now).0, "a held circuit lets traffic through");
+        let (t, held) = b.on_failure_capped(now, "x", || {
+            asked += 1;
+            true
+        });
+        assert_eq!((t.map(|t| t.to), held), (Some(State::Open), false));
+        assert!(!b.is_held_closed());
+        assert_eq!(asked, 2);
+        // A success clears the hold.
+        let mut c = Breaker::new(settings());
+        for _ in 0..3 {
+            c.on_failure_capped(now, "x", || false);
+        }
+        c.on_success();
+        assert!(!c.is_held_closed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_early_trial_turns_an_open_circuit_half_open_one_trial_at_a_time() {
+        let mut b = Breaker::new(settings());
+        let now = Instant::now();
+        assert_eq!(b.admit_early(), (true, None), "closed: nothing to do");
+        for _ in 0..3 {
+            b.on_failure(now, "x");
+        }
+        let (admitted, t) = b.admit_early();
+        assert!(admitted);
+        assert_eq!(t.map(|t| t.to), Some(State::HalfOpen));
+        assert_eq!(b.admit_early(), (false, None), "its trial is in flight");
+        b.cancel_trial();
+        assert_eq!(b.admit_early(), (true, None));
+        assert_eq!(b.on_success().map(|t| t.to), Some(State::Closed));
     }
 }

@@ -30,6 +30,8 @@ pub struct Metrics {
     pub circuit_breaker_state: IntGaugeVec,
     pub circuit_breaker_transitions_total: IntCounterVec,
     pub retries_total: IntCounterVec,
+    pub circuit_breaker_capped_total: IntCounterVec,
+    pub upstream_reused_connection_retries_total: IntCounterVec,
     pub upstream_connections_opened_total: IntCounterVec,
     pub config_reloads_total: IntCounterVec,
     pub config_last_reload_successful: IntGauge,
@@ -122,6 +124,22 @@ impl Metrics {
                 "Retries sent (attempts after the first).",
             ),
             &["pool"],
+        ));
+        let circuit_breaker_capped_total = must(IntCounterVec::new(
+            Opts::new(
+                "switchyard_circuit_breaker_capped_total",
+                "Times a backend's circuit would have opened but was held closed by circuit_breaker.max_open_percent \
+                 (or because it was the pool's last usable backend).",
+            ),
+            &["pool"],
+        ));
+        let upstream_reused_connection_retries_total = must(IntCounterVec::new(
+            Opts::new(
+                "switchyard_upstream_reused_connection_retries_total",
+                "Requests sent again on a new connection because the reused one closed before any response came \
+                 (not counted as retries or upstream errors).",
+            ),
+            &["pool", "backend"],
         ));
         let upstream_connections_opened_total = must(IntCounterVec::new(
             Opts::new(
@@ -221,6 +239,8 @@ impl Metrics {
             Box::new(circuit_breaker_state.clone()),
             Box::new(circuit_breaker_transitions_total.clone()),
             Box::new(retries_total.clone()),
+            Box::new(circuit_breaker_capped_total.clone()),
+            Box::new(upstream_reused_connection_retries_total.clone()),
             Box::new(upstream_connections_opened_total.clone()),
             Box::new(config_reloads_total.clone()),
             Box::new(config_last_reload_successful.clone()),
@@ -246,6 +266,8 @@ impl Metrics {
             circuit_breaker_state,
             circuit_breaker_transitions_total,
             retries_total,
+            circuit_breaker_capped_total,
+            upstream_reused_connection_retries_total,
             upstream_connections_opened_total,
             config_reloads_total,
             config_last_reload_successful,
@@ -323,6 +345,9 @@ impl Metrics {
             connections_opened: self
                 .upstream_connections_opened_total
                 .with_label_values(&labels),
+            reused_connection_retries: self
+                .upstream_reused_connection_retries_total
+                .with_label_values(&labels),
             other_codes: Default::default(),
         }
     }
@@ -343,8 +368,8 @@ impl Metrics {
             health_checks: None,
             breaker_state: None,
             transitions: self.circuit_breaker_transitions_total.clone(),
-            connections_opened: IntCounter::with_opts(Opts::new("unregistered", "never exported"))
-                .unwrap_or_else(|e| panic!("metric definition: {e}")),
+            connections_opened: unregistered(),
+            reused_connection_retries: unregistered(),
             other_codes: Default::default(),
         }
     }
@@ -354,6 +379,14 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// A counter that belongs to no registry (for label handles that never count).
+fn unregistered() -> IntCounter {
+    must(IntCounter::with_opts(Opts::new(
+        "unregistered",
+        "never exported",
+    )))
 }
 
 fn unix_now() -> f64 {
@@ -384,6 +417,7 @@ pub struct BackendMetrics {
     breaker_state: Option<[IntGauge; 3]>,
     transitions: IntCounterVec,
     pub connections_opened: IntCounter,
+    pub reused_connection_retries: IntCounter,
     other_codes: std::sync::Mutex<Vec<u16>>,
 }
 
@@ -427,6 +461,9 @@ impl BackendMetrics {
         let _ = metrics.backend_up.remove_label_values(&labels);
         let _ = metrics
             .upstream_connections_opened_total
+            .remove_label_values(&labels);
+        let _ = metrics
+            .upstream_reused_connection_retries_total
             .remove_label_values(&labels);
         for result in ["success", "failure"] {
             let _ = metrics

@@ -8,6 +8,7 @@ use prometheus::IntCounter;
 use tokio::time::Instant;
 
 use crate::backend::Backend;
+use crate::breaker::State;
 use crate::config::{Algorithm, PoolSettings, Protocol, Timeouts};
 use crate::health::HealthCheckSettings;
 use crate::metrics::{BackendMetrics, Metrics};
@@ -28,6 +29,12 @@ pub struct Pool {
     pub retry: RetrySettings,
     pub budget: Arc<RetryBudget>,
     pub retries: IntCounter,
+    /// `circuit_breaker.max_open_percent`.
+    max_open_percent: u32,
+    /// Breakers that would have opened but were held closed by the cap.
+    breaker_capped: IntCounter,
+    /// Failures are recorded one at a time, so two backends cannot both pass the cap's count and open together.
+    recording_failure: std::sync::Mutex<()>,
     pub panic_threshold: f64,
     pub health_check: Option<HealthCheckSettings>,
     /// Label handles for answers the proxy gives itself for this pool (`backend="none"`).
@@ -113,6 +120,11 @@ impl Pool {
             budget: previous
                 .map_or_else(|| Arc::new(RetryBudget::new()), |p| Arc::clone(&p.budget)),
             retries: metrics.retries_total.with_label_values(&[name]),
+            max_open_percent: settings.breaker.max_open_percent,
+            breaker_capped: metrics
+                .circuit_breaker_capped_total
+                .with_label_values(&[name]),
+            recording_failure: std::sync::Mutex::new(()),
             panic_threshold: settings.panic_threshold,
             health_check: settings.health_check.clone(),
             local_metrics: metrics.for_local(name),
@@ -141,6 +153,74 @@ impl Pool {
             }
         }
         None
+    }
+
+    /// Picks for a request that found no available backend: when every backend health and drain allow has
+    /// its circuit open, one of them gets a trial now instead of the pool answering 503 until an open period
+    /// ends (one trial per backend at a time). `None` when something else keeps the backends out.
+    #[cold]
+    pub fn pick_early_trial(&self, tried: &mut Tried) -> Option<&Arc<Backend>> {
+        let backends = &self.backends;
+        let ignore_health = self.in_panic();
+        let allowed = |b: &Backend| !b.is_draining() && (ignore_health || b.is_healthy());
+        if backends
+            .iter()
+            .any(|b| allowed(b) && b.breaker.state() == State::Closed)
+        {
+            return None;
+        }
+        for _ in 0..backends.len().min(8) {
+            let i = self.selector.pick(backends, |i| {
+                !tried.contains(i) && allowed(&backends[i]) && backends[i].may_try_early()
+            })?;
+            tried.push(i);
+            if backends[i].admit_early() {
+                return Some(&backends[i]);
+            }
+        }
+        None
+    }
+
+    /// Records a successful attempt on `backend`.
+    #[inline]
+    pub fn record_success(&self, backend: &Backend) {
+        backend.record_success();
+    }
+
+    /// Records a failed attempt on `backend` (something the backend did: refused, timed out, broke the
+    /// exchange, answered 5xx). Its circuit opens only within the pool's cap.
+    pub fn record_failure(&self, backend: &Backend, what: &dyn std::fmt::Display) {
+        let _one_at_a_time = self
+            .recording_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if backend.record_failure(what, || self.may_eject(backend)) {
+            self.breaker_capped.inc();
+        }
+    }
+
+    /// How many times the cap has held a circuit closed (since the pool's series began).
+    pub fn breaker_capped(&self) -> u64 {
+        self.breaker_capped.get()
+    }
+
+    /// May `candidate` be taken out of rotation (its circuit opened; later, outlier ejection)? Only while,
+    /// counting it as out, at most `max_open_percent` of the pool is out, and another backend stays usable
+    /// (not out, not draining, healthy or the pool in panic mode).
+    pub fn may_eject(&self, candidate: &Backend) -> bool {
+        let ignore_health = self.in_panic();
+        let (mut out, mut usable) = (1usize, 0usize);
+        for b in &self.backends {
+            if std::ptr::eq(&**b, candidate) {
+                continue;
+            }
+            if b.breaker.state() != State::Closed {
+                out += 1;
+            } else if !b.is_draining() && (ignore_health || b.is_healthy()) {
+                usable += 1;
+            }
+        }
+        usable > 0 && out * 100 <= self.max_open_percent as usize * self.backends.len()
     }
 
     /// Is the healthy share of the pool below `panic_threshold`, so health checks are ignored?

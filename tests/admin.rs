@@ -150,10 +150,10 @@ backends = [{{ address = "{a}" }}, {{ address = "{b}", weight = 3 }}]
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     let backend = |addr: std::net::SocketAddr, weight: u32| {
         serde_json::json!({"address": addr.to_string(), "source": "static", "weight": weight, "healthy": true, "circuit": "closed",
-            "active_requests": 0, "draining": false, "consecutive_failures": 0, "half_open_at": null, "last_check_error": null,
+            "circuit_held_closed": false, "active_requests": 0, "draining": false, "consecutive_failures": 0, "half_open_at": null, "last_check_error": null,
             "last_check_error_at": null})
     };
     let want = serde_json::json!({"pools": {"api": {"algorithm": "least_connections", "health_checks": false,
-        "panic": false, "backends": [backend(a, 1), backend(b, 3)]}}});
+        "panic": false, "circuit_breaker_capped": 0, "backends": [backend(a, 1), backend(b, 3)]}}});
     assert_eq!(v, want);
 }

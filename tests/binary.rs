@@ -13,7 +13,6 @@ use http_body_util::BodyExt;
 
 use common::*;
 
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_the_request_in_flight_finish_then_exits_zero() {
     let slow = named_backend("slow", Duration::from_millis(1500)).await;
@@ -388,7 +387,6 @@ async fn shutdown_closes_idle_connections_at_once_and_a_second_signal_exits_now(
     assert!(exited, "a second signal did not end it");
     assert_eq!(proc.0.try_wait().unwrap().and_then(|s| s.code()), Some(1));
 }
-
 
 /// The zero-downtime upgrade: a second switchyard starts on the same addresses (`reuse_port`) while the first
 /// serves, the first gets SIGTERM and drains; a client sending requests all along sees only 200s.

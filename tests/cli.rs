@@ -221,6 +221,7 @@ failure_threshold = 0
 open_duration = "10s"
 max_open_duration = "5s"
 max_active_requests = -1
+max_open_percent = 101
 
 [pools.p.retry]
 max_retries = 50
@@ -243,10 +244,11 @@ jitter = true
         ":18:21: pools.p.circuit_breaker.failure_threshold: 0 is out of range",
         ":20:21: pools.p.circuit_breaker.max_open_duration: 5s is shorter than open_duration 10s",
         ":21:23: pools.p.circuit_breaker.max_active_requests: -1 is out of range",
-        ":24:15: pools.p.retry.max_retries: 50 is out of range; allowed values: 0 to 10",
-        ":25:11: pools.p.retry.backoff: \"fast\" is not a duration",
-        ":26:18: pools.p.retry.budget_percent: 101 is out of range; allowed values: 0 to 100",
-        ":27:1: pools.p.retry.jitter: unknown field \"jitter\"",
+        ":22:20: pools.p.circuit_breaker.max_open_percent: 101 is out of range; allowed values: 0 to 100",
+        ":25:15: pools.p.retry.max_retries: 50 is out of range; allowed values: 0 to 10",
+        ":26:11: pools.p.retry.backoff: \"fast\" is not a duration",
+        ":27:18: pools.p.retry.budget_percent: 101 is out of range; allowed values: 0 to 100",
+        ":28:1: pools.p.retry.jitter: unknown field \"jitter\"",
     ] {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }

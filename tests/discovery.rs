@@ -501,7 +501,10 @@ async fn servfail_and_refused_keep_the_discovered_backends() {
         "the discovered backends never served"
     );
     for code in [ResponseCode::ServFail, ResponseCode::Refused] {
-        let before = (lookups("a", "failure").await, lookups("srv", "failure").await);
+        let before = (
+            lookups("a", "failure").await,
+            lookups("srv", "failure").await,
+        );
         dns.set(|z| z.failing = Some(code));
         // Five failed refreshes in a row for each pool: more than the three that empty a pool on NXDOMAIN.
         assert!(
@@ -513,10 +516,21 @@ async fn servfail_and_refused_keep_the_discovered_backends() {
             "{code:?} was not counted as a failed lookup"
         );
         assert!(served().await, "{code:?} emptied a discovered pool");
-        assert_eq!(lookups("a", "empty").await, 0.0, "{code:?} taken for 'no records'");
-        assert_eq!(lookups("srv", "empty").await, 0.0, "{code:?} taken for 'no records'");
+        assert_eq!(
+            lookups("a", "empty").await,
+            0.0,
+            "{code:?} taken for 'no records'"
+        );
+        assert_eq!(
+            lookups("srv", "empty").await,
+            0.0,
+            "{code:?} taken for 'no records'"
+        );
         dns.set(|z| z.failing = None);
-        let successes = (lookups("a", "success").await, lookups("srv", "success").await);
+        let successes = (
+            lookups("a", "success").await,
+            lookups("srv", "success").await,
+        );
         assert!(
             eventually(Duration::from_secs(10), || async {
                 lookups("a", "success").await > successes.0
@@ -540,7 +554,11 @@ async fn servfail_and_refused_keep_the_discovered_backends() {
                 .filter(|l| l.contains(pool) && l.contains(what))
                 .count()
         };
-        assert_eq!(lines("DNS lookup failed"), 2, "once per failing episode:\n{log}");
+        assert_eq!(
+            lines("DNS lookup failed"),
+            2,
+            "once per failing episode:\n{log}"
+        );
         assert_eq!(lines("DNS discovery answers again"), 2, "{log}");
         assert_eq!(lines("no records"), 0, "{log}");
     }

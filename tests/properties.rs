@@ -128,6 +128,7 @@ proptest! {
             open_duration: Duration::from_secs(1),
             max_open_duration: Duration::from_secs(8),
             max_active_requests: 0,
+            max_open_percent: 100,
         };
         let mut b = Breaker::new(settings);
         let mut now = Instant::now();

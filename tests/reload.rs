@@ -117,7 +117,7 @@ async fn rename_replace_and_symlink_swap_are_followed() {
     let path = dir.path().join("switchyard.toml");
     std::fs::write(&path, config_text(&[(a, 1)], "")).unwrap();
     let server = start_file(&path).await;
-    write_atomically(&path, &config_text(&[(b, 1)], ""));
+    write_atomically(&path, config_text(&[(b, 1)], ""));
     assert!(
         eventually(DEADLINE, || async {
             answering(&server, 3).await.get("b") == Some(&3)
@@ -327,7 +327,7 @@ async fn a_removed_backends_request_in_flight_completes() {
         .await
     );
     let outcome_path = path.clone();
-    write_atomically(&outcome_path, &config_text(&[(fast, 1)], ""));
+    write_atomically(&outcome_path, config_text(&[(fast, 1)], ""));
     assert!(
         eventually(DEADLINE, || async {
             answering(&server, 1).await.contains_key("fast")
@@ -601,7 +601,10 @@ async fn changed_settings_apply_and_a_moved_admin_listener_is_refused() {
 
 /// Polls a metric of the binary at `admin` until it equals `want`.
 async fn metric_reaches(admin: u16, series: &str, want: f64) -> bool {
-    eventually(DEADLINE, || async { metric_at(admin, series).await == want }).await
+    eventually(DEADLINE, || async {
+        metric_at(admin, series).await == want
+    })
+    .await
 }
 
 /// The operator's undo after a failed reload: the good text written back (identical to what runs) is a
@@ -626,7 +629,10 @@ async fn putting_the_good_file_back_after_a_failed_reload_counts_as_a_success() 
     ] {
         round += 1.0;
         write(&path, &bad);
-        assert!(metric_reaches(admin, failed, round).await, "the bad file was not refused");
+        assert!(
+            metric_reaches(admin, failed, round).await,
+            "the bad file was not refused"
+        );
         assert_eq!(metric_at(admin, gauge).await, 0.0);
         write(&path, &good);
         assert!(
@@ -675,7 +681,10 @@ async fn putting_a_good_certificate_back_after_a_broken_one_counts_as_a_success(
         &cert_path,
         "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
     );
-    assert!(metric_reaches(admin, failed, 1.0).await, "the broken file was not counted");
+    assert!(
+        metric_reaches(admin, failed, 1.0).await,
+        "the broken file was not counted"
+    );
     write_atomically(&cert_path, &good);
     assert!(
         metric_reaches(admin, ok, 1.0).await,

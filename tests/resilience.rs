@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -161,29 +162,43 @@ async fn flapping_health_endpoint_does_not_flap_the_backend() {
     assert_eq!(metric_now(&server, &up).await, 1.0);
 }
 
+/// Sends GETs until backend `b` has had `hits` requests (at most `limit` GETs); returns their statuses.
+async fn until_hits(addr: SocketAddr, b: &Controlled, hits: usize, limit: usize) -> Vec<u16> {
+    let mut statuses = Vec::new();
+    while b.hits() < hits && statuses.len() < limit {
+        statuses.push(get(addr, "/", None).await.0.as_u16());
+    }
+    assert_eq!(b.hits(), hits, "{statuses:?}");
+    statuses
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn breaker_opens_on_500s_then_half_opens_and_closes_on_recovery() {
     let b = controlled("b", 500).await;
+    // A second backend: the cap never opens a pool's last usable backend.
+    let spare = controlled("spare", 200).await;
     let server = start_proxy(&pool_config(
-        &[b.addr],
+        &[b.addr, spare.addr],
         "[pools.p.circuit_breaker]\nfailure_threshold = 3\nopen_duration = \"300ms\"\nmax_open_duration = \"2s\"\n",
     ))
     .await;
     let addr = server.listen_addrs[0];
-    for _ in 0..3 {
-        // 500 passes through untouched (never retried).
-        assert_eq!(get(addr, "/", None).await.0, 500);
-    }
-    assert_eq!(b.hits(), 3);
+    // 500 passes through untouched (never retried).
+    let statuses = until_hits(addr, &b, 3, 10).await;
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 500).count(),
+        3,
+        "{statuses:?}"
+    );
     let p = pools(&server).await;
     let j = backend_json(&p, b.addr);
     assert_eq!(j["circuit"], "open", "{j}");
     assert_eq!(j["consecutive_failures"], 3);
     assert!(j["half_open_at"].as_str().is_some(), "{j}");
-    // Open: the backend gets nothing, the pool has nothing else: 503 at once.
-    let t = Instant::now();
-    assert_eq!(get(addr, "/", None).await.0, 503);
-    assert!(t.elapsed() < Duration::from_millis(250));
+    // Open: the backend gets nothing; the other one serves.
+    for _ in 0..5 {
+        assert_eq!(get(addr, "/", None).await.0, 200);
+    }
     assert_eq!(b.hits(), 3);
     let open = format!(
         "switchyard_circuit_breaker_state{{backend=\"{}\",pool=\"p\",state=\"open\"}}",
@@ -204,7 +219,7 @@ async fn breaker_opens_on_500s_then_half_opens_and_closes_on_recovery() {
     );
     assert_eq!(metric_now(&server, &half).await, 1.0);
     // A failed trial reopens it (for twice as long).
-    assert_eq!(get(addr, "/", None).await.0, 500);
+    assert_eq!(until_hits(addr, &b, 4, 4).await.last(), Some(&500));
     assert_eq!(
         backend_json(&pools(&server).await, b.addr)["circuit"],
         "open"
@@ -217,7 +232,7 @@ async fn breaker_opens_on_500s_then_half_opens_and_closes_on_recovery() {
     );
     // It recovers: the trial succeeds and closes the circuit.
     b.set_status(200);
-    assert_eq!(get(addr, "/", None).await.0, 200);
+    until_hits(addr, &b, 5, 4).await;
     let p = pools(&server).await;
     assert_eq!(backend_json(&p, b.addr)["circuit"], "closed");
     assert_eq!(backend_json(&p, b.addr)["consecutive_failures"], 0);
@@ -540,4 +555,222 @@ async fn killing_and_restarting_a_backend_under_load_loses_no_get() {
     assert_eq!(failed, 0);
     assert!(ok > 100);
     assert!(a.hits() > 0 && c.hits() > 0);
+}
+
+/// A fleet-wide blip: all three backends answer 500 for 2 s while their health checks pass. The cap keeps
+/// most circuits closed, so the first 200 comes right after they recover (it used to take the 30 s open period).
+/// Through the real binary, with a client sending all along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_second_blip_across_the_pool_is_not_a_thirty_second_outage() {
+    let backends = [
+        controlled("a", 200).await,
+        controlled("b", 200).await,
+        controlled("c", 200).await,
+    ];
+    let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let (_proc, port, admin) = spawn(dir.path(), |port, admin| {
+        binary_pool_config(
+            port,
+            admin,
+            &addrs,
+            "[pools.p.health_check]\ninterval = \"300ms\"\ntimeout = \"200ms\"\n",
+        )
+    })
+    .await;
+    let proxy: SocketAddr = ([127, 0, 0, 1], port).into();
+    assert_eq!(get(proxy, "/", None).await.0, 200);
+    for b in &backends {
+        b.set_status(500);
+    }
+    let blip = Instant::now();
+    while blip.elapsed() < Duration::from_secs(2) {
+        let status = get(proxy, "/", None).await.0;
+        assert!(status == 500 || status == 503, "{status}");
+    }
+    let opened = circuits(admin, "open").await;
+    assert!(
+        opened <= 1,
+        "50% of 3: at most one circuit open, {opened} are"
+    );
+    assert!(
+        admin_json(admin, "/api/pools").await["pools"]["p"]["circuit_breaker_capped"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
+    for b in &backends {
+        b.set_status(200);
+    }
+    let recovered = Instant::now();
+    let mut first_ok = None;
+    while recovered.elapsed() < Duration::from_secs(10) {
+        if get(proxy, "/", None).await.0 == 200 {
+            first_ok = Some(recovered.elapsed());
+            break;
+        }
+    }
+    let first_ok = first_ok.expect("no 200 within 10 s of recovery");
+    assert!(
+        first_ok < Duration::from_secs(2),
+        "first 200 after {first_ok:?}"
+    );
+    let capped = metric_at(admin, "switchyard_circuit_breaker_capped_total{pool=\"p\"}").await;
+    assert!(capped >= 1.0, "{capped}");
+}
+
+/// Three of ten backends fail for good: their circuits open (30% is under the cap) and the other seven serve
+/// everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_backends_under_the_cap_are_taken_out() {
+    let mut backends = Vec::new();
+    for (i, name) in ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]
+        .into_iter()
+        .enumerate()
+    {
+        backends.push(controlled(name, if i < 3 { 500 } else { 200 }).await);
+    }
+    let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let (_proc, port, admin) = spawn(dir.path(), |port, admin| {
+        binary_pool_config(
+            port,
+            admin,
+            &addrs,
+            "[pools.p.circuit_breaker]\nfailure_threshold = 3\nopen_duration = \"1m\"\n",
+        )
+    })
+    .await;
+    let proxy: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut sent = 0;
+    while circuits(admin, "open").await < 3 && sent < 200 {
+        get(proxy, "/", None).await;
+        sent += 1;
+    }
+    assert_eq!(circuits(admin, "open").await, 3, "after {sent} requests");
+    let failing_hits: usize = backends[..3].iter().map(Controlled::hits).sum();
+    for _ in 0..50 {
+        assert_eq!(get(proxy, "/", None).await.0, 200);
+    }
+    assert_eq!(
+        backends[..3].iter().map(Controlled::hits).sum::<usize>(),
+        failing_hits
+    );
+    assert_eq!(
+        metric_at(admin, "switchyard_circuit_breaker_capped_total{pool=\"p\"}").await,
+        0.0
+    );
+}
+
+/// Under concurrent failures of every backend, the cap holds exactly: no more than half the circuits ever open
+/// (counted by their transitions), the rest are held closed and say so, and the pool still answers with the
+/// backends' own 500s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cap_holds_under_concurrent_failures() {
+    let mut backends = Vec::new();
+    for name in ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"] {
+        backends.push(controlled(name, 500).await);
+    }
+    let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let (_proc, port, admin) = spawn(dir.path(), |port, admin| {
+        binary_pool_config(
+            port,
+            admin,
+            &addrs,
+            "[pools.p.circuit_breaker]\nfailure_threshold = 2\nopen_duration = \"1m\"\n",
+        )
+    })
+    .await;
+    let proxy: SocketAddr = ([127, 0, 0, 1], port).into();
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                for _ in 0..25 {
+                    statuses.push(get(proxy, "/", None).await.0.as_u16());
+                }
+                statuses
+            })
+        })
+        .collect();
+    for t in tasks {
+        for status in t.await.unwrap() {
+            assert_eq!(status, 500, "the backends' own answer, never a dark pool");
+        }
+    }
+    let text = get(([127, 0, 0, 1], admin).into(), "/metrics", None)
+        .await
+        .2;
+    let opened: f64 = addrs
+        .iter()
+        .map(|a| {
+            metric(
+                &text,
+                &format!(
+                    "switchyard_circuit_breaker_transitions_total{{backend=\"{a}\",pool=\"p\",to=\"open\"}}"
+                ),
+            )
+            .unwrap_or(0.0)
+        })
+        .sum();
+    assert_eq!(opened, 5.0, "50% of 10 circuits open, never more:\n{text}");
+    assert_eq!(circuits(admin, "open").await, 5);
+    let pools = admin_json(admin, "/api/pools").await;
+    let held = pools["pools"]["p"]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["circuit_held_closed"] == true)
+        .count();
+    assert_eq!(held, 5, "{pools}");
+    let capped = metric(&text, "switchyard_circuit_breaker_capped_total{pool=\"p\"}").unwrap();
+    assert_eq!(capped, 5.0, "one per backend held closed:\n{text}");
+}
+
+/// When every usable backend's circuit is open anyway (the last usable one went out by its health checks),
+/// the pool tries the open ones at once instead of staying dark for the open period: recovery is seen within
+/// a round trip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_whose_usable_backends_are_all_open_tries_them_at_once() {
+    let a = controlled("a", 500).await;
+    let b = controlled("b", 200).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_proc, port, admin) = spawn(dir.path(), |port, admin| {
+        binary_pool_config(
+            port,
+            admin,
+            &[a.addr, b.addr],
+            "[pools.p.circuit_breaker]\nfailure_threshold = 2\nopen_duration = \"1m\"\nmax_open_percent = 100\n\
+             [pools.p.health_check]\ninterval = \"100ms\"\ntimeout = \"50ms\"\nunhealthy_threshold = 2\n",
+        )
+    })
+    .await;
+    let proxy: SocketAddr = ([127, 0, 0, 1], port).into();
+    let mut sent = 0;
+    while circuits(admin, "open").await < 1 && sent < 20 {
+        get(proxy, "/", None).await;
+        sent += 1;
+    }
+    assert_eq!(circuits(admin, "open").await, 1);
+    // b's health checks fail: a (open for a minute) is the only backend health allows.
+    b.set_health(500);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            admin_json(admin, "/api/pools").await["pools"]["p"]["backends"][1]["healthy"] == false
+        })
+        .await
+    );
+    // Still failing: the client gets a's own answer from a trial, not a 503 for the rest of the minute.
+    assert_eq!(get(proxy, "/", None).await.0, 500);
+    a.set_status(200);
+    let t = Instant::now();
+    assert_eq!(get(proxy, "/", None).await.0, 200);
+    assert!(t.elapsed() < Duration::from_secs(1));
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            circuits(admin, "closed").await == 2
+        })
+        .await
+    );
 }

@@ -169,6 +169,7 @@ pub struct CircuitBreaker {
     pub open_duration: Option<String>,
     pub max_open_duration: Option<String>,
     pub max_active_requests: Option<i64>,
+    pub max_open_percent: Option<i64>,
 }
 
 /// `[pools.NAME.retry]`.

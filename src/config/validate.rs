@@ -424,6 +424,13 @@ impl Checker<'_, '_> {
                 0,
                 1_000_000,
             ),
+            max_open_percent: self.int(
+                field.key("max_open_percent"),
+                b.max_open_percent,
+                d.max_open_percent,
+                0,
+                100,
+            ),
         }
     }
 

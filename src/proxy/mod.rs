@@ -100,7 +100,11 @@ impl Proxy {
         }
         pool.budget.record_request(started);
         let mut tried = Tried::default();
-        let Some(first) = pool.pick(started, &mut tried).cloned() else {
+        let Some(first) = pool
+            .pick(started, &mut tried)
+            .or_else(|| pool.pick_early_trial(&mut tried))
+            .cloned()
+        else {
             return local_answer(&ProxyError::NoBackend, &pool.local_metrics, started, log, 0);
         };
         let bytes_in = log.as_ref().map(|l| Arc::clone(&l.bytes_in));
@@ -240,7 +244,7 @@ async fn attempt(
     attempt_started: Instant,
 ) -> Result<(Response<Incoming>, Completion), (Failure, Option<Outgoing>)> {
     let in_flight = backend.begin();
-    let mut outcome = OutcomeGuard(Some(backend));
+    let mut outcome = OutcomeGuard(Some((pool, backend)));
     let sent = tokio::time::timeout_at(
         attempt_started + pool.timeouts.request,
         upstream::send(
@@ -291,20 +295,24 @@ fn log_failure(backend: &Backend, error: &ProxyError) {
 
 /// Feeds an attempt's result to the backend's breaker exactly once; if the attempt is abandoned (the client
 /// went away), releases a half-open trial so the breaker cannot stay stuck.
-struct OutcomeGuard<'a>(Option<&'a Arc<Backend>>);
+struct OutcomeGuard<'a>(Option<(&'a Pool, &'a Arc<Backend>)>);
 
 impl OutcomeGuard<'_> {
     fn record(&mut self, ok: bool, what: &dyn std::fmt::Display) {
-        if let Some(b) = self.0.take() {
-            b.record_outcome(ok, what);
+        if let Some((pool, backend)) = self.0.take() {
+            if ok {
+                pool.record_success(backend);
+            } else {
+                pool.record_failure(backend, what);
+            }
         }
     }
 }
 
 impl Drop for OutcomeGuard<'_> {
     fn drop(&mut self) {
-        if let Some(b) = self.0.take() {
-            b.breaker.cancel_trial();
+        if let Some((_, backend)) = self.0.take() {
+            backend.breaker.cancel_trial();
         }
     }
 }

@@ -24,6 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use switchyard::server::Server;
 
 mod process;
+#[allow(unused_imports)]
 pub use process::*;
 
 pub type BoxBody =

@@ -120,3 +120,32 @@ backends = [{{ address = "{backend}" }}]
 "#
     )
 }
+
+/// A config for [`spawn`]: one route to pool `p` over `backends`; `extra` lines go under `[pools.p]`.
+pub fn binary_pool_config(port: u16, admin: u16, backends: &[SocketAddr], extra: &str) -> String {
+    let list: Vec<String> = backends
+        .iter()
+        .map(|a| format!("{{ address = \"{a}\" }}"))
+        .collect();
+    format!(
+        "[[listeners]]\naddress = \"127.0.0.1:{port}\"\n[admin]\naddress = \"127.0.0.1:{admin}\"\n\
+         [[routes]]\npool = \"p\"\n[pools.p]\nbackends = [{}]\n{extra}\n",
+        list.join(", ")
+    )
+}
+
+/// An admin endpoint's JSON answer.
+pub async fn admin_json(admin: u16, path: &str) -> serde_json::Value {
+    let (_, _, body) = get(([127, 0, 0, 1], admin).into(), path, None).await;
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+}
+
+/// The backends of pool `p` whose circuit is in `state`, from `/api/pools`.
+pub async fn circuits(admin: u16, state: &str) -> usize {
+    let pools = admin_json(admin, "/api/pools").await;
+    pools["pools"]["p"]["backends"]
+        .as_array()
+        .map_or(0, |list| {
+            list.iter().filter(|b| b["circuit"] == state).count()
+        })
+}
