@@ -22,11 +22,13 @@ fn pool(algorithm: Algorithm, n: usize, metrics: &Metrics) -> Pool {
         timeouts: Timeouts {
             connect: std::time::Duration::from_secs(1),
             request: std::time::Duration::from_secs(30),
+            idle: std::time::Duration::from_secs(4),
         },
         health_check: None,
         breaker: Default::default(),
         retry: Default::default(),
         panic_threshold: 0.0,
+        max_response_header_bytes: 256 * 1024,
         protocol: Default::default(),
         tls: None,
         discovery: None,

@@ -2,6 +2,8 @@
 
 use http::StatusCode;
 
+use crate::request_body::ClientFault;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("no route for this host and path")]
@@ -22,13 +24,29 @@ pub enum ProxyError {
     Protocol(#[source] hyper::Error),
     #[error("upgrade requested to a pool that speaks HTTP/2")]
     UpgradeUnsupported,
+    #[error("missing, repeated or malformed Host header")]
+    BadHost,
+    #[error(":authority and Host name different hosts")]
+    AuthorityMismatch,
+    #[error("a transfer coding other than chunked")]
+    UnsupportedTransferCoding,
+    #[error("the backend's response head is larger than max_response_header_bytes")]
+    ResponseHeadTooLarge,
+    /// The client broke its request body; nothing the backend did.
+    #[error(transparent)]
+    Client(ClientFault),
 }
 
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::NoRoute => StatusCode::NOT_FOUND,
-            Self::BadRequest => StatusCode::BAD_REQUEST,
+            Self::BadRequest | Self::BadHost | Self::AuthorityMismatch => StatusCode::BAD_REQUEST,
+            Self::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
+            Self::ResponseHeadTooLarge => StatusCode::BAD_GATEWAY,
+            Self::Client(ClientFault::Malformed | ClientFault::Aborted) => StatusCode::BAD_REQUEST,
+            Self::Client(ClientFault::Stalled) => StatusCode::REQUEST_TIMEOUT,
+            Self::Client(ClientFault::TooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
@@ -55,7 +73,49 @@ impl ProxyError {
             Self::UpgradeUnsupported => {
                 "switchyard: this route's backends speak HTTP/2, which cannot carry an upgrade (WebSocket)\n"
             }
+            Self::BadHost => "switchyard: missing, repeated or malformed Host header\n",
+            Self::AuthorityMismatch => "switchyard: :authority and Host name different hosts\n",
+            Self::UnsupportedTransferCoding => {
+                "switchyard: only the chunked transfer coding is supported\n"
+            }
+            Self::ResponseHeadTooLarge => {
+                "switchyard: the backend's response head is larger than this pool's max_response_header_bytes\n"
+            }
+            Self::Client(ClientFault::Malformed) => "switchyard: malformed request body\n",
+            Self::Client(ClientFault::Aborted) => {
+                "switchyard: the request body ended before its declared end\n"
+            }
+            Self::Client(ClientFault::Stalled) => {
+                "switchyard: the request body stopped arriving (limits.body_read_timeout)\n"
+            }
+            Self::Client(ClientFault::TooLarge) => "switchyard: request body too large\n",
         }
+    }
+
+    /// The `reason` label of `switchyard_rejected_requests_total` for a request refused because of the client.
+    pub fn rejection(&self) -> Option<&'static str> {
+        match self {
+            Self::BadRequest => Some("malformed"),
+            Self::BadHost | Self::AuthorityMismatch => Some("bad_host"),
+            Self::UnsupportedTransferCoding => Some("unsupported_transfer_coding"),
+            Self::BodyTooLarge => Some("body_too_large"),
+            Self::MethodNotAllowed => Some("connect_method"),
+            Self::Client(fault) => Some(fault.reason()),
+            _ => None,
+        }
+    }
+
+    /// Was the request at fault (so its connection should close after the answer)?
+    pub fn closes_connection(&self) -> bool {
+        matches!(
+            self,
+            Self::BadRequest
+                | Self::BadHost
+                | Self::AuthorityMismatch
+                | Self::UnsupportedTransferCoding
+                | Self::BodyTooLarge
+                | Self::Client(_)
+        )
     }
 
     /// The `kind` label of `switchyard_upstream_errors_total`, for errors that involve a backend.
@@ -63,13 +123,17 @@ impl ProxyError {
         match self {
             Self::Connect(_) => Some("connect"),
             Self::Timeout => Some("timeout"),
-            Self::Protocol(_) => Some("protocol"),
+            Self::Protocol(_) | Self::ResponseHeadTooLarge => Some("protocol"),
             Self::NoRoute
             | Self::BadRequest
             | Self::BodyTooLarge
             | Self::MethodNotAllowed
             | Self::NoBackend
-            | Self::UpgradeUnsupported => None,
+            | Self::UpgradeUnsupported
+            | Self::BadHost
+            | Self::AuthorityMismatch
+            | Self::UnsupportedTransferCoding
+            | Self::Client(_) => None,
         }
     }
 }

@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod reload;
+pub mod request_body;
 pub mod router;
 pub mod select;
 pub mod server;

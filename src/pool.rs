@@ -36,6 +36,8 @@ pub struct Pool {
     /// Failures are recorded one at a time, so two backends cannot both pass the cap's count and open together.
     recording_failure: std::sync::Mutex<()>,
     pub panic_threshold: f64,
+    /// A larger response head is refused (502).
+    pub max_response_header_bytes: usize,
     pub health_check: Option<HealthCheckSettings>,
     /// Label handles for answers the proxy gives itself for this pool (`backend="none"`).
     pub local_metrics: BackendMetrics,
@@ -126,6 +128,7 @@ impl Pool {
                 .with_label_values(&[name]),
             recording_failure: std::sync::Mutex::new(()),
             panic_threshold: settings.panic_threshold,
+            max_response_header_bytes: settings.max_response_header_bytes,
             health_check: settings.health_check.clone(),
             local_metrics: metrics.for_local(name),
         }
@@ -249,11 +252,13 @@ mod tests {
             timeouts: Timeouts {
                 connect: std::time::Duration::from_secs(1),
                 request: std::time::Duration::from_secs(1),
+                idle: std::time::Duration::from_secs(4),
             },
             health_check: None,
             breaker: Default::default(),
             retry: Default::default(),
             panic_threshold: 0.0,
+            max_response_header_bytes: 256 * 1024,
             protocol,
             tls: None,
             discovery: None,

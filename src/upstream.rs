@@ -8,15 +8,11 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, ready};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::Request;
-use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{TrySendError, http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -27,83 +23,14 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
-use crate::config::Protocol;
+use crate::config::validate::MAX_RESPONSE_HEADER_BYTES;
+use crate::config::{Protocol, Timeouts};
+pub use crate::request_body::RequestBody;
 use crate::socket::Tcp;
 use crate::tls::UpstreamTlsSettings;
 
 /// Idle connections kept per backend; more are closed when their response ends.
 const MAX_IDLE: usize = 256;
-/// An idle connection older than this is closed instead of reused (servers commonly time out at 60 s or more).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(55);
-
-/// The body of a request on its way to a backend.
-pub enum RequestBody {
-    Empty,
-    Streaming(Incoming),
-    /// Streaming, with its bytes counted (for the access log) and/or capped (`limits.max_request_body_bytes`).
-    Metered(Box<Metered>),
-}
-
-pub struct Metered {
-    pub body: Incoming,
-    pub count: Option<Arc<AtomicU64>>,
-    /// Bytes still allowed; past them the body fails and `exceeded` is set.
-    pub remaining: u64,
-    pub exceeded: Arc<AtomicBool>,
-}
-
-/// The request body was larger than `limits.max_request_body_bytes`.
-#[derive(Debug, thiserror::Error)]
-#[error("request body larger than limits.max_request_body_bytes")]
-pub struct BodyTooLarge;
-
-impl Body for RequestBody {
-    type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match self.get_mut() {
-            Self::Empty => Poll::Ready(None),
-            Self::Streaming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            Self::Metered(m) => {
-                let polled = ready!(Pin::new(&mut m.body).poll_frame(cx));
-                if let Some(Ok(frame)) = &polled {
-                    if let Some(data) = frame.data_ref() {
-                        let n = data.len() as u64;
-                        if let Some(count) = &m.count {
-                            count.fetch_add(n, Ordering::Relaxed);
-                        }
-                        if n > m.remaining {
-                            m.exceeded.store(true, Ordering::Relaxed);
-                            return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
-                        }
-                        m.remaining -= n;
-                    }
-                }
-                Poll::Ready(polled.map(|r| r.map_err(Into::into)))
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Empty => true,
-            Self::Streaming(b) => b.is_end_stream(),
-            Self::Metered(m) => m.body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            Self::Empty => SizeHint::with_exact(0),
-            Self::Streaming(b) => b.size_hint(),
-            Self::Metered(m) => m.body.size_hint(),
-        }
-    }
-}
 
 /// A connection's request handle.
 pub enum Sender {
@@ -199,6 +126,8 @@ impl UpstreamKind {
 struct Idle {
     sender: Sender,
     since: Instant,
+    /// How long the backend said it keeps the connection (`Keep-Alive: timeout=N`, less a margin).
+    cap: Duration,
 }
 
 /// How many runtimes serve requests (set once at start by the binary; 1 otherwise), and which one this thread
@@ -262,8 +191,9 @@ impl ConnectionPool {
         &self.idle[i % self.idle.len()]
     }
 
-    /// The most recently used idle connection that is still open and ready, if any.
-    pub fn checkout(&self, now: Instant) -> Option<Sender> {
+    /// The most recently used idle connection that is still open and ready, and idle for less than `max_idle`
+    /// (and what the backend allows), if any.
+    pub fn checkout(&self, now: Instant, max_idle: Duration) -> Option<Sender> {
         let mut idle = self.idle().lock().unwrap_or_else(|p| p.into_inner());
         if self.kind.protocol.is_http2() {
             while let Some(c) = idle.last() {
@@ -277,29 +207,26 @@ impl ConnectionPool {
             return None;
         }
         while let Some(c) = idle.pop() {
-            if c.sender.usable() && now.saturating_duration_since(c.since) < IDLE_TIMEOUT {
+            if c.sender.usable() && now.saturating_duration_since(c.since) < max_idle.min(c.cap) {
                 return Some(c.sender);
             }
         }
         None
     }
 
-    /// Returns a connection whose response has ended.
-    pub fn checkin(&self, sender: Sender, now: Instant) {
-        if sender.is_closed() || matches!(sender, Sender::H2(_)) {
+    /// Returns a connection whose response has ended; `cap` is how long the backend keeps it open.
+    pub fn checkin(&self, sender: Sender, now: Instant, cap: Duration) {
+        if sender.is_closed() || matches!(sender, Sender::H2(_)) || cap.is_zero() {
             return;
         }
         let mut idle = self.idle().lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE {
-            idle.push(Idle { sender, since: now });
+            idle.push(Idle {
+                sender,
+                since: now,
+                cap,
+            });
         }
-    }
-
-    pub fn idle_count(&self) -> usize {
-        self.idle
-            .iter()
-            .map(|i| i.lock().map_or(0, |i| i.len()))
-            .sum()
     }
 
     /// Opens a new connection within `timeout` (for HTTP/2, it becomes the shared one).
@@ -312,6 +239,7 @@ impl ConnectionPool {
             idle.push(Idle {
                 sender: Sender::H2(s.clone()),
                 since: Instant::now(),
+                cap: Duration::MAX,
             });
         }
         Ok(sender)
@@ -368,8 +296,9 @@ where
         });
         Ok(Sender::H2(sender))
     } else {
+        // `max_response_header_bytes` is checked on each response; this only bounds the read buffer.
         let (sender, conn) = http1::Builder::new()
-            .max_buf_size(256 * 1024)
+            .max_buf_size(MAX_RESPONSE_HEADER_BYTES + 64 * 1024)
             .handshake::<_, RequestBody>(io)
             .await
             .map_err(io::Error::other)?;
@@ -387,32 +316,42 @@ where
 /// pool, connection) and stays one pointer in each instead of a few hundred bytes moved with every one.
 pub type Outgoing = Box<Request<RequestBody>>;
 
-/// Sends `req` on a pooled connection, or on a new one when none is idle (or the idle ones turn out closed).
+/// Sends `req` on a pooled connection (unless `fresh`), or on a new one when none is idle (or the idle ones
+/// turn out closed).
 ///
-/// Errors: `Err((error, Some(req)))` when the request was never sent (a connect failure), `Err((error, None))`
-/// once it was.
+/// Errors: [`SendError::Connect`] when the request was never sent, [`SendError::Stale`] when a reused HTTP/1.1
+/// connection closed before any answer (the backend's keep-alive race: safe to send a replayable request again
+/// on a new connection), [`SendError::Sent`] otherwise.
 pub async fn send(
     pool: &ConnectionPool,
     mut req: Outgoing,
     now: Instant,
-    connect_timeout: Duration,
+    timeouts: &Timeouts,
+    fresh: bool,
 ) -> Result<(http::Response<Incoming>, Sender), SendError> {
-    while let Some(mut sender) = pool.checkout(now) {
+    while let Some(mut sender) = (!fresh)
+        .then(|| pool.checkout(now, timeouts.idle))
+        .flatten()
+    {
         match sender.try_send(req).await {
             Ok(resp) => return Ok((resp, sender)),
             // Closed before the request was written: take it back and try the next connection.
             Err((_, Some(back))) => req = back,
+            Err((e, None)) if matches!(sender, Sender::H1(_)) && closed_unanswered(&e) => {
+                return Err(SendError::Stale(e));
+            }
             Err((e, None)) => return Err(SendError::Sent(e)),
         }
     }
     // Connecting is the rare path and its future is large (TCP, TLS, HTTP/1 or HTTP/2 handshakes): boxed, so
     // that every request's future stays small and cheap to move.
+    let connect_timeout = timeouts.connect;
     let connected = Box::pin(async {
         if !pool.kind.protocol.is_http2() {
             return pool.connect(connect_timeout).await;
         }
         let _one_at_a_time = pool.connecting.lock().await;
-        match pool.checkout(now) {
+        match pool.checkout(now, Duration::MAX) {
             Some(shared) => Ok(shared),
             None => pool.connect(connect_timeout).await,
         }
@@ -435,9 +374,79 @@ pub async fn send(
     }
 }
 
+/// Did the connection close (or reset) before any of the response arrived?
+fn closed_unanswered(e: &hyper::Error) -> bool {
+    if e.is_incomplete_message() || e.is_canceled() || e.is_closed() {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<io::Error>() {
+            use io::ErrorKind as K;
+            return matches!(
+                io.kind(),
+                K::ConnectionReset | K::BrokenPipe | K::ConnectionAborted | K::UnexpectedEof
+            );
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// How long a backend keeps a connection open after this response, from its `Keep-Alive` header: `timeout=N`
+/// less a margin (half of it, at most a second), so the proxy lets go first; zero when `max` says this was
+/// the last request. `Duration::MAX` when it says nothing.
+pub fn keep_alive_cap(headers: &http::HeaderMap) -> Duration {
+    let Some(value) = headers.get("keep-alive").and_then(|v| v.to_str().ok()) else {
+        return Duration::MAX;
+    };
+    let mut cap = Duration::MAX;
+    for param in value.split(',') {
+        let (name, number) = match param.split_once('=') {
+            Some((n, v)) => (n.trim(), v.trim().trim_matches('"').parse::<u64>().ok()),
+            None => continue,
+        };
+        match (name, number) {
+            (n, Some(secs)) if n.eq_ignore_ascii_case("timeout") => {
+                let full = Duration::from_secs(secs);
+                cap = cap.min(full.saturating_sub((full / 2).min(Duration::from_secs(1))));
+            }
+            (n, Some(max)) if n.eq_ignore_ascii_case("max") && max <= 1 => return Duration::ZERO,
+            _ => {}
+        }
+    }
+    cap
+}
+
 pub enum SendError {
     /// Nothing was sent; the request comes back.
     Connect(io::Error, Outgoing),
+    /// A reused connection closed before any answer: the backend had let it go as the request went out.
+    Stale(hyper::Error),
     /// The request was (at least partly) sent, then the exchange failed.
     Sent(hyper::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cap(value: &str) -> Duration {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("keep-alive", value.parse().unwrap());
+        keep_alive_cap(&headers)
+    }
+
+    #[test]
+    fn keep_alive_timeouts_are_honoured_with_a_margin() {
+        assert_eq!(keep_alive_cap(&http::HeaderMap::new()), Duration::MAX);
+        assert_eq!(cap("timeout=5"), Duration::from_secs(4));
+        assert_eq!(cap("timeout=1"), Duration::from_millis(500));
+        assert_eq!(cap("timeout=5, max=100"), Duration::from_secs(4));
+        assert_eq!(cap("Timeout=60"), Duration::from_secs(59));
+        assert_eq!(cap("timeout=0"), Duration::ZERO);
+        assert_eq!(cap("timeout=5, max=1"), Duration::ZERO);
+        assert_eq!(cap("max=10"), Duration::MAX);
+        assert_eq!(cap("timeout=soon"), Duration::MAX);
+    }
 }

@@ -50,6 +50,7 @@ pub struct Discovery {
 pub struct Limits {
     pub max_header_bytes: Option<i64>,
     pub header_read_timeout: Option<String>,
+    pub body_read_timeout: Option<String>,
     pub idle_timeout: Option<String>,
     pub max_connections: Option<i64>,
     pub max_request_body_bytes: Option<i64>,
@@ -126,6 +127,7 @@ pub struct Pool {
     pub circuit_breaker: Option<CircuitBreaker>,
     pub retry: Option<Retry>,
     pub panic_threshold: Option<Number>,
+    pub max_response_header_bytes: Option<i64>,
     pub protocol: Option<String>,
     pub tls: Option<UpstreamTls>,
     pub discovery: Option<Discovery>,
@@ -192,6 +194,7 @@ pub struct Backend {
 pub struct Timeouts {
     pub connect: Option<String>,
     pub request: Option<String>,
+    pub idle: Option<String>,
 }
 
 /// `[runtime]`: process-wide settings.

@@ -79,6 +79,8 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// From a request head's first byte (or a new connection) until the head is complete (slowloris).
     pub header_read_timeout: Duration,
+    /// The longest a request body may keep the proxy waiting for its next bytes; over it the client gets 408.
+    pub body_read_timeout: Duration,
     /// How long a keep-alive connection may wait for its next request.
     pub idle_timeout: Duration,
     /// Open client connections; over it new ones are closed at once.
@@ -94,6 +96,7 @@ impl Default for Limits {
         Self {
             max_header_bytes: 64 * 1024,
             header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(60),
             idle_timeout: Duration::from_secs(60),
             max_connections: 10_000,
             max_request_body_bytes: None,
@@ -197,6 +200,8 @@ pub struct PoolSettings {
     pub retry: RetrySettings,
     /// Below this healthy share the pool ignores health checks (Envoy's panic mode); 0 = never.
     pub panic_threshold: f64,
+    /// A response head larger than this is refused (502).
+    pub max_response_header_bytes: usize,
     pub protocol: Protocol,
     /// For `https` and `h2`.
     pub tls: Option<UpstreamTlsSettings>,
@@ -214,9 +219,20 @@ pub struct BackendSettings {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Timeouts {
     pub connect: Duration,
-    /// Until the upstream's response headers arrive.
+    /// Until the upstream's response headers arrive, counted from the end of the request body.
     pub request: Duration,
+    /// The longest an upstream connection stays idle for reuse (shorter when the backend's `Keep-Alive:
+    /// timeout=N` says so).
+    pub idle: Duration,
 }
+
+/// How long an upstream connection may stay idle for reuse by default: below the 5 s after which Node.js closes
+/// idle keep-alive connections, the shortest common server default.
+pub const DEFAULT_UPSTREAM_IDLE: Duration = Duration::from_secs(4);
+/// The largest response head an upstream may send by default.
+pub const DEFAULT_MAX_RESPONSE_HEADER_BYTES: usize = 256 * 1024;
+/// The largest `max_response_header_bytes` allowed (the upstream connections' read buffer is sized for it).
+pub const MAX_RESPONSE_HEADER_BYTES: usize = 1024 * 1024;
 
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RuntimeSettings {
@@ -855,7 +871,19 @@ pub fn validate(
                 t.and_then(|t| t.request.as_deref()),
                 DEFAULT_REQUEST_TIMEOUT,
             ),
+            idle: c.duration(
+                field.key("timeouts").key("idle"),
+                t.and_then(|t| t.idle.as_deref()),
+                DEFAULT_UPSTREAM_IDLE,
+            ),
         };
+        let max_response_header_bytes = c.int(
+            field.key("max_response_header_bytes"),
+            pool.max_response_header_bytes,
+            DEFAULT_MAX_RESPONSE_HEADER_BYTES as u32,
+            8192,
+            MAX_RESPONSE_HEADER_BYTES as u32,
+        ) as usize;
         let health_check = pool
             .health_check
             .as_ref()
@@ -883,6 +911,7 @@ pub fn validate(
                 breaker,
                 retry,
                 panic_threshold,
+                max_response_header_bytes,
                 protocol,
                 tls: upstream_tls,
                 discovery,
@@ -973,6 +1002,11 @@ pub fn validate(
                     field.key("header_read_timeout"),
                     l.header_read_timeout.as_deref(),
                     d.header_read_timeout,
+                ),
+                body_read_timeout: c.duration(
+                    field.key("body_read_timeout"),
+                    l.body_read_timeout.as_deref(),
+                    d.body_read_timeout,
                 ),
                 idle_timeout: c.duration(
                     field.key("idle_timeout"),

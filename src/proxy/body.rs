@@ -66,6 +66,8 @@ pub struct Completion {
     pub started: Instant,
     pub in_flight: InFlight,
     pub connection: Option<Sender>,
+    /// How long the backend keeps the connection open for reuse (its `Keep-Alive: timeout`).
+    pub idle_cap: Duration,
     /// The access log line, sent when the body ends.
     pub log: Option<Box<Pending>>,
 }
@@ -81,7 +83,7 @@ impl Drop for UpstreamBody {
         }
         if self.ended || self.body.is_end_stream() {
             if let Some(sender) = self.done.connection.take() {
-                backend.connections.checkin(sender, now);
+                backend.connections.checkin(sender, now, self.done.idle_cap);
             }
         }
     }

@@ -1,13 +1,14 @@
 //! The data path, top to bottom: route → pick → forward (retrying where it is safe) → record.
 
 mod body;
+mod checks;
 pub mod headers;
 pub mod retry;
 mod tunnel;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -25,8 +26,9 @@ use crate::config::Protocol;
 use crate::error::ProxyError;
 use crate::metrics::{BackendMetrics, Metrics, NONE};
 use crate::pool::{Pool, Tried};
+use crate::request_body::{BodyWatch, ClientBody, RequestBody};
 use crate::router::Snapshot;
-use crate::upstream::{self, Metered, Outgoing, RequestBody, SendError};
+use crate::upstream::{self, Outgoing, SendError, Sender};
 
 /// What the proxy knows of the client connection a request came on.
 #[derive(Debug, Clone)]
@@ -49,7 +51,8 @@ pub struct Proxy {
 /// How one attempt ended, when it did not give a response to pass on.
 enum Failure {
     /// A response the proxy may retry (502/503/504 to an idempotent, replayable request); passed on if not.
-    Response(Response<Incoming>, Completion),
+    /// Boxed: the rare case should not make every attempt's result large.
+    Response(Box<(Response<Incoming>, Completion)>),
     Error(ProxyError),
 }
 
@@ -62,35 +65,37 @@ impl Proxy {
     pub async fn handle(&self, mut req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
         let peer = conn.peer;
         let started = Instant::now();
-        let (pool, mut log, max_body, trusted) = {
+        let (pool, mut log, limits, trusted) = {
             let snapshot = self.snapshot.load();
             let log = snapshot
                 .access_log
                 .as_ref()
                 .map(|(_, log)| Box::new(pending(log, &req, peer)));
-            if req.method() == Method::CONNECT {
-                self.metrics.reject("connect_method");
-                let e = ProxyError::MethodNotAllowed;
-                return local_answer(&e, &snapshot.no_route_metrics, started, log, 0);
+            let refused = if req.method() == Method::CONNECT {
+                Err(ProxyError::MethodNotAllowed)
+            } else {
+                checks::check(&req)
+            };
+            if let Err(e) = refused {
+                return self.refuse(&e, &snapshot.no_route_metrics, started, log, 0);
             }
             let host = request_host(&req);
             let Some(pool) = snapshot.routes.route(host, req.uri().path()) else {
                 let e = ProxyError::NoRoute;
                 return local_answer(&e, &snapshot.no_route_metrics, started, log, 0);
             };
-            let max_body = snapshot.limits.max_request_body_bytes;
-            if let Some(max) = max_body {
+            let limits = snapshot.limits;
+            if let Some(max) = limits.max_request_body_bytes {
                 if content_length(&req).is_some_and(|n| n > max) {
-                    self.metrics.reject("body_too_large");
                     let e = ProxyError::BodyTooLarge;
-                    return local_answer(&e, &pool.local_metrics, started, log, 0);
+                    return self.refuse(&e, &pool.local_metrics, started, log, 0);
                 }
             }
             let trusted = snapshot
                 .trusted_proxies
                 .iter()
                 .any(|net| net.contains(&headers::canonical(peer.ip())));
-            (Arc::clone(pool), log, max_body, trusted)
+            (Arc::clone(pool), log, limits, trusted)
         };
         let upgrade = headers::is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
         let protocol = pool.protocol;
@@ -107,13 +112,6 @@ impl Proxy {
         else {
             return local_answer(&ProxyError::NoBackend, &pool.local_metrics, started, log, 0);
         };
-        let bytes_in = log.as_ref().map(|l| Arc::clone(&l.bytes_in));
-        let meter = (bytes_in.is_some() || max_body.is_some()).then(|| Meter {
-            count: bytes_in,
-            limit: max_body.unwrap_or(u64::MAX),
-            exceeded: Arc::new(AtomicBool::new(false)),
-        });
-        let body_too_large = meter.as_ref().map(|m| Arc::clone(&m.exceeded));
         let how = Forwarding {
             peer: conn.peer_value,
             trusted,
@@ -121,13 +119,22 @@ impl Proxy {
             upgrade: upgrade.is_some(),
             protocol,
         };
-        let mut req = match prepare(req, &how, meter) {
+        let body = BodySetup {
+            count: log.as_ref().map(|l| Arc::clone(&l.bytes_in)),
+            limit: limits.max_request_body_bytes,
+            stall_timeout: limits.body_read_timeout,
+            started,
+        };
+        let tunnel_idle_timeout = limits.idle_timeout;
+        let (mut req, watch) = match prepare(req, &how, body) {
             Ok(r) => r,
             Err(e) => {
                 first.breaker.cancel_trial();
-                return local_answer(&e, &pool.local_metrics, started, log, 0);
+                return self.refuse(&e, &pool.local_metrics, started, log, 0);
             }
         };
+        // A body-less idempotent request can be sent again: on a new connection when a reused one turns out
+        // closed, and to another backend when the pool's retry policy allows.
         let replayable =
             matches!(req.body(), RequestBody::Empty) && retry::is_idempotent(req.method());
 
@@ -136,34 +143,42 @@ impl Proxy {
         let mut attempt_started = started;
         loop {
             let may_retry = retries < pool.retry.max_retries;
-            // Keep a copy for a retry after sending only when one could happen: another backend to try.
-            let copy =
-                (may_retry && replayable && pool.backends.len() > 1).then(|| copy_request(&req));
+            let copy = replayable.then(|| copy_request(&req));
             let attempts = retries + 1;
-            let (failure, back) =
-                match attempt(&pool, &backend, req, started, attempt_started).await {
-                    Ok((resp, done)) => {
-                        if let (Some(client), StatusCode::SWITCHING_PROTOCOLS) =
-                            (upgrade, resp.status())
-                        {
-                            let idle = self.snapshot.load().limits.idle_timeout;
-                            return tunnel::open(
-                                resp,
-                                done,
-                                client,
-                                log,
-                                attempts,
-                                idle,
-                                &self.metrics,
-                            );
-                        }
-                        return pass_on(resp, done, log, attempts, pool.timeouts.request);
+            let exchange = Exchange {
+                pool: &pool,
+                backend: &backend,
+                watch: watch.as_deref(),
+                replay: copy.as_ref(),
+                started,
+                attempt_started,
+            };
+            let (failure, back) = match exchange.attempt(req).await {
+                Ok((resp, done)) => {
+                    if let (Some(client), StatusCode::SWITCHING_PROTOCOLS) =
+                        (upgrade, resp.status())
+                    {
+                        let idle = tunnel_idle_timeout;
+                        return tunnel::open(
+                            resp,
+                            done,
+                            client,
+                            log,
+                            attempts,
+                            idle,
+                            &self.metrics,
+                        );
                     }
-                    Err((Failure::Response(resp, done), _)) if copy.is_none() => {
-                        return pass_on(resp, done, log, attempts, pool.timeouts.request);
-                    }
-                    Err(other) => other,
-                };
+                    return pass_on(resp, done, log, attempts, pool.timeouts.request);
+                }
+                Err((Failure::Response(answer), _))
+                    if !(may_retry && replayable && pool.backends.len() > 1) =>
+                {
+                    let (resp, done) = *answer;
+                    return pass_on(resp, done, log, attempts, pool.timeouts.request);
+                }
+                Err(other) => other,
+            };
             // Nothing was sent (connect failure): the request itself comes back, whatever its method, and
             // goes to another backend without touching the budget: the failing backend saw nothing.
             let now = Instant::now();
@@ -178,23 +193,15 @@ impl Proxy {
             };
             let Some((next_backend, next_req)) = next else {
                 return match failure {
-                    Failure::Response(resp, done) => {
+                    Failure::Response(answer) => {
+                        let (resp, done) = *answer;
                         pass_on(resp, done, log, attempts, pool.timeouts.request)
-                    }
-                    Failure::Error(_)
-                        if body_too_large
-                            .as_ref()
-                            .is_some_and(|b| b.load(Ordering::Relaxed)) =>
-                    {
-                        self.metrics.reject("body_too_large");
-                        let e = ProxyError::BodyTooLarge;
-                        local_answer(&e, &pool.local_metrics, started, log, attempts)
                     }
                     Failure::Error(e) => {
                         if let Some(l) = log.as_mut() {
                             l.backend.clone_from(&backend.address);
                         }
-                        local_answer(&e, &pool.local_metrics, started, log, attempts)
+                        self.refuse(&e, &pool.local_metrics, started, log, attempts)
                     }
                 };
             };
@@ -206,6 +213,23 @@ impl Proxy {
             backend = next_backend;
             req = next_req;
         }
+    }
+
+    /// The proxy's own answer to a request it cannot pass on; refusals because of the client are counted in
+    /// `switchyard_rejected_requests_total` (and logged at debug level only).
+    fn refuse(
+        &self,
+        error: &ProxyError,
+        metrics: &BackendMetrics,
+        started: Instant,
+        log: Option<Box<Pending>>,
+        attempts: u32,
+    ) -> Response<ProxyBody> {
+        if let Some(reason) = error.rejection() {
+            self.metrics.reject(reason);
+            tracing::debug!(%error, reason, "request refused");
+        }
+        local_answer(error, metrics, started, log, attempts)
     }
 }
 
@@ -235,57 +259,118 @@ impl Proxy {
     }
 }
 
-/// One attempt on one backend. `Err` carries the failure and, when nothing was sent, the request.
-async fn attempt(
-    pool: &Pool,
-    backend: &Arc<Backend>,
-    req: Outgoing,
+/// One attempt on one backend, and what it needs to know.
+struct Exchange<'a> {
+    pool: &'a Pool,
+    backend: &'a Arc<Backend>,
+    /// The client's request body, when it has one.
+    watch: Option<&'a BodyWatch>,
+    /// A copy of a replayable request, for a reused connection that turns out closed.
+    replay: Option<&'a Outgoing>,
     started: Instant,
     attempt_started: Instant,
-) -> Result<(Response<Incoming>, Completion), (Failure, Option<Outgoing>)> {
-    let in_flight = backend.begin();
-    let mut outcome = OutcomeGuard(Some((pool, backend)));
-    let sent = tokio::time::timeout_at(
-        attempt_started + pool.timeouts.request,
-        upstream::send(
-            &backend.connections,
-            req,
-            attempt_started,
-            pool.timeouts.connect,
-        ),
-    )
-    .await;
-    let error = match sent {
-        Ok(Ok((resp, sender))) => {
-            let status = resp.status();
-            outcome.record(!status.is_server_error(), &status);
-            let done = Completion {
-                started,
-                in_flight,
-                connection: Some(sender),
-                log: None,
-            };
-            if matches!(status.as_u16(), 502..=504) {
-                return Err((Failure::Response(resp, done), None));
+}
+
+impl Exchange<'_> {
+    /// Sends the request. `Err` carries the failure and, when nothing was sent, the request. Only what the
+    /// backend did counts against it: a failure the client caused (its body) comes back as
+    /// [`ProxyError::Client`] with the backend's breaker and error counts untouched.
+    async fn attempt(
+        &self,
+        req: Outgoing,
+    ) -> Result<(Response<Incoming>, Completion), (Failure, Option<Outgoing>)> {
+        let (pool, backend) = (self.pool, self.backend);
+        let in_flight = backend.begin();
+        let mut outcome = OutcomeGuard(Some((pool, backend)));
+        let error = match self.send(req).await {
+            Some(Ok((resp, sender))) if head_size(&resp) <= pool.max_response_header_bytes => {
+                let status = resp.status();
+                outcome.record(!status.is_server_error(), &status);
+                let done = Completion {
+                    started: self.started,
+                    in_flight,
+                    connection: Some(sender),
+                    idle_cap: upstream::keep_alive_cap(resp.headers()),
+                    log: None,
+                };
+                if matches!(status.as_u16(), 502..=504) {
+                    return Err((Failure::Response(Box::new((resp, done))), None));
+                }
+                return Ok((resp, done));
             }
-            return Ok((resp, done));
+            // Its connection goes with it: the body was not read.
+            Some(Ok(_)) => ProxyError::ResponseHeadTooLarge,
+            Some(Err(SendError::Connect(e, back))) => {
+                let error = ProxyError::Connect(e);
+                backend.metrics.count_error("connect");
+                outcome.record(false, &error);
+                log_failure(backend, &error);
+                return Err((Failure::Error(error), Some(back)));
+            }
+            Some(Err(SendError::Sent(e) | SendError::Stale(e))) => ProxyError::Protocol(e),
+            None => ProxyError::Timeout,
+        };
+        if let Some(fault) = self.watch.and_then(BodyWatch::fault) {
+            // The client broke its body: the exchange is abandoned (the upstream connection closes), and the
+            // guard releases a half-open trial without an outcome.
+            drop(outcome);
+            return Err((Failure::Error(ProxyError::Client(fault)), None));
         }
-        Ok(Err(SendError::Connect(e, back))) => {
-            let error = ProxyError::Connect(e);
-            backend.metrics.count_error("connect");
-            outcome.record(false, &error);
-            log_failure(backend, &error);
-            return Err((Failure::Error(error), Some(back)));
+        if let Some(kind) = error.upstream_kind() {
+            backend.metrics.count_error(kind);
         }
-        Ok(Err(SendError::Sent(e))) => ProxyError::Protocol(e),
-        Err(_) => ProxyError::Timeout,
-    };
-    if let Some(kind) = error.upstream_kind() {
-        backend.metrics.count_error(kind);
+        outcome.record(false, &error);
+        log_failure(backend, &error);
+        Err((Failure::Error(error), None))
     }
-    outcome.record(false, &error);
-    log_failure(backend, &error);
-    Err((Failure::Error(error), None))
+
+    /// Sends on a pooled connection (once more, on a new one, when the pooled one turns out closed and the
+    /// request can be replayed), within the pool's request timeout: `None` when it ran out. While the client is
+    /// still sending its body, the timeout waits for it.
+    async fn send(&self, req: Outgoing) -> Option<Result<(Response<Incoming>, Sender), SendError>> {
+        let backend = self.backend;
+        let timeouts = self.pool.timeouts;
+        let connections = &backend.connections;
+        let sending = async {
+            let first =
+                upstream::send(connections, req, self.attempt_started, &timeouts, false).await;
+            match (first, self.replay) {
+                (Err(SendError::Stale(_)), Some(copy)) => {
+                    // The backend closed a kept-alive connection as the request went out: nothing was
+                    // answered, so the same backend gets it again on a new connection (not a retry).
+                    backend.metrics.reused_connection_retries.inc();
+                    let again = copy_request(copy);
+                    upstream::send(connections, again, self.attempt_started, &timeouts, true).await
+                }
+                (first, _) => first,
+            }
+        };
+        let mut sending = std::pin::pin!(sending);
+        let mut due = self.attempt_started + timeouts.request;
+        loop {
+            match tokio::time::timeout_at(due, sending.as_mut()).await {
+                Ok(result) => return Some(result),
+                Err(_) => {
+                    let now = Instant::now();
+                    match self.watch.map(|w| w.answer_due(timeouts.request, now)) {
+                        Some(later) if later > now => due = later,
+                        _ => return None,
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The size of a response head as it came (status line, `name: value` lines, blank line), for
+/// `max_response_header_bytes`: hyper checks its own limit only between reads, not within one.
+fn head_size(resp: &Response<Incoming>) -> usize {
+    let lines: usize = resp
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    lines + 17 + resp.status().canonical_reason().map_or(0, str::len)
 }
 
 fn log_failure(backend: &Backend, error: &ProxyError) {
@@ -330,25 +415,40 @@ struct Forwarding {
     protocol: Protocol,
 }
 
+/// How a request's body is read from the client.
+struct BodySetup {
+    /// Body bytes, for the access log.
+    count: Option<Arc<AtomicU64>>,
+    limit: Option<u64>,
+    stall_timeout: Duration,
+    started: Instant,
+}
+
 /// Rewrites a client request for the upstream: hop-by-hop headers out, forwarding headers in; for HTTP/1.1
-/// upstreams an origin-form target and `Host`, for HTTP/2 ones an absolute target (`:scheme`, `:authority`).
+/// upstreams an origin-form target and `Host` (the target's authority when it has one: routing and the backend
+/// see the same host), for HTTP/2 ones an absolute target (`:scheme`, `:authority`). A body is watched
+/// ([`BodyWatch`]) so that a failure the client causes is told from one the backend causes.
 fn prepare(
     req: Request<Incoming>,
     how: &Forwarding,
-    meter: Option<Meter>,
-) -> Result<Outgoing, ProxyError> {
+    setup: BodySetup,
+) -> Result<(Outgoing, Option<Arc<BodyWatch>>), ProxyError> {
+    let http2_client = req.version() == Version::HTTP_2;
     let (mut parts, body) = req.into_parts();
-    let original_host = parts.headers.get(header::HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
+    let authority = parts
+        .uri
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+    let original_host = authority
+        .clone()
+        .or_else(|| parts.headers.get(header::HOST).cloned());
     let upgrade = if how.upgrade {
         parts.headers.get(header::UPGRADE).cloned()
     } else {
         None
     };
+    // A body of unknown length (chunked) stays chunked: hyper sends none for a GET without the header.
+    let chunked = !body.is_end_stream() && !parts.headers.contains_key(header::CONTENT_LENGTH);
     headers::strip_hop_by_hop(&mut parts.headers);
     if let Some(token) = upgrade {
         parts
@@ -382,35 +482,46 @@ fn prepare(
             .map_err(|_| ProxyError::BadRequest)?;
         parts.version = Version::HTTP_2;
     } else {
-        if !parts.headers.contains_key(header::HOST) {
-            if let Some(host) = original_host {
-                parts.headers.insert(header::HOST, host);
+        match authority {
+            Some(target) => {
+                parts.headers.insert(header::HOST, target);
             }
+            None if !parts.headers.contains_key(header::HOST) => {
+                if let Some(host) = original_host {
+                    parts.headers.insert(header::HOST, host);
+                }
+            }
+            None => {}
         }
         parts.version = Version::HTTP_11;
+        if chunked {
+            parts.headers.insert(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
+        }
         if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
             let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
             parts.uri = Uri::try_from(path).map_err(|_| ProxyError::BadRequest)?;
         }
     }
-    let body = match meter {
-        _ if body.is_end_stream() => RequestBody::Empty,
-        Some(m) => RequestBody::Metered(Box::new(Metered {
-            body,
-            count: m.count,
-            remaining: m.limit,
-            exceeded: m.exceeded,
-        })),
-        None => RequestBody::Streaming(body),
-    };
-    Ok(Box::new(Request::from_parts(parts, body)))
-}
-
-/// What to count and cap of a request body.
-struct Meter {
-    count: Option<Arc<AtomicU64>>,
-    limit: u64,
-    exceeded: Arc<AtomicBool>,
+    if body.is_end_stream() {
+        return Ok((
+            Box::new(Request::from_parts(parts, RequestBody::Empty)),
+            None,
+        ));
+    }
+    let watch = BodyWatch::new(setup.started);
+    let body = ClientBody::new(
+        body,
+        setup.count,
+        setup.limit,
+        setup.stall_timeout,
+        http2_client,
+        Arc::clone(&watch),
+    );
+    let req = Request::from_parts(parts, RequestBody::Client(Box::new(body)));
+    Ok((Box::new(req), Some(watch)))
 }
 
 /// The request's declared body length, if it declares one.
@@ -500,7 +611,13 @@ fn local_answer(
         l.attempts = attempts;
         l.finish(elapsed, error.reason().len() as u64);
     }
-    plain(status, error.reason())
+    let mut resp = plain(status, error.reason());
+    if error.closes_connection() {
+        // The rest of what the client sent (a body, a next request) cannot be trusted or was not read.
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 /// A short plain-text response.
@@ -527,13 +644,13 @@ mod future_size {
         std::mem::size_of::<F>()
     }
 
-    fn size4<A, B, C, D, F: std::future::Future>(_: impl Fn(A, B, C, D) -> F) -> usize {
+    fn size5<A, B, C, D, E, F: std::future::Future>(_: impl Fn(A, B, C, D, E) -> F) -> usize {
         std::mem::size_of::<F>()
     }
 
     #[test]
     fn request_futures_stay_small() {
-        let (handle, send) = (size(Proxy::handle), size4(upstream::send));
+        let (handle, send) = (size(Proxy::handle), size5(upstream::send));
         assert!(handle <= 2048, "Proxy::handle's future is {handle} bytes");
         assert!(send <= 640, "upstream::send's future is {send} bytes");
     }
