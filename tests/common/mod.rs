@@ -24,8 +24,11 @@ use tokio::net::{TcpListener, TcpStream};
 use switchyard::server::Server;
 
 mod process;
+mod scripted;
 #[allow(unused_imports)]
 pub use process::*;
+#[allow(unused_imports)]
+pub use scripted::*;
 
 pub type BoxBody =
     http_body_util::combinators::BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
