@@ -54,12 +54,24 @@ async fn sequential(proxy: SocketAddr, host: &str, n: usize) -> Vec<u16> {
 }
 
 async fn try_get_host(proxy: SocketAddr, host: &str) -> Option<u16> {
+    // One kept-alive client connection per test thread: the proxy's worker threads keep idle upstream
+    // connections apart, so counting them needs the client to stay on one worker.
+    thread_local! {
+        static CLIENT: hyper_util::client::legacy::Client<
+            hyper_util::client::legacy::connect::HttpConnector,
+            BoxBody,
+        > = client();
+    }
     let req = http::Request::get(format!("http://{proxy}/"))
         .header("host", host)
         .body(full(""))
         .ok()?;
-    let resp = client().request(req).await.ok()?;
-    Some(resp.status().as_u16())
+    let resp = CLIENT.with(|c| c.request(req)).await.ok()?;
+    let status = resp.status().as_u16();
+    http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .ok()?;
+    Some(status)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
