@@ -5,9 +5,9 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 
+use switchyard::balance::pool::{Pool, Tried};
 use switchyard::config::{Algorithm, BackendSettings, PoolSettings, Timeouts};
-use switchyard::metrics::Metrics;
-use switchyard::pool::{Pool, Tried};
+use switchyard::observe::metrics::Metrics;
 
 fn pool(algorithm: Algorithm, n: usize, metrics: &Metrics) -> Pool {
     let settings = PoolSettings {

@@ -10,12 +10,12 @@ use std::time::SystemTime;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use crate::control::Trigger;
+use crate::control::{Shared, request_reload};
 use crate::proxy::{ProxyBody, plain};
-use crate::reload::Trigger;
-use crate::server::{Shared, request_reload};
 
 pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
-    if let Some(token) = shared.config.load().admin.token.as_deref() {
+    if let Some(token) = shared.snapshot.load().admin_token.as_deref() {
         if !authorized(req.headers(), token) {
             let mut resp = plain(
                 StatusCode::UNAUTHORIZED,
@@ -55,7 +55,7 @@ pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBo
                 }
                 json_response(StatusCode::OK, &v)
             }
-            Err(e) => json_response(StatusCode::BAD_REQUEST, &json!({ "error": e })),
+            Err(e) => json_response(StatusCode::BAD_REQUEST, &json!({ "error": e.to_string() })),
         },
         ("/healthz" | "/metrics" | "/api/pools" | "/api/reload", _) => method_not_allowed(),
         _ => match backend_action(path) {

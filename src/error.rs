@@ -2,7 +2,7 @@
 
 use http::StatusCode;
 
-use crate::request_body::ClientFault;
+use crate::upstream::request_body::ClientFault;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {

@@ -11,9 +11,9 @@ use hyper_util::rt::TokioExecutor;
 use tracing_subscriber::EnvFilter;
 
 use switchyard::config::{self, Config};
+use switchyard::control::{Trigger, request_reload};
 use switchyard::demo;
-use switchyard::reload::Trigger;
-use switchyard::server::{Server, request_reload};
+use switchyard::server::Server;
 
 /// mimalloc instead of glibc's malloc: every request allocates its future (a few KiB) and two read buffers, sizes
 /// glibc serves from its slow paths (docs/performance.md).

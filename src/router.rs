@@ -7,10 +7,10 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::access_log::{AccessLog, AccessLogSettings};
+use crate::balance::pool::Pool;
 use crate::config::{Config, Limits};
-use crate::metrics::{BackendMetrics, Metrics, NONE};
-use crate::pool::Pool;
+use crate::observe::access_log::{AccessLog, AccessLogSettings};
+use crate::observe::metrics::{BackendMetrics, Metrics, NONE};
 
 /// Everything the data path needs, published whole with one `ArcSwap::store`.
 pub struct Snapshot {
@@ -22,6 +22,8 @@ pub struct Snapshot {
     pub access_log: Option<(AccessLogSettings, Arc<AccessLog>)>,
     pub limits: Limits,
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The bearer token every admin request must carry, if one is configured.
+    pub admin_token: Option<String>,
 }
 
 impl Snapshot {
@@ -55,6 +57,7 @@ impl Snapshot {
             access_log,
             limits: config.limits,
             trusted_proxies: config.trusted_proxies.clone(),
+            admin_token: config.admin.token.clone(),
         }
     }
 }

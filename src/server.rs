@@ -1,51 +1,23 @@
-//! Listeners: bind, accept, serve HTTP/1.1 (and HTTP/2 with prior knowledge), count connections, drain.
-//! [`Server`] is the handle to a running switchyard; the control loop behind it lives in [`crate::reload`].
+//! A running switchyard: binds the listeners, builds the first snapshot, starts the control plane, and is the
+//! handle to reload and stop it. Tests drive it in-process; `main` drives it from the command line.
 
-use std::convert::Infallible;
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use prometheus::IntGauge;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio_rustls::TlsAcceptor;
 
-use crate::client_conn::{ConnClock, GuardedBody, ReadTimeout, TimedIo};
-use crate::config::{Config, Limits, ListenerSettings};
-use crate::metrics::Metrics;
-use crate::proxy::{ConnInfo, Proxy, ProxyBody};
-use crate::reload::{Command, ReloadOutcome, Supervisor, Trigger};
+use crate::config::Config;
+use crate::control::supervisor::Supervisor;
+use crate::control::{Command, ReloadError, ReloadOutcome, Shared, Trigger, request_reload};
+use crate::observe::metrics::Metrics;
+use crate::proxy::Proxy;
 use crate::router::Snapshot;
-use crate::socket::Tcp;
-use crate::tls::ListenerTls;
-
-/// What the data path and the control plane share.
-pub struct Shared {
-    pub config: ArcSwap<Config>,
-    pub snapshot: Arc<ArcSwap<Snapshot>>,
-    pub metrics: Arc<Metrics>,
-    /// The bound addresses of the proxy listeners, in config order.
-    pub listen_addrs: ArcSwap<Vec<SocketAddr>>,
-    /// Set once shutdown begins.
-    pub shutting_down: AtomicBool,
-    pub(crate) control: mpsc::Sender<Command>,
-    /// The runtimes that serve client connections, one accept loop each per proxy listener; empty: the
-    /// runtime `start` was called on.
-    pub(crate) workers: Vec<tokio::runtime::Handle>,
-}
+use crate::serve::{BindError, ListenerMode, ListenerTask, bind};
 
 /// A running switchyard: its bound addresses, and the handle to reload and stop it.
 pub struct Server {
@@ -59,13 +31,8 @@ pub struct Server {
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot listen on {address} ({field}): {source}")]
-    Bind {
-        address: SocketAddr,
-        field: String,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] BindError),
     #[error("{0}")]
     AccessLog(io::Error),
     #[error("{0}")]
@@ -92,7 +59,7 @@ impl Server {
         workers: Vec<tokio::runtime::Handle>,
     ) -> Result<Self, StartError> {
         let metrics = Arc::new(Metrics::new());
-        let access_log = crate::access_log::open(
+        let access_log = crate::observe::access_log::open(
             config.access_log.as_ref(),
             None,
             &metrics.access_log_dropped_total,
@@ -104,7 +71,6 @@ impl Server {
         )));
         let (control, commands) = mpsc::channel(16);
         let shared = Arc::new(Shared {
-            config: ArcSwap::from_pointee(config.clone()),
             snapshot: Arc::clone(&snapshot),
             metrics,
             listen_addrs: ArcSwap::from_pointee(Vec::new()),
@@ -119,17 +85,39 @@ impl Server {
             let mode = ListenerMode::build(l, None, &shared.metrics)
                 .map_err(|e| StartError::Tls(format!("listeners[{i}].tls: {e}")))?;
             let tcp = bind(l.address, &format!("listeners[{i}].address"), l.reuse_port).await?;
-            listeners.push(ListenerTask::proxy(l.address, tcp, mode, &proxy, &shared)?);
+            listeners.push(ListenerTask::proxy(
+                l.address,
+                tcp,
+                mode,
+                &proxy,
+                &shared.workers,
+            )?);
         }
         // With `reuse_port`, a second switchyard on this host (an upgrade) shares the admin address too.
         let admin_shared = config.listeners.iter().any(|l| l.reuse_port);
         let admin_tcp = bind(config.admin.address, "admin.address", admin_shared).await?;
-        let admin = ListenerTask::admin(config.admin.address, admin_tcp, &shared)?;
+        let admin = {
+            let shared = Arc::clone(&shared);
+            let handler = move |req, _conn| {
+                let shared = Arc::clone(&shared);
+                async move { crate::admin::handle(&shared, req).await }
+            };
+            ListenerTask::spawn(
+                config.admin.address,
+                admin_tcp,
+                ListenerMode::Plain,
+                None,
+                handler,
+                "admin",
+                &[],
+            )?
+        };
         let listen_addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.bound).collect();
         shared.listen_addrs.store(Arc::new(listen_addrs.clone()));
         let admin_addr = admin.bound;
 
-        let supervisor = Supervisor::new(Arc::clone(&shared), proxy, path, listeners, admin);
+        let supervisor =
+            Supervisor::new(Arc::clone(&shared), config, proxy, path, listeners, admin);
         let supervisor = tokio::spawn(supervisor.run(commands));
         Ok(Self {
             shared,
@@ -140,7 +128,7 @@ impl Server {
     }
 
     /// Re-reads the config file and applies it (as SIGHUP does).
-    pub async fn reload(&self, trigger: Trigger) -> Result<ReloadOutcome, String> {
+    pub async fn reload(&self, trigger: Trigger) -> Result<ReloadOutcome, ReloadError> {
         request_reload(&self.shared, trigger).await
     }
 
@@ -158,547 +146,5 @@ impl Server {
             let _ = done.await;
         }
         let _ = self.supervisor.await;
-    }
-}
-
-/// Asks the control loop for a reload and waits for its outcome.
-pub async fn request_reload(shared: &Shared, trigger: Trigger) -> Result<ReloadOutcome, String> {
-    let (reply, outcome) = oneshot::channel();
-    shared
-        .control
-        .send(Command::Reload {
-            trigger,
-            reply: Some(reply),
-        })
-        .await
-        .map_err(|_| "switchyard is shutting down".to_owned())?;
-    outcome
-        .await
-        .unwrap_or_else(|_| Err("switchyard is shutting down".to_owned()))
-}
-
-/// Binds a listening socket; with `reuse_port`, other processes (a newer switchyard) may bind the same address
-/// and the kernel spreads new connections over all of them.
-pub(crate) async fn bind(
-    address: SocketAddr,
-    field: &str,
-    reuse_port: bool,
-) -> Result<TcpListener, StartError> {
-    let error = |source| StartError::Bind {
-        address,
-        field: field.to_owned(),
-        source,
-    };
-    if !reuse_port {
-        return TcpListener::bind(address).await.map_err(error);
-    }
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(address),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )
-    .map_err(error)?;
-    socket.set_reuse_address(true).map_err(error)?;
-    socket.set_reuse_port(true).map_err(error)?;
-    socket.set_nonblocking(true).map_err(error)?;
-    socket.bind(&address.into()).map_err(error)?;
-    socket.listen(4096).map_err(error)?;
-    TcpListener::from_std(socket.into()).map_err(error)
-}
-
-/// What a proxy listener speaks. Swapped on reload without rebinding: a connection takes the mode current
-/// when it is accepted.
-pub(crate) enum ListenerMode {
-    Plain,
-    /// `redirect_https`: every request gets a 308 to https.
-    Redirect,
-    Tls(Arc<ListenerTls>),
-}
-
-impl ListenerMode {
-    /// The mode for a listener's settings, reusing `previous`'s TLS state when its settings are unchanged (its
-    /// certificates are then re-read, as every reload does).
-    pub fn build(
-        settings: &ListenerSettings,
-        previous: Option<&ListenerMode>,
-        metrics: &Metrics,
-    ) -> Result<Self, String> {
-        if settings.redirect_https {
-            return Ok(Self::Redirect);
-        }
-        let Some(tls) = &settings.tls else {
-            return Ok(Self::Plain);
-        };
-        if let Some(Self::Tls(old)) = previous {
-            if old.settings == *tls {
-                let _ = old.reload_certificates(metrics);
-                return Ok(Self::Tls(Arc::clone(old)));
-            }
-        }
-        let label = settings.address.to_string();
-        ListenerTls::new(tls, label, metrics).map(|t| Self::Tls(Arc::new(t)))
-    }
-
-    pub fn tls(&self) -> Option<&Arc<ListenerTls>> {
-        match self {
-            Self::Tls(t) => Some(t),
-            _ => None,
-        }
-    }
-}
-
-/// One listener's accept loop, and the lever to stop it.
-pub(crate) struct ListenerTask {
-    /// The address as configured (port 0 stays 0): what reloads compare.
-    pub configured: SocketAddr,
-    pub bound: SocketAddr,
-    pub mode: Arc<ArcSwap<ListenerMode>>,
-    stop: watch::Sender<Option<Duration>>,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl ListenerTask {
-    pub fn proxy(
-        configured: SocketAddr,
-        tcp: TcpListener,
-        mode: ListenerMode,
-        proxy: &Arc<Proxy>,
-        shared: &Arc<Shared>,
-    ) -> Result<Self, StartError> {
-        let proxy = Arc::clone(proxy);
-        let handler = move |req: Request<Incoming>, conn: ConnInfo| {
-            let proxy = Arc::clone(&proxy);
-            async move {
-                if conn.redirect_https {
-                    proxy.redirect_https(&req)
-                } else {
-                    proxy.handle(req, conn).await
-                }
-            }
-        };
-        Self::spawn(
-            configured,
-            tcp,
-            mode,
-            Some(Arc::clone(shared)),
-            handler,
-            "proxy",
-            &shared.workers,
-        )
-    }
-
-    pub fn admin(
-        configured: SocketAddr,
-        tcp: TcpListener,
-        shared: &Arc<Shared>,
-    ) -> Result<Self, StartError> {
-        let shared = Arc::clone(shared);
-        let handler = move |req, _conn| {
-            let shared = Arc::clone(&shared);
-            async move { crate::admin::handle(&shared, req).await }
-        };
-        Self::spawn(
-            configured,
-            tcp,
-            ListenerMode::Plain,
-            None,
-            handler,
-            "admin",
-            &[],
-        )
-    }
-
-    fn spawn<H, F>(
-        configured: SocketAddr,
-        tcp: TcpListener,
-        mode: ListenerMode,
-        limits_from: Option<Arc<Shared>>,
-        handler: H,
-        kind: &'static str,
-        workers: &[tokio::runtime::Handle],
-    ) -> Result<Self, StartError>
-    where
-        H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Send + Sync + 'static,
-        F: Future<Output = Response<ProxyBody>> + Send + 'static,
-    {
-        let bound = tcp.local_addr().map_err(|source| StartError::Bind {
-            address: configured,
-            field: format!("{kind} listener"),
-            source,
-        })?;
-        tracing::info!(addr = %bound, "{kind} listener ready");
-        let mode = Arc::new(ArcSwap::from_pointee(mode));
-        let (stop, stopped) = watch::channel(None);
-        let bind_error = |source| StartError::Bind {
-            address: configured,
-            field: format!("{kind} listener"),
-            source,
-        };
-        let tasks = if workers.is_empty() {
-            let accept = Acceptor {
-                mode: Arc::clone(&mode),
-                limits_from,
-                handler,
-            };
-            vec![tokio::spawn(accept.run(tcp, stopped))]
-        } else {
-            // One socket, one accept loop on each worker runtime: the kernel hands each connection to one.
-            let socket = tcp.into_std().map_err(bind_error)?;
-            let mut tasks = Vec::new();
-            for worker in workers {
-                let socket = socket.try_clone().map_err(bind_error)?;
-                let stopped = stopped.clone();
-                let accept = Acceptor {
-                    mode: Arc::clone(&mode),
-                    limits_from: limits_from.clone(),
-                    handler: handler.clone(),
-                };
-                tasks.push(worker.spawn(async move {
-                    match TcpListener::from_std(socket) {
-                        Ok(listener) => accept.run(listener, stopped).await,
-                        Err(e) => tracing::error!(error = %e, "a worker cannot accept on {bound}"),
-                    }
-                }));
-            }
-            tasks
-        };
-        Ok(Self {
-            configured,
-            bound,
-            mode,
-            stop,
-            tasks,
-        })
-    }
-
-    /// Stops accepting and drains the connections (idle ones close at once) for up to `drain`.
-    pub fn stop(self, drain: Duration) -> JoinHandle<()> {
-        let _ = self.stop.send(Some(drain));
-        let tasks = self.tasks;
-        tokio::spawn(async move {
-            for t in tasks {
-                let _ = t.await;
-            }
-        })
-    }
-}
-
-/// Decrements the open-connections gauge when a connection task ends, however it ends.
-struct ConnectionCount(Option<IntGauge>);
-
-impl Drop for ConnectionCount {
-    fn drop(&mut self) {
-        if let Some(g) = &self.0 {
-            g.dec();
-        }
-    }
-}
-
-/// Which HTTP versions a connection may speak.
-#[derive(Clone, Copy)]
-enum Versions {
-    /// Plain TCP: HTTP/1.1, or HTTP/2 with prior knowledge (told apart by the preface).
-    Any,
-    Http1,
-    Http2,
-}
-
-/// A listener's accept loop: what it serves and with which limits.
-struct Acceptor<H> {
-    mode: Arc<ArcSwap<ListenerMode>>,
-    /// The shared state whose `[limits]` and connection count apply (proxy listeners); `None` for the admin
-    /// listener.
-    limits_from: Option<Arc<Shared>>,
-    handler: H,
-}
-
-impl<H, F> Acceptor<H>
-where
-    H: Fn(Request<Incoming>, ConnInfo) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<ProxyBody>> + Send + 'static,
-{
-    /// Accepts and serves connections until stopped, then drains them.
-    async fn run(self, listener: TcpListener, mut stop: watch::Receiver<Option<Duration>>) {
-        let graceful = GracefulShutdown::new();
-        let drain = loop {
-            let accepted = tokio::select! {
-                biased;
-                stopped = stop.wait_for(Option::is_some) => {
-                    break stopped.ok().and_then(|d| *d).unwrap_or(Duration::ZERO);
-                }
-                accepted = listener.accept() => accepted,
-            };
-            match accepted {
-                Ok((tcp, peer)) => self.serve(tcp, peer, &graceful),
-                Err(e) => {
-                    // Out of file descriptors and the like: back off a little instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        };
-        drop(listener);
-        if tokio::time::timeout(drain, graceful.shutdown())
-            .await
-            .is_err()
-        {
-            tracing::warn!(?drain, "drain time over with connections still open");
-        }
-    }
-
-    fn serve(&self, tcp: TcpStream, peer: SocketAddr, graceful: &GracefulShutdown) {
-        let limits = self
-            .limits_from
-            .as_ref()
-            .map(|s| (s.snapshot.load().limits, s));
-        let gauge = match limits {
-            Some((limits, shared)) => {
-                let open = &shared.metrics.open_connections;
-                if open.get() >= limits.max_connections as i64 {
-                    // Over the cap: closed at once; the connections already open are not touched.
-                    shared.metrics.reject("max_connections");
-                    drop(tcp);
-                    return;
-                }
-                open.inc();
-                Some(open.clone())
-            }
-            None => None,
-        };
-        let _ = tcp.set_nodelay(true);
-        let count = ConnectionCount(gauge);
-        let mode = self.mode.load_full();
-        let info = ConnInfo {
-            peer,
-            peer_value: crate::proxy::headers::peer_value(peer.ip()),
-            https: matches!(*mode, ListenerMode::Tls(_)),
-            redirect_https: matches!(*mode, ListenerMode::Redirect),
-        };
-        let handler = self.handler.clone();
-        let shared = limits.map(|(_, s)| Arc::clone(s));
-        let limits = limits.map(|(l, _)| l);
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let timing = limits.unwrap_or_default();
-            let clock = ConnClock::new(timing.header_read_timeout, timing.idle_timeout);
-            let requests = Arc::clone(&clock);
-            let counted = shared.clone();
-            let service = service_fn(move |req| {
-                let guard = requests.request_started();
-                let fut = if guard.ambiguous_framing() {
-                    if let Some(shared) = &counted {
-                        shared.metrics.reject("malformed");
-                    }
-                    drop(req);
-                    None
-                } else {
-                    // Boxed once here: the request's future is a few KiB, and hyper moves it several times.
-                    Some(Box::pin(handler(req, info.clone())))
-                };
-                let clock = Arc::clone(&requests);
-                async move {
-                    let resp = match fut {
-                        Some(fut) => fut.await,
-                        None => ambiguous_framing(),
-                    };
-                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                        // The socket now carries a tunnel, with its own idle timeout.
-                        clock.upgraded();
-                    }
-                    Ok::<_, Infallible>(resp.map(|inner| GuardedBody { inner, guard }))
-                }
-            });
-            let served = match mode.tls() {
-                None => {
-                    let io = TimedIo::new(Tcp::new(tcp), clock);
-                    serve_http(io, Versions::Any, service, limits.as_ref(), watcher).await
-                }
-                // Boxed: a TLS stream is large, and a plain connection's task should not carry its space.
-                Some(tls) => {
-                    Box::pin(serve_tls(
-                        tcp,
-                        Arc::clone(tls),
-                        clock,
-                        service,
-                        limits,
-                        watcher,
-                        shared.as_ref(),
-                        peer,
-                    ))
-                    .await
-                }
-            };
-            finish(served, peer, shared, count);
-        });
-    }
-}
-
-/// Completes a client's TLS handshake (within `limits.header_read_timeout`), then serves HTTP over it. A failed
-/// handshake is counted by reason, not logged above debug.
-#[allow(clippy::too_many_arguments)]
-async fn serve_tls<S>(
-    tcp: TcpStream,
-    tls: Arc<ListenerTls>,
-    clock: Arc<ConnClock>,
-    service: S,
-    limits: Option<Limits>,
-    watcher: Watcher,
-    shared: Option<&Arc<Shared>>,
-    peer: SocketAddr,
-) -> Result<(), BoxError>
-where
-    S: ClientService,
-{
-    let timeout = limits.unwrap_or_default().header_read_timeout;
-    let acceptor = TlsAcceptor::from(Arc::clone(&tls.server_config));
-    let failure = match tokio::time::timeout(timeout, acceptor.accept(Tcp::new(tcp))).await {
-        Ok(Ok(stream)) => {
-            let versions = match stream.get_ref().1.alpn_protocol() {
-                Some(b"h2") => Versions::Http2,
-                Some(_) => Versions::Http1,
-                None => Versions::Any,
-            };
-            let io = TimedIo::new(stream, clock);
-            return serve_http(io, versions, service, limits.as_ref(), watcher).await;
-        }
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-            crate::tls::handshake_error_reason(&e)
-        }
-        Err(_) => "timeout",
-    };
-    if let Some(shared) = shared {
-        shared
-            .metrics
-            .tls_handshake_errors_total
-            .with_label_values(&[failure])
-            .inc();
-    }
-    Ok(())
-}
-
-fn finish(
-    served: Result<(), BoxError>,
-    peer: SocketAddr,
-    shared: Option<Arc<Shared>>,
-    count: ConnectionCount,
-) {
-    if let Err(e) = served {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
-        if let (Some(shared), Some(reason)) = (shared, rejection(&*e)) {
-            shared.metrics.reject(reason);
-        }
-    }
-    drop(count);
-}
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Serves HTTP on one client connection until it closes (or hands its socket to an upgrade).
-async fn serve_http<T, S>(
-    io: TimedIo<T>,
-    versions: Versions,
-    service: S,
-    limits: Option<&Limits>,
-    watcher: Watcher,
-) -> Result<(), BoxError>
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    S: ClientService,
-{
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    let mut http1 = builder.http1();
-    // Header and idle deadlines are kept by `TimedIo`, which can tell them apart.
-    http1
-        .timer(TokioTimer::new())
-        .keep_alive(true)
-        .header_read_timeout(None);
-    if let Some(limits) = limits {
-        http1.max_buf_size(limits.max_header_bytes);
-    }
-    let mut http2 = builder.http2();
-    http2.timer(TokioTimer::new());
-    if let Some(limits) = limits {
-        http2
-            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-            .max_concurrent_streams(limits.max_concurrent_streams)
-            .initial_stream_window_size(H2_STREAM_WINDOW)
-            .initial_connection_window_size(H2_CONNECTION_WINDOW);
-    }
-    let builder = match versions {
-        Versions::Any => builder,
-        Versions::Http1 => builder.http1_only(),
-        Versions::Http2 => builder.http2_only(),
-    };
-    let conn = builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service)
-        .into_owned();
-    watcher.watch(conn).await
-}
-
-/// The answer to a request whose framing other hops could read differently; the connection closes after it.
-fn ambiguous_framing() -> Response<ProxyBody> {
-    let mut resp = crate::proxy::plain(
-        StatusCode::BAD_REQUEST,
-        "switchyard: ambiguous request framing (Content-Length with Transfer-Encoding, or Content-Length twice)\n",
-    );
-    resp.headers_mut().insert(
-        http::header::CONNECTION,
-        http::HeaderValue::from_static("close"),
-    );
-    resp
-}
-
-/// The service one client connection runs: each request to a guarded response.
-trait ClientService:
-    hyper::service::Service<
-        Request<Incoming>,
-        Response = Response<GuardedBody<ProxyBody>>,
-        Error = Infallible,
-        Future: Send + 'static,
-    > + Send
-    + 'static
-{
-}
-
-impl<S> ClientService for S where
-    S: hyper::service::Service<
-            Request<Incoming>,
-            Response = Response<GuardedBody<ProxyBody>>,
-            Error = Infallible,
-            Future: Send + 'static,
-        > + Send
-        + 'static
-{
-}
-
-/// HTTP/2 flow-control windows for client connections: enough for a fast stream, bounded per connection.
-const H2_STREAM_WINDOW: u32 = 256 * 1024;
-const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
-
-/// The `reason` label for a connection that hyper ended because of the client.
-fn rejection(error: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
-    let mut source = Some(error);
-    while let Some(e) = source {
-        if let Some(timeout) = e.downcast_ref::<ReadTimeout>() {
-            // An idle keep-alive connection closing is routine, not a refusal.
-            return timeout.header.then_some("header_timeout");
-        }
-        if let Some(io) = e.downcast_ref::<io::Error>() {
-            if let Some(timeout) = io.get_ref().and_then(|i| i.downcast_ref::<ReadTimeout>()) {
-                return timeout.header.then_some("header_timeout");
-            }
-        }
-        source = e.source();
-    }
-    let e = error.downcast_ref::<hyper::Error>()?;
-    if e.is_parse_too_large() {
-        Some("header_too_large")
-    } else if e.is_timeout() {
-        Some("header_timeout")
-    } else if e.is_parse() {
-        Some("malformed")
-    } else {
-        None
     }
 }

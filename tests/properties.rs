@@ -7,11 +7,11 @@ use std::time::Duration;
 use proptest::prelude::*;
 use tokio::time::Instant;
 
-use switchyard::backend::Backend;
-use switchyard::breaker::{Breaker, BreakerSettings, State};
+use switchyard::balance::backend::Backend;
+use switchyard::balance::breaker::{Breaker, BreakerSettings, State};
+use switchyard::balance::select::{RoundRobin, Selector};
 use switchyard::config::Algorithm;
-use switchyard::metrics::Metrics;
-use switchyard::select::{RoundRobin, Selector};
+use switchyard::observe::metrics::Metrics;
 
 fn backends(weights: &[u32], metrics: &Metrics) -> Vec<Arc<Backend>> {
     weights

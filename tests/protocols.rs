@@ -463,9 +463,10 @@ async fn certificates_rotate_on_file_change_and_a_broken_file_keeps_the_old() {
 
     // A reload with the broken file is refused as a whole (validate names the file).
     let refused = server
-        .reload(switchyard::reload::Trigger::Signal)
+        .reload(switchyard::control::Trigger::Signal)
         .await
         .unwrap_err();
+    let refused = refused.to_string();
     assert!(refused.contains("site.pem"), "{refused}");
     server.shutdown().await;
 }

@@ -185,7 +185,7 @@ async fn an_unchanged_file_is_not_a_reload_but_the_admin_endpoint_always_is() {
     let watcher_or_admin = config_text(&[(a, 1), (b, 1)], "");
     std::fs::write(&path, watcher_or_admin).unwrap();
     let outcome = server
-        .reload(switchyard::reload::Trigger::Admin)
+        .reload(switchyard::control::Trigger::Admin)
         .await
         .unwrap();
     // The watcher may have applied the change first; then the admin reload finds nothing new.
@@ -586,9 +586,10 @@ async fn changed_settings_apply_and_a_moved_admin_listener_is_refused() {
     );
     std::fs::write(&path, moved).unwrap();
     let err = server
-        .reload(switchyard::reload::Trigger::Admin)
+        .reload(switchyard::control::Trigger::Admin)
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("admin.address changed") && err.contains("restart"),
         "{err}"

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use switchyard::client_conn::{ConnClock, TimedIo};
+use switchyard::serve::conn::{ConnClock, TimedIo};
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let clock = ConnClock::new(Duration::from_secs(10), Duration::from_secs(60));

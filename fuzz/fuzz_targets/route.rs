@@ -3,7 +3,7 @@
 
 use std::sync::OnceLock;
 
-use switchyard::metrics::Metrics;
+use switchyard::observe::metrics::Metrics;
 use switchyard::router::Snapshot;
 
 const CONFIG: &str = r#"

@@ -4,18 +4,16 @@
 //! [`load`] is the one entry point: `run`, `validate` and (later) reload all go through it, so they accept and
 //! refuse exactly the same files with exactly the same messages.
 
+pub mod certs;
 pub mod diag;
 pub mod model;
+pub mod settings;
 pub mod validate;
 
 use std::path::Path;
 
 pub use diag::{ConfigError, FieldPath, Problem};
-pub use validate::{
-    AdminSettings, Algorithm, BackendSettings, BackendSource, Config, DiscoverySettings, Limits,
-    ListenerSettings, PoolSettings, Protocol, ResolverSettings, RouteSettings, RuntimeSettings,
-    Timeouts,
-};
+pub use settings::*;
 
 /// Reads and checks a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
-use crate::access_log::Pending;
-use crate::backend::InFlight;
+use crate::balance::backend::InFlight;
+use crate::observe::access_log::Pending;
 use crate::upstream::Sender;
 
 pub enum ProxyBody {

@@ -3,7 +3,6 @@
 mod body;
 mod checks;
 pub mod headers;
-pub mod retry;
 mod tunnel;
 
 use std::net::SocketAddr;
@@ -20,14 +19,15 @@ use tokio::time::Instant;
 
 pub use body::{Completion, ProxyBody};
 
-use crate::access_log::{AccessLog, Pending};
-use crate::backend::Backend;
+use crate::balance::backend::Backend;
+use crate::balance::pool::{Pool, Tried};
+use crate::balance::retry;
 use crate::config::Protocol;
 use crate::error::ProxyError;
-use crate::metrics::{BackendMetrics, Metrics, NONE};
-use crate::pool::{Pool, Tried};
-use crate::request_body::{BodyWatch, ClientBody, RequestBody};
+use crate::observe::access_log::{AccessLog, Pending};
+use crate::observe::metrics::{BackendMetrics, Metrics, NONE};
 use crate::router::Snapshot;
+use crate::upstream::request_body::{BodyWatch, ClientBody, RequestBody};
 use crate::upstream::{self, Outgoing, SendError, Sender};
 
 /// What the proxy knows of the client connection a request came on.

@@ -23,8 +23,8 @@ use tokio::time::Instant;
 
 use super::headers;
 use super::{Completion, ProxyBody};
-use crate::access_log::Pending;
-use crate::metrics::Metrics;
+use crate::observe::access_log::Pending;
+use crate::observe::metrics::Metrics;
 
 /// Answers the client's upgrade with the backend's `101` and joins the two connections once both are handed
 /// over.

@@ -134,8 +134,7 @@ pub async fn lookup(
                     for ip in ips {
                         found.push(Found {
                             address: SocketAddr::new(ip, srv.port()).to_string(),
-                            weight: u32::from(srv.weight())
-                                .clamp(1, crate::config::validate::MAX_WEIGHT),
+                            weight: u32::from(srv.weight()).clamp(1, crate::config::MAX_WEIGHT),
                         });
                     }
                 }
@@ -171,12 +170,18 @@ fn describe(error: &ResolveError) -> String {
     }
 }
 
+/// A lookup's answer for a pool, as reported to the control loop.
+pub struct Discovered {
+    pub pool: String,
+    pub answer: Answer,
+}
+
 /// A pool's discovery task: looks up, reports to the control loop, waits, again.
-pub(crate) fn spawn(
+pub fn spawn(
     pool: String,
     settings: DiscoverySettings,
     resolver: Arc<TokioResolver>,
-    report: mpsc::Sender<crate::reload::Command>,
+    report: mpsc::Sender<Discovered>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
@@ -185,7 +190,7 @@ pub(crate) fn spawn(
             let wait = ttl
                 .map_or(settings.refresh, |t| t.min(settings.refresh))
                 .max(MIN_REFRESH);
-            let command = crate::reload::Command::Discovered {
+            let command = Discovered {
                 pool: pool.clone(),
                 answer,
             };

@@ -9,7 +9,7 @@ use std::sync::Arc;
 pub use least_connections::LeastConnections;
 pub use round_robin::RoundRobin;
 
-use crate::backend::Backend;
+use crate::balance::backend::Backend;
 use crate::config::Algorithm;
 
 /// The algorithm a pool balances with, and its state.

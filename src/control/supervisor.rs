@@ -5,64 +5,26 @@
 //! table is published in one `ArcSwap::store`: a backend whose pool and address are unchanged is the same `Arc`
 //! in the new table, so it keeps its health, breaker, in-flight count, drain flag and idle connections.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::backend::Backend;
+use super::discovery::{self, Discovered};
+use super::health::{self, HealthCheckSettings};
+use super::watch::{Watched, watch_files};
+use super::{Command, ReloadError, ReloadOutcome, Shared, Trigger};
+use crate::balance::backend::Backend;
 use crate::config::{
     self, BackendSettings, BackendSource, Config, DiscoverySettings, ResolverSettings,
 };
-use crate::discovery;
-use crate::health::{self, HealthCheckSettings};
 use crate::proxy::Proxy;
 use crate::router::Snapshot;
-use crate::server::{ListenerMode, ListenerTask, Shared, bind};
-
-/// What asked for a reload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
-    /// The watcher saw the file change: a reload only if the content differs from the last one applied.
-    FileChange,
-    /// SIGHUP: always re-read and apply.
-    Signal,
-    /// `POST /api/reload`: always re-read and apply.
-    Admin,
-}
-
-/// What a reload did.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct ReloadOutcome {
-    /// False when a file change left the content as it was (nothing was applied or counted).
-    pub applied: bool,
-    pub backends_added: Vec<String>,
-    pub backends_removed: Vec<String>,
-    pub listeners_added: Vec<String>,
-    pub listeners_removed: Vec<String>,
-    /// Settings that changed but only take effect at the next restart.
-    pub restart_required: Vec<String>,
-}
-
-pub(crate) enum Command {
-    Reload {
-        trigger: Trigger,
-        reply: Option<oneshot::Sender<Result<ReloadOutcome, String>>>,
-    },
-    Shutdown {
-        reply: oneshot::Sender<()>,
-    },
-    /// A pool's DNS discovery answered.
-    Discovered {
-        pool: String,
-        answer: discovery::Answer,
-    },
-}
+use crate::serve::{ListenerMode, ListenerTask, bind};
 
 /// A pool's DNS discovery: its task, and what the control loop knows from it.
 struct Discovery {
@@ -95,8 +57,11 @@ impl Drop for HealthTask {
     }
 }
 
-pub(crate) struct Supervisor {
+/// The control loop's state: the config running, the listeners, and the tasks it owns.
+pub struct Supervisor {
     shared: Arc<Shared>,
+    /// The config the snapshot was last built from (without discovered backends).
+    config: Arc<Config>,
     proxy: Arc<Proxy>,
     path: Option<PathBuf>,
     /// The text of the last config applied, to ignore file events that change nothing.
@@ -112,21 +77,26 @@ pub(crate) struct Supervisor {
     discovery: HashMap<String, Discovery>,
     /// The resolver discovery uses, and the settings it was built from.
     resolver: Option<(ResolverSettings, Arc<hickory_resolver::TokioResolver>)>,
+    /// Where discovery tasks report their answers.
+    discovered: (mpsc::Sender<Discovered>, Option<mpsc::Receiver<Discovered>>),
 }
 
 impl Supervisor {
     pub fn new(
         shared: Arc<Shared>,
+        config: Config,
         proxy: Arc<Proxy>,
         path: Option<PathBuf>,
         listeners: Vec<ListenerTask>,
         admin: ListenerTask,
     ) -> Self {
+        let (report, reports) = mpsc::channel(16);
         let applied_text = path
             .as_deref()
             .and_then(|p| std::fs::read_to_string(p).ok());
         let mut s = Self {
             shared,
+            config: Arc::new(config),
             proxy,
             path,
             applied_text,
@@ -137,10 +107,11 @@ impl Supervisor {
             watcher: None,
             discovery: HashMap::new(),
             resolver: None,
+            discovered: (report, Some(reports)),
         };
         s.reconcile_health();
         s.rewatch();
-        let config = s.shared.config.load_full();
+        let config = Arc::clone(&s.config);
         s.reconcile_discovery(&config);
         s
     }
@@ -180,7 +151,7 @@ impl Supervisor {
                             name.clone(),
                             settings.clone(),
                             Arc::clone(resolver),
-                            self.shared.control.clone(),
+                            self.discovered.0.clone(),
                         ),
                         known,
                         empty_streak: 0,
@@ -288,7 +259,7 @@ impl Supervisor {
             .with_label_values(&[pool])
             .set(next.len() as i64);
         d.known = next;
-        let config = self.shared.config.load_full();
+        let config = Arc::clone(&self.config);
         let effective = self.effective(&config);
         let access_log = self.shared.snapshot.load().access_log.clone();
         self.install(&effective, access_log);
@@ -301,8 +272,8 @@ impl Supervisor {
         &mut self,
         effective: &Config,
         access_log: Option<(
-            crate::access_log::AccessLogSettings,
-            Arc<crate::access_log::AccessLog>,
+            crate::observe::access_log::AccessLogSettings,
+            Arc<crate::observe::access_log::AccessLog>,
         )>,
     ) -> (Vec<String>, Vec<String>) {
         let previous = self.shared.snapshot.load_full();
@@ -388,8 +359,20 @@ impl Supervisor {
         }
     }
 
+    /// Serves commands (and discovery answers) until shutdown.
     pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
-        while let Some(command) = commands.recv().await {
+        let Some(mut discovered) = self.discovered.1.take() else {
+            return;
+        };
+        loop {
+            let command = tokio::select! {
+                command = commands.recv() => command,
+                Some(answer) = discovered.recv() => {
+                    self.discovered(&answer.pool, answer.answer);
+                    continue;
+                }
+            };
+            let Some(command) = command else { return };
             match command {
                 Command::Reload { trigger, reply } => {
                     let outcome = self.reload(trigger).await;
@@ -402,17 +385,13 @@ impl Supervisor {
                     let _ = reply.send(());
                     return;
                 }
-                Command::Discovered { pool, answer } => self.discovered(&pool, answer),
             }
         }
     }
 
-    async fn reload(&mut self, trigger: Trigger) -> Result<ReloadOutcome, String> {
+    async fn reload(&mut self, trigger: Trigger) -> Result<ReloadOutcome, ReloadError> {
         let Some(path) = self.path.clone() else {
-            return Err(
-                "this switchyard was started without a config file; there is nothing to reload"
-                    .to_owned(),
-            );
+            return Err(ReloadError::NoFile);
         };
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
@@ -454,15 +433,15 @@ impl Supervisor {
         }
     }
 
-    fn failed(&mut self, error: String) -> Result<ReloadOutcome, String> {
+    fn failed(&mut self, error: String) -> Result<ReloadOutcome, ReloadError> {
         self.last_reload_ok = false;
         self.shared.metrics.reload_result(false);
         tracing::error!("config reload failed; still serving the previous config:\n{error}");
-        Err(error)
+        Err(ReloadError::Refused(error))
     }
 
     async fn apply(&mut self, new: Config) -> Result<ReloadOutcome, String> {
-        let old = self.shared.config.load_full();
+        let old = Arc::clone(&self.config);
         if new.admin.address != old.admin.address {
             return Err(format!(
                 "admin.address changed from {} to {}: the admin listener moves only on a restart; reload refused",
@@ -500,7 +479,7 @@ impl Supervisor {
         }
 
         let previous = self.shared.snapshot.load_full();
-        let access_log = crate::access_log::open(
+        let access_log = crate::observe::access_log::open(
             new.access_log.as_ref(),
             previous.access_log.as_ref(),
             &self.shared.metrics.access_log_dropped_total,
@@ -512,7 +491,7 @@ impl Supervisor {
         (outcome.backends_added, outcome.backends_removed) = self.install(&effective, access_log);
         let drain = new.drain_timeout;
         let wanted: Vec<_> = new.listeners.iter().map(|l| l.address).collect();
-        self.shared.config.store(Arc::new(new));
+        self.config = Arc::new(new);
 
         for (address, mode) in modes {
             if let Some(l) = self.listeners.iter().find(|l| l.configured == address) {
@@ -529,8 +508,9 @@ impl Supervisor {
             }
         }
         for (configured, tcp, mode) in bound {
-            let task = ListenerTask::proxy(configured, tcp, mode, &self.proxy, &self.shared)
-                .map_err(|e| e.to_string())?;
+            let task =
+                ListenerTask::proxy(configured, tcp, mode, &self.proxy, &self.shared.workers)
+                    .map_err(|e| e.to_string())?;
             outcome.listeners_added.push(task.bound.to_string());
             self.listeners.push(task);
         }
@@ -590,7 +570,7 @@ impl Supervisor {
 
     async fn shutdown(&mut self) {
         self.shared.shutting_down.store(true, Ordering::SeqCst);
-        let drain = self.shared.config.load().drain_timeout;
+        let drain = self.config.drain_timeout;
         self.health.clear();
         self.discovery.clear();
         let deadline = tokio::time::Instant::now() + drain;
@@ -635,63 +615,4 @@ fn contains(snapshot: &Snapshot, backend: &Arc<Backend>) -> bool {
         .pools
         .get(&backend.pool)
         .is_some_and(|p| p.backends.iter().any(|b| Arc::ptr_eq(b, backend)))
-}
-
-/// The files a watcher looks after, and the folders it watches for them.
-#[derive(Debug, Default, PartialEq, Eq)]
-struct Watched {
-    folders: BTreeSet<PathBuf>,
-    names: BTreeSet<std::ffi::OsString>,
-}
-
-/// Watches folders (not files, so editors' rename-replace and Kubernetes ConfigMap symlink swaps are seen),
-/// debounces bursts of events, and asks for a reload; the control loop ignores an unchanged config and
-/// re-reads the certificates then.
-fn watch_files(
-    watched: &Watched,
-    control: mpsc::Sender<Command>,
-) -> Option<notify::RecommendedWatcher> {
-    use notify::{RecursiveMode, Watcher};
-    let (events, mut received) = mpsc::channel::<()>(64);
-    let names = watched.names.clone();
-    let mut watcher = match notify::recommended_watcher(
-        move |event: notify::Result<notify::Event>| {
-            // Only our files, and Kubernetes' `..data` symlink swaps; other files in the folders do not count.
-            let ours = event.is_ok_and(|e| {
-                e.paths.iter().any(|p| {
-                    p.file_name()
-                        .is_some_and(|n| names.contains(n) || n.to_string_lossy().starts_with(".."))
-                })
-            });
-            if ours {
-                let _ = events.try_send(());
-            }
-        },
-    ) {
-        Ok(w) => w,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch the config file; reload with SIGHUP or POST /api/reload");
-            return None;
-        }
-    };
-    for folder in &watched.folders {
-        if let Err(e) = watcher.watch(folder, RecursiveMode::NonRecursive) {
-            tracing::warn!(folder = %folder.display(), error = %e, "cannot watch this folder; reload with SIGHUP or POST /api/reload");
-        }
-    }
-    tokio::spawn(async move {
-        const QUIET: Duration = Duration::from_millis(150);
-        while received.recv().await.is_some() {
-            // Debounce: wait until the folder has been quiet for a moment.
-            while let Ok(Some(())) = tokio::time::timeout(QUIET, received.recv()).await {}
-            let command = Command::Reload {
-                trigger: Trigger::FileChange,
-                reply: None,
-            };
-            if control.send(command).await.is_err() {
-                return;
-            }
-        }
-    });
-    Some(watcher)
 }

@@ -12,30 +12,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// Breaker settings for one pool (`[pools.NAME.circuit_breaker]`).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BreakerSettings {
-    /// Consecutive failures (connect error, timeout, 5xx) that open the circuit.
-    pub failure_threshold: u32,
-    pub open_duration: Duration,
-    pub max_open_duration: Duration,
-    /// Requests in flight above which the backend is skipped; 0 = unlimited.
-    pub max_active_requests: u32,
-    /// At most this share of a pool's backends may have their circuit open or half-open at once.
-    pub max_open_percent: u32,
-}
-
-impl Default for BreakerSettings {
-    fn default() -> Self {
-        Self {
-            failure_threshold: 5,
-            open_duration: Duration::from_secs(30),
-            max_open_duration: Duration::from_secs(300),
-            max_active_requests: 0,
-            max_open_percent: 50,
-        }
-    }
-}
+pub use crate::config::BreakerSettings;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {

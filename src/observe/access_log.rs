@@ -2,9 +2,9 @@
 //! on I/O. The request path hands finished entries over a bounded channel; when the writer falls behind and
 //! the channel is full, lines are dropped and counted in `switchyard_access_log_dropped_total`.
 
+pub use crate::config::{AccessLogSettings, Format};
 use std::io;
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
@@ -17,20 +17,6 @@ use tokio::sync::mpsc;
 
 /// Lines waiting for the writer before new ones are dropped.
 const QUEUE: usize = 8192;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    Json,
-    Text,
-}
-
-/// `[access_log]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AccessLogSettings {
-    pub format: Format,
-    /// `None`: standard output.
-    pub path: Option<PathBuf>,
-}
 
 /// One request, as logged.
 #[derive(Debug)]

@@ -11,8 +11,8 @@ use std::time::SystemTime;
 use arc_swap::ArcSwapOption;
 use tokio::time::Instant;
 
-use crate::breaker::{BreakerSettings, CircuitBreaker, State, Transition};
-use crate::metrics::BackendMetrics;
+use crate::balance::breaker::{BreakerSettings, CircuitBreaker, State, Transition};
+use crate::observe::metrics::BackendMetrics;
 use crate::upstream::ConnectionPool;
 
 /// The last failed health check: why, and when.

@@ -7,13 +7,12 @@ use std::sync::Arc;
 use prometheus::IntCounter;
 use tokio::time::Instant;
 
-use crate::backend::Backend;
-use crate::breaker::State;
-use crate::config::{Algorithm, PoolSettings, Protocol, Timeouts};
-use crate::health::HealthCheckSettings;
-use crate::metrics::{BackendMetrics, Metrics};
-use crate::proxy::retry::{RetryBudget, RetrySettings};
-use crate::select::Selector;
+use crate::balance::backend::Backend;
+use crate::balance::breaker::State;
+use crate::balance::retry::{RetryBudget, RetrySettings};
+use crate::balance::select::Selector;
+use crate::config::{Algorithm, HealthCheckSettings, PoolSettings, Protocol, Timeouts};
+use crate::observe::metrics::{BackendMetrics, Metrics};
 use crate::upstream::UpstreamKind;
 
 pub struct Pool {

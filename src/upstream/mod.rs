@@ -23,11 +23,13 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
-use crate::config::validate::MAX_RESPONSE_HEADER_BYTES;
+pub mod request_body;
+
+use crate::config::MAX_RESPONSE_HEADER_BYTES;
 use crate::config::{Protocol, Timeouts};
-pub use crate::request_body::RequestBody;
 use crate::socket::Tcp;
 use crate::tls::UpstreamTlsSettings;
+pub use request_body::RequestBody;
 
 /// Idle connections kept per backend; more are closed when their response ends.
 const MAX_IDLE: usize = 256;

@@ -6,69 +6,16 @@ mod rise_fall;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use http::{Request, StatusCode, header};
+use http::{Request, header};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 pub use rise_fall::{Flip, RiseFall};
 
-use crate::backend::Backend;
+use crate::balance::backend::Backend;
 use crate::upstream::RequestBody;
 
-/// `[pools.NAME.health_check]`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HealthCheckSettings {
-    pub kind: CheckKind,
-    pub interval: Duration,
-    pub timeout: Duration,
-    pub healthy_threshold: u32,
-    pub unhealthy_threshold: u32,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum CheckKind {
-    /// GET `path`; healthy when the status is in `expected`.
-    Http {
-        path: String,
-        expected: StatusRanges,
-        host: Option<String>,
-    },
-    /// Healthy when a TCP connection opens.
-    Tcp,
-}
-
-/// Status codes as written in `expected_status`: `"200-399"`, `"200"`, `"200,204,300-399"`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StatusRanges(pub Vec<(u16, u16)>);
-
-impl StatusRanges {
-    pub fn parse(text: &str) -> Option<Self> {
-        let mut ranges = Vec::new();
-        for item in text.split(',') {
-            let item = item.trim();
-            let (lo, hi) = match item.split_once('-') {
-                Some((lo, hi)) => (
-                    lo.trim().parse::<u16>().ok()?,
-                    hi.trim().parse::<u16>().ok()?,
-                ),
-                None => {
-                    let code = item.parse::<u16>().ok()?;
-                    (code, code)
-                }
-            };
-            if !(100..=599).contains(&lo) || !(100..=599).contains(&hi) || lo > hi {
-                return None;
-            }
-            ranges.push((lo, hi));
-        }
-        Some(Self(ranges))
-    }
-
-    pub fn contains(&self, status: StatusCode) -> bool {
-        let code = status.as_u16();
-        self.0.iter().any(|&(lo, hi)| (lo..=hi).contains(&code))
-    }
-}
+pub use crate::config::{CheckKind, HealthCheckSettings, StatusRanges};
 
 /// Starts checking `backend` every `interval` (±10% jitter, first check at a random point of the first interval).
 pub fn spawn_checker(backend: Arc<Backend>, settings: HealthCheckSettings) -> JoinHandle<()> {
@@ -174,6 +121,7 @@ async fn check_once(backend: &Backend, kind: &CheckKind, timeout: Duration) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::StatusCode;
 
     #[test]
     fn status_ranges() {

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::backend::Backend;
+use crate::balance::backend::Backend;
 
 #[derive(Debug, Default)]
 pub struct LeastConnections {
@@ -103,7 +103,7 @@ fn splitmix64(state: &mut u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::Metrics;
+    use crate::observe::metrics::Metrics;
 
     fn backends(weights: &[u32]) -> Vec<Arc<Backend>> {
         let m = Metrics::new();

@@ -7,27 +7,7 @@ use std::time::Duration;
 use http::Method;
 use tokio::time::Instant;
 
-/// `[pools.NAME.retry]`.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RetrySettings {
-    /// Extra attempts after the first, each to a backend not yet tried.
-    pub max_retries: u32,
-    /// Base of the exponential backoff (full jitter, capped at [`MAX_BACKOFF`]).
-    pub backoff: Duration,
-    /// Retries may add at most this share of the requests of the last [`WINDOW_SECS`] seconds (requests that
-    /// never reached a backend, after a connect failure, are rerouted outside the budget).
-    pub budget_percent: u32,
-}
-
-impl Default for RetrySettings {
-    fn default() -> Self {
-        Self {
-            max_retries: 2,
-            backoff: Duration::from_millis(25),
-            budget_percent: 20,
-        }
-    }
-}
+pub use crate::config::RetrySettings;
 
 pub const MAX_BACKOFF: Duration = Duration::from_secs(1);
 pub const WINDOW_SECS: u64 = 10;

@@ -1,0 +1,374 @@
+//! The runtime settings a valid config file turns into: what every part of switchyard is configured with.
+//! Plain data: [`super::validate`] makes them from the file, the rest of the crate only reads them.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::StatusCode;
+
+pub use super::certs::{CertPaths, ListenerTlsSettings, TlsVersion, UpstreamTlsSettings};
+
+/// The highest accepted backend weight (HAProxy's is 256; a little more room, still cheap to expand).
+pub const MAX_WEIGHT: u32 = 1000;
+/// Where the admin listener binds when the file has no `[admin]` address.
+pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9901";
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A validated configuration, ready to run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub listeners: Vec<ListenerSettings>,
+    pub admin: AdminSettings,
+    pub routes: Vec<RouteSettings>,
+    pub pools: BTreeMap<String, PoolSettings>,
+    pub runtime: RuntimeSettings,
+    pub drain_timeout: Duration,
+    /// `None`: no access log.
+    pub access_log: Option<AccessLogSettings>,
+    pub limits: Limits,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Things worth telling the operator that do not stop the config (an expired certificate).
+    pub warnings: Vec<String>,
+    pub resolver: ResolverSettings,
+}
+
+/// `[resolver]`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ResolverSettings {
+    /// Empty: the system's (`/etc/resolv.conf`).
+    pub nameservers: Vec<SocketAddr>,
+    pub timeout: Duration,
+}
+
+/// A pool's `discovery`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoverySettings {
+    pub name: String,
+    /// `Some(port)`: A/AAAA records with this port; `None`: SRV records give ports and weights.
+    pub port: Option<u16>,
+    pub refresh: Duration,
+}
+
+/// Where a backend came from: the config file, or DNS discovery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendSource {
+    #[default]
+    Static,
+    Dns,
+}
+
+impl BackendSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Static => "static",
+            Self::Dns => "dns",
+        }
+    }
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    /// Request line and headers; over it the client gets 431.
+    pub max_header_bytes: usize,
+    /// From a request head's first byte (or a new connection) until the head is complete (slowloris).
+    pub header_read_timeout: Duration,
+    /// The longest a request body may keep the proxy waiting for its next bytes; over it the client gets 408.
+    pub body_read_timeout: Duration,
+    /// How long a keep-alive connection may wait for its next request.
+    pub idle_timeout: Duration,
+    /// Open client connections; over it new ones are closed at once.
+    pub max_connections: usize,
+    /// Over it the client gets 413; `None`: no limit.
+    pub max_request_body_bytes: Option<u64>,
+    /// Concurrent streams one HTTP/2 client connection may open.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 64 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+            max_request_body_bytes: None,
+            max_concurrent_streams: 128,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerSettings {
+    pub address: SocketAddr,
+    pub tls: Option<ListenerTlsSettings>,
+    pub redirect_https: bool,
+    pub reuse_port: bool,
+}
+
+/// How a pool talks to its backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    #[default]
+    Http1,
+    /// HTTP/2 over plain TCP (prior knowledge).
+    H2c,
+    /// HTTP/1.1 over TLS.
+    Https,
+    /// HTTP/2 over TLS.
+    H2,
+}
+
+impl Protocol {
+    pub const ALLOWED: [&'static str; 4] = ["http1", "h2c", "https", "h2"];
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "http1" => Some(Self::Http1),
+            "h2c" => Some(Self::H2c),
+            "https" => Some(Self::Https),
+            "h2" => Some(Self::H2),
+            _ => None,
+        }
+    }
+
+    pub fn is_tls(self) -> bool {
+        matches!(self, Self::Https | Self::H2)
+    }
+
+    pub fn is_http2(self) -> bool {
+        matches!(self, Self::H2c | Self::H2)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminSettings {
+    pub address: SocketAddr,
+    /// The bearer token every admin request must carry, read from `token_file`.
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteSettings {
+    /// Lower-cased, without a port.
+    pub host: Option<String>,
+    pub path_prefix: String,
+    pub pool: String,
+}
+
+/// How a pool picks among its backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    RoundRobin,
+    LeastConnections,
+}
+
+impl Algorithm {
+    pub const ALLOWED: [&'static str; 2] = ["round_robin", "least_connections"];
+
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "round_robin" => Some(Self::RoundRobin),
+            "least_connections" => Some(Self::LeastConnections),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RoundRobin => "round_robin",
+            Self::LeastConnections => "least_connections",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolSettings {
+    pub algorithm: Algorithm,
+    pub backends: Vec<BackendSettings>,
+    pub timeouts: Timeouts,
+    /// `None`: no active checks.
+    pub health_check: Option<HealthCheckSettings>,
+    pub breaker: BreakerSettings,
+    pub retry: RetrySettings,
+    /// Below this healthy share the pool ignores health checks (Envoy's panic mode); 0 = never.
+    pub panic_threshold: f64,
+    /// A response head larger than this is refused (502).
+    pub max_response_header_bytes: usize,
+    pub protocol: Protocol,
+    /// For `https` and `h2`.
+    pub tls: Option<UpstreamTlsSettings>,
+    pub discovery: Option<DiscoverySettings>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendSettings {
+    /// `host:port` as the operator wrote it; also the `backend` label of every metric.
+    pub address: String,
+    pub weight: u32,
+    pub source: BackendSource,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// Until the upstream's response headers arrive, counted from the end of the request body.
+    pub request: Duration,
+    /// The longest an upstream connection stays idle for reuse (shorter when the backend's `Keep-Alive:
+    /// timeout=N` says so).
+    pub idle: Duration,
+}
+
+/// How long an upstream connection may stay idle for reuse by default: below the 5 s after which Node.js closes
+/// idle keep-alive connections, the shortest common server default.
+pub const DEFAULT_UPSTREAM_IDLE: Duration = Duration::from_secs(4);
+/// The largest response head an upstream may send by default.
+pub const DEFAULT_MAX_RESPONSE_HEADER_BYTES: usize = 256 * 1024;
+/// The largest `max_response_header_bytes` allowed (the upstream connections' read buffer is sized for it).
+pub const MAX_RESPONSE_HEADER_BYTES: usize = 1024 * 1024;
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RuntimeSettings {
+    pub workers: Option<usize>,
+}
+
+impl Config {
+    pub fn backend_count(&self) -> usize {
+        self.pools.values().map(|p| p.backends.len()).sum()
+    }
+
+    /// `1 listener, 3 routes, 2 pools, 5 backends`.
+    pub fn summary(&self) -> String {
+        fn n(count: usize, what: &str) -> String {
+            format!("{count} {what}{}", if count == 1 { "" } else { "s" })
+        }
+        format!(
+            "{}, {}, {}, {}",
+            n(self.listeners.len(), "listener"),
+            n(self.routes.len(), "route"),
+            n(self.pools.len(), "pool"),
+            n(self.backend_count(), "backend")
+        )
+    }
+}
+
+/// Breaker settings for one pool (`[pools.NAME.circuit_breaker]`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BreakerSettings {
+    /// Consecutive failures (connect error, timeout, 5xx) that open the circuit.
+    pub failure_threshold: u32,
+    pub open_duration: Duration,
+    pub max_open_duration: Duration,
+    /// Requests in flight above which the backend is skipped; 0 = unlimited.
+    pub max_active_requests: u32,
+    /// At most this share of a pool's backends may have their circuit open or half-open at once.
+    pub max_open_percent: u32,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        Self {
+            failure_threshold: 5,
+            open_duration: Duration::from_secs(30),
+            max_open_duration: Duration::from_secs(300),
+            max_active_requests: 0,
+            max_open_percent: 50,
+        }
+    }
+}
+
+/// `[pools.NAME.retry]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetrySettings {
+    /// Extra attempts after the first, each to a backend not yet tried.
+    pub max_retries: u32,
+    /// Base of the exponential backoff (full jitter, capped at [`MAX_BACKOFF`]).
+    pub backoff: Duration,
+    /// Retries may add at most this share of the requests of the last [`WINDOW_SECS`] seconds (requests that
+    /// never reached a backend, after a connect failure, are rerouted outside the budget).
+    pub budget_percent: u32,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        Self {
+            max_retries: 2,
+            backoff: Duration::from_millis(25),
+            budget_percent: 20,
+        }
+    }
+}
+
+/// `[pools.NAME.health_check]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheckSettings {
+    pub kind: CheckKind,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum CheckKind {
+    /// GET `path`; healthy when the status is in `expected`.
+    Http {
+        path: String,
+        expected: StatusRanges,
+        host: Option<String>,
+    },
+    /// Healthy when a TCP connection opens.
+    Tcp,
+}
+
+/// Status codes as written in `expected_status`: `"200-399"`, `"200"`, `"200,204,300-399"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusRanges(pub Vec<(u16, u16)>);
+
+impl StatusRanges {
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut ranges = Vec::new();
+        for item in text.split(',') {
+            let item = item.trim();
+            let (lo, hi) = match item.split_once('-') {
+                Some((lo, hi)) => (
+                    lo.trim().parse::<u16>().ok()?,
+                    hi.trim().parse::<u16>().ok()?,
+                ),
+                None => {
+                    let code = item.parse::<u16>().ok()?;
+                    (code, code)
+                }
+            };
+            if !(100..=599).contains(&lo) || !(100..=599).contains(&hi) || lo > hi {
+                return None;
+            }
+            ranges.push((lo, hi));
+        }
+        Some(Self(ranges))
+    }
+
+    pub fn contains(&self, status: StatusCode) -> bool {
+        let code = status.as_u16();
+        self.0.iter().any(|&(lo, hi)| (lo..=hi).contains(&code))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Text,
+}
+
+/// `[access_log]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogSettings {
+    pub format: Format,
+    /// `None`: standard output.
+    pub path: Option<PathBuf>,
+}

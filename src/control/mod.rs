@@ -1,0 +1,100 @@
+//! The control plane: the [`supervisor`] that applies reloads and owns the listeners and the health and
+//! discovery tasks, the file [`watch`]er, DNS [`discovery`], and active [`health`] checks.
+//!
+//! It talks to the data path only by publishing a new [`crate::router::Snapshot`] (one `ArcSwap::store`) and by
+//! flipping per-backend state (health, drain) on shared [`crate::balance::backend::Backend`]s. Everything else
+//! asks it through [`Command`]s on one channel.
+
+pub mod discovery;
+pub mod health;
+pub mod supervisor;
+mod watch;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::observe::metrics::Metrics;
+use crate::router::Snapshot;
+
+/// What the data path and the control plane share.
+pub struct Shared {
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    pub metrics: Arc<Metrics>,
+    /// The bound addresses of the proxy listeners, in config order.
+    pub listen_addrs: ArcSwap<Vec<SocketAddr>>,
+    /// Set once shutdown begins.
+    pub shutting_down: AtomicBool,
+    pub control: mpsc::Sender<Command>,
+    /// The runtimes that serve client connections, one accept loop each per proxy listener; empty: the
+    /// runtime `start` was called on.
+    pub workers: Vec<tokio::runtime::Handle>,
+}
+
+/// What asked for a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// The watcher saw the file change: a reload only if the content differs from the last one applied (or the
+    /// last reload failed).
+    FileChange,
+    /// SIGHUP: always re-read and apply.
+    Signal,
+    /// `POST /api/reload`: always re-read and apply.
+    Admin,
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReloadOutcome {
+    /// False when a file change left the content as it was (nothing was applied or counted).
+    pub applied: bool,
+    pub backends_added: Vec<String>,
+    pub backends_removed: Vec<String>,
+    pub listeners_added: Vec<String>,
+    pub listeners_removed: Vec<String>,
+    /// Settings that changed but only take effect at the next restart.
+    pub restart_required: Vec<String>,
+}
+
+/// Why a reload changed nothing (the message names file, line and field, as `validate` does).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ReloadError {
+    #[error("this switchyard was started without a config file; there is nothing to reload")]
+    NoFile,
+    #[error("switchyard is shutting down")]
+    ShuttingDown,
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// What the control loop can be asked.
+pub enum Command {
+    Reload {
+        trigger: Trigger,
+        reply: Option<oneshot::Sender<Result<ReloadOutcome, ReloadError>>>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// Asks the control loop for a reload and waits for its outcome.
+pub async fn request_reload(
+    shared: &Shared,
+    trigger: Trigger,
+) -> Result<ReloadOutcome, ReloadError> {
+    let (reply, outcome) = oneshot::channel();
+    shared
+        .control
+        .send(Command::Reload {
+            trigger,
+            reply: Some(reply),
+        })
+        .await
+        .map_err(|_| ReloadError::ShuttingDown)?;
+    outcome.await.unwrap_or(Err(ReloadError::ShuttingDown))
+}
