@@ -9,7 +9,7 @@ use tokio::time::Instant;
 
 use switchyard::balance::backend::Backend;
 use switchyard::balance::breaker::{Breaker, BreakerSettings, State};
-use switchyard::balance::select::{RoundRobin, Selector};
+use switchyard::balance::select::{self, RoundRobin};
 use switchyard::config::Algorithm;
 use switchyard::observe::metrics::Metrics;
 
@@ -46,11 +46,11 @@ proptest! {
         let bs = backends(&weights, &metrics);
         let _guards: Vec<_> = bs.iter().zip(&in_flight).flat_map(|(b, &n)| (0..n).map(|_| b.begin())).collect();
         let algorithm = if least { Algorithm::LeastConnections } else { Algorithm::RoundRobin };
-        let selector = Selector::new(algorithm, &bs);
+        let selector = select::build(algorithm, &bs);
         let usable = |i: usize| usable_mask[i];
         let any_usable = (0..bs.len()).any(usable);
         for _ in 0..picks {
-            match selector.pick(&bs, usable) {
+            match selector.pick(&bs, &usable) {
                 Some(i) => prop_assert!(usable(i), "picked unusable {}", i),
                 None => prop_assert!(!any_usable, "found nothing though some were usable"),
             }
@@ -72,11 +72,11 @@ proptest! {
             .map(|i| (usable_seed.rotate_left(i as u32 % 64) ^ i as u64) % 100 < u64::from(usable_share))
             .collect();
         let algorithm = if least { Algorithm::LeastConnections } else { Algorithm::RoundRobin };
-        let selector = Selector::new(algorithm, &bs);
+        let selector = select::build(algorithm, &bs);
         let usable = |i: usize| usable_mask[i];
         let any_usable = usable_mask.iter().any(|&u| u);
         for _ in 0..picks {
-            match selector.pick(&bs, usable) {
+            match selector.pick(&bs, &usable) {
                 Some(i) => prop_assert!(usable(i), "picked unusable {}", i),
                 None => prop_assert!(!any_usable, "found nothing though some were usable"),
             }
@@ -110,8 +110,8 @@ proptest! {
         let metrics = Metrics::new();
         let bs = backends(&weights, &metrics);
         let _guards: Vec<_> = bs.iter().zip(&in_flight).flat_map(|(b, &n)| (0..n).map(|_| b.begin())).collect();
-        let selector = Selector::new(Algorithm::LeastConnections, &bs);
-        let i = selector.pick(&bs, |_| true).unwrap();
+        let selector = select::build(Algorithm::LeastConnections, &bs);
+        let i = selector.pick(&bs, &|_| true).unwrap();
         let load = |b: &Backend| (b.active_requests() as f64 + 1.0) / b.weight() as f64;
         let best = bs.iter().map(|b| load(b)).fold(f64::INFINITY, f64::min);
         // Within the rounding of the reciprocal weights.

@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use crate::balance::backend::Backend;
 use crate::balance::breaker::State;
 use crate::balance::retry::{RetryBudget, RetrySettings};
-use crate::balance::select::Selector;
+use crate::balance::select::{self, Selector};
 use crate::config::{Algorithm, HealthCheckSettings, PoolSettings, Protocol, Timeouts};
 use crate::observe::metrics::{BackendMetrics, Metrics};
 use crate::upstream::UpstreamKind;
@@ -23,7 +23,7 @@ pub struct Pool {
     /// The protocol and TLS client the backends' connections use.
     pub kind: UpstreamKind,
     pub backends: Vec<Arc<Backend>>,
-    selector: Selector,
+    selector: Box<dyn Selector>,
     pub timeouts: Timeouts,
     pub retry: RetrySettings,
     pub budget: Arc<RetryBudget>,
@@ -114,7 +114,7 @@ impl Pool {
             algorithm: settings.algorithm,
             protocol: settings.protocol,
             kind,
-            selector: Selector::new(settings.algorithm, &backends),
+            selector: select::build(settings.algorithm, &backends),
             backends,
             timeouts: settings.timeouts,
             retry: settings.retry,
@@ -143,9 +143,9 @@ impl Pool {
         for _ in 0..4 {
             let i = if tried.len == 0 {
                 self.selector
-                    .pick(backends, |i| backends[i].is_available(now, ignore_health))
+                    .pick(backends, &|i| backends[i].is_available(now, ignore_health))
             } else {
-                self.selector.pick(backends, |i| {
+                self.selector.pick(backends, &|i| {
                     !tried.contains(i) && backends[i].is_available(now, ignore_health)
                 })
             }?;
@@ -172,7 +172,7 @@ impl Pool {
             return None;
         }
         for _ in 0..backends.len().min(8) {
-            let i = self.selector.pick(backends, |i| {
+            let i = self.selector.pick(backends, &|i| {
                 !tried.contains(i) && allowed(&backends[i]) && backends[i].may_try_early()
             })?;
             tried.push(i);

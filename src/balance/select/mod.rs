@@ -1,5 +1,8 @@
-//! Backend selection. A selector only chooses among the candidates it is told are usable; health, breakers and
-//! draining are the pool's business. Picks are lock-free and allocate nothing.
+//! Backend selection. A [`Selector`] only chooses among the candidates it is told are usable; health, breakers
+//! and draining are the pool's business. Picks are lock-free and allocate nothing.
+//!
+//! An algorithm is one file here implementing [`Selector`], plus its config name in
+//! [`crate::config::Algorithm`] and one line in [`build`].
 
 mod least_connections;
 mod round_robin;
@@ -9,33 +12,37 @@ use std::sync::Arc;
 pub use least_connections::LeastConnections;
 pub use round_robin::RoundRobin;
 
-use crate::balance::backend::Backend;
+use super::backend::Backend;
 use crate::config::Algorithm;
 
-/// The algorithm a pool balances with, and its state.
-#[derive(Debug)]
-pub enum Selector {
-    RoundRobin(RoundRobin),
-    LeastConnections(LeastConnections),
+/// A balancing algorithm and its state, for one pool's backends.
+pub trait Selector: Send + Sync + std::fmt::Debug {
+    /// The index of the chosen backend among those for which `usable(index)` is true, or `None`.
+    fn pick(&self, backends: &[Arc<Backend>], usable: &dyn Fn(usize) -> bool) -> Option<usize>;
 }
 
-impl Selector {
-    pub fn new(algorithm: Algorithm, backends: &[Arc<Backend>]) -> Self {
-        match algorithm {
-            Algorithm::RoundRobin => {
-                let weights: Vec<u32> = backends.iter().map(|b| b.weight()).collect();
-                Self::RoundRobin(RoundRobin::new(&weights))
-            }
-            Algorithm::LeastConnections => Self::LeastConnections(LeastConnections::new()),
+/// The selector for `algorithm`, built for `backends` as they are (order and weights): a pool is rebuilt, with
+/// a new selector, whenever its membership or weights change (a reload, a DNS answer).
+pub fn build(algorithm: Algorithm, backends: &[Arc<Backend>]) -> Box<dyn Selector> {
+    match algorithm {
+        Algorithm::RoundRobin => {
+            let weights: Vec<u32> = backends.iter().map(|b| b.weight()).collect();
+            Box::new(RoundRobin::new(&weights))
         }
+        Algorithm::LeastConnections => Box::new(LeastConnections::new()),
     }
+}
 
-    /// The index of the chosen backend among those for which `usable(index)` is true, or `None`.
+impl Selector for RoundRobin {
     #[inline]
-    pub fn pick(&self, backends: &[Arc<Backend>], usable: impl Fn(usize) -> bool) -> Option<usize> {
-        match self {
-            Self::RoundRobin(s) => s.pick(backends.len(), usable),
-            Self::LeastConnections(s) => s.pick(backends, usable),
-        }
+    fn pick(&self, backends: &[Arc<Backend>], usable: &dyn Fn(usize) -> bool) -> Option<usize> {
+        RoundRobin::pick(self, backends.len(), usable)
+    }
+}
+
+impl Selector for LeastConnections {
+    #[inline]
+    fn pick(&self, backends: &[Arc<Backend>], usable: &dyn Fn(usize) -> bool) -> Option<usize> {
+        LeastConnections::pick(self, backends, usable)
     }
 }
