@@ -54,7 +54,10 @@ fn pick(c: &mut Criterion) {
                 let now = tokio::time::Instant::now();
                 b.iter(|| {
                     let mut tried = Tried::default();
-                    black_box(pool.pick(now, &mut tried).map(|b| b.weight()))
+                    black_box(
+                        pool.pick(now, &mut tried)
+                            .map(|i| pool.backends[i].weight()),
+                    )
                 })
             });
         }

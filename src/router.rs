@@ -11,11 +11,14 @@ use crate::balance::pool::Pool;
 use crate::config::{Config, Limits};
 use crate::observe::access_log::{AccessLog, AccessLogSettings};
 use crate::observe::metrics::{BackendMetrics, Metrics, NONE};
+use crate::upstream::PoolConnections;
 
 /// Everything the data path needs, published whole with one `ArcSwap::store`.
 pub struct Snapshot {
     pub routes: RouteTable,
     pub pools: BTreeMap<String, Arc<Pool>>,
+    /// Each pool's upstream connections, by pool name.
+    pub upstreams: BTreeMap<String, Arc<PoolConnections>>,
     /// Label handles for requests no route matched (`pool="none", backend="none"`).
     pub no_route_metrics: BackendMetrics,
     /// The access log, when `[access_log]` is enabled.
@@ -36,23 +39,38 @@ impl Snapshot {
         access_log: Option<(AccessLogSettings, Arc<AccessLog>)>,
     ) -> Self {
         let mut pools = BTreeMap::new();
+        let mut upstreams = BTreeMap::new();
         for (name, settings) in &config.pools {
             let old = previous.and_then(|p| p.pools.get(name)).map(Arc::as_ref);
-            pools.insert(
-                name.clone(),
-                Arc::new(Pool::new(name, settings, metrics, old)),
+            let pool = Pool::new(name, settings, metrics, old);
+            let connections = PoolConnections::new(
+                settings.protocol,
+                settings.tls.as_ref(),
+                pool.backends
+                    .iter()
+                    .map(|b| (b.address.as_str(), b.metrics.connections_opened.clone())),
+                previous
+                    .and_then(|p| p.upstreams.get(name))
+                    .map(Arc::as_ref),
             );
+            pools.insert(name.clone(), Arc::new(pool));
+            upstreams.insert(name.clone(), Arc::new(connections));
         }
         let mut table = RouteTable::default();
         for r in &config.routes {
-            if let Some(pool) = pools.get(&r.pool) {
-                table.add(r.host.as_deref(), &r.path_prefix, Arc::clone(pool));
+            if let (Some(pool), Some(connections)) = (pools.get(&r.pool), upstreams.get(&r.pool)) {
+                let target = Arc::new(Target {
+                    pool: Arc::clone(pool),
+                    connections: Arc::clone(connections),
+                });
+                table.add(r.host.as_deref(), &r.path_prefix, target);
             }
         }
         table.finish();
         Self {
             routes: table,
             pools,
+            upstreams,
             no_route_metrics: metrics.for_local(NONE),
             access_log,
             limits: config.limits,
@@ -62,7 +80,13 @@ impl Snapshot {
     }
 }
 
-type Prefixes = Vec<(String, Arc<Pool>)>;
+/// Where a route sends its requests: the pool, and its backends' connections (same order).
+pub struct Target {
+    pub pool: Arc<Pool>,
+    pub connections: Arc<PoolConnections>,
+}
+
+type Prefixes = Vec<(String, Arc<Target>)>;
 
 #[derive(Default)]
 pub struct RouteTable {
@@ -71,7 +95,7 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    fn add(&mut self, host: Option<&str>, prefix: &str, pool: Arc<Pool>) {
+    fn add(&mut self, host: Option<&str>, prefix: &str, target: Arc<Target>) {
         let list = match host {
             None => &mut self.any_host,
             Some(h) => match self.by_host.iter().position(|(name, _)| name == h) {
@@ -83,20 +107,20 @@ impl RouteTable {
                 }
             },
         };
-        list.push((prefix.to_owned(), pool));
+        list.push((prefix.to_owned(), target));
     }
 
     fn finish(&mut self) {
         let longest_first =
-            |a: &(String, Arc<Pool>), b: &(String, Arc<Pool>)| b.0.len().cmp(&a.0.len());
+            |a: &(String, Arc<Target>), b: &(String, Arc<Target>)| b.0.len().cmp(&a.0.len());
         self.any_host.sort_by(longest_first);
         for (_, list) in &mut self.by_host {
             list.sort_by(longest_first);
         }
     }
 
-    /// The pool for a request to `host` (as sent: any case, maybe with a port) and `path`.
-    pub fn route(&self, host: Option<&str>, path: &str) -> Option<&Arc<Pool>> {
+    /// The target for a request to `host` (as sent: any case, maybe with a port) and `path`.
+    pub fn route(&self, host: Option<&str>, path: &str) -> Option<&Arc<Target>> {
         if let Some(host) = host.map(normalize_host).filter(|h| !h.is_empty()) {
             let by_host = self
                 .by_host
@@ -111,10 +135,10 @@ impl RouteTable {
     }
 }
 
-fn longest_prefix<'a>(list: &'a Prefixes, path: &str) -> Option<&'a Arc<Pool>> {
+fn longest_prefix<'a>(list: &'a Prefixes, path: &str) -> Option<&'a Arc<Target>> {
     list.iter()
         .find(|(prefix, _)| path.starts_with(prefix.as_str()))
-        .map(|(_, pool)| pool)
+        .map(|(_, target)| target)
 }
 
 /// `API.example.com:8443` → `API.example.com`; `example.com.` → `example.com`.

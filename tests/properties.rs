@@ -25,7 +25,6 @@ fn backends(weights: &[u32], metrics: &Metrics) -> Vec<Arc<Backend>> {
                 w,
                 BreakerSettings::default(),
                 metrics.for_backend("p", &addr),
-                switchyard::upstream::UpstreamKind::plain(),
             ))
         })
         .collect()

@@ -2,7 +2,7 @@
 //!
 //! A backend is built once per pool and address and shared by `Arc`. The selector reads it, the proxy counts
 //! requests in flight with an [`InFlight`] guard and feeds its circuit breaker, the health checker flips
-//! `healthy`, and it owns the idle keep-alive connections to its address.
+//! `healthy`. Its connections live in the upstream layer (`upstream::PoolConnections`), keyed by the pool's order.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -13,7 +13,6 @@ use tokio::time::Instant;
 
 use crate::balance::breaker::{BreakerSettings, CircuitBreaker, State, Transition};
 use crate::observe::metrics::BackendMetrics;
-use crate::upstream::ConnectionPool;
 
 /// The last failed health check: why, and when.
 #[derive(Debug, Clone)]
@@ -50,7 +49,6 @@ pub struct Backend {
     pub address: String,
     pub breaker: CircuitBreaker,
     last_check_error: ArcSwapOption<CheckError>,
-    pub connections: ConnectionPool,
     pub metrics: BackendMetrics,
     /// 1 when the backend came from DNS discovery, 0 from the config file.
     from_dns: std::sync::atomic::AtomicBool,
@@ -63,7 +61,6 @@ impl Backend {
         weight: u32,
         breaker: BreakerSettings,
         metrics: BackendMetrics,
-        kind: crate::upstream::UpstreamKind,
     ) -> Self {
         Self {
             pool: pool.to_owned(),
@@ -81,7 +78,6 @@ impl Backend {
             max_active: AtomicU32::new(breaker.max_active_requests),
             breaker: CircuitBreaker::new(breaker),
             last_check_error: ArcSwapOption::empty(),
-            connections: ConnectionPool::new(address, metrics.connections_opened.clone(), kind),
             metrics,
             from_dns: std::sync::atomic::AtomicBool::new(false),
         }

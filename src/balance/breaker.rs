@@ -104,10 +104,6 @@ impl Breaker {
         }
     }
 
-    pub fn settings(&self) -> &BreakerSettings {
-        &self.settings
-    }
-
     /// New settings apply from now on; the state is kept.
     pub fn set_settings(&mut self, settings: BreakerSettings) {
         self.settings = settings;
@@ -404,10 +400,6 @@ impl CircuitBreaker {
 
     pub fn set_settings(&self, settings: BreakerSettings) {
         self.with(|m| m.set_settings(settings));
-    }
-
-    pub fn settings(&self) -> BreakerSettings {
-        self.with(|m| *m.settings())
     }
 }
 

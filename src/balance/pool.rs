@@ -11,17 +11,17 @@ use crate::balance::backend::Backend;
 use crate::balance::breaker::State;
 use crate::balance::retry::{RetryBudget, RetrySettings};
 use crate::balance::select::{self, Selector};
+use crate::config::UpstreamTlsSettings;
 use crate::config::{Algorithm, HealthCheckSettings, PoolSettings, Protocol, Timeouts};
 use crate::observe::metrics::{BackendMetrics, Metrics};
-use crate::upstream::UpstreamKind;
 
 pub struct Pool {
     pub name: String,
     pub algorithm: Algorithm,
     /// How the backends are spoken to (HTTP/1.1 or HTTP/2, plain or TLS).
     pub protocol: Protocol,
-    /// The protocol and TLS client the backends' connections use.
-    pub kind: UpstreamKind,
+    /// The TLS client settings for `https` and `h2`.
+    pub tls: Option<UpstreamTlsSettings>,
     pub backends: Vec<Arc<Backend>>,
     selector: Box<dyn Selector>,
     pub timeouts: Timeouts,
@@ -73,23 +73,17 @@ impl Pool {
         metrics: &Metrics,
         previous: Option<&Pool>,
     ) -> Self {
+        // A backend reached another way (protocol, TLS) is a new backend: what it did before says little.
+        let reached_alike = |p: &&Pool| p.protocol == settings.protocol && p.tls == settings.tls;
         let old: HashMap<&str, &Arc<Backend>> = previous
+            .filter(reached_alike)
             .map(|p| p.backends.iter().map(|b| (b.address.as_str(), b)).collect())
             .unwrap_or_default();
-        // Built once per settings: a reload or a DNS change with the same settings keeps the TLS client (and
-        // does not read the CA file or the system's roots again).
-        let kind = match previous {
-            Some(p) if p.kind.built_from(settings.protocol, settings.tls.as_ref()) => {
-                p.kind.clone()
-            }
-            _ => UpstreamKind::new(settings.protocol, settings.tls.as_ref()),
-        };
         let backends = settings
             .backends
             .iter()
             .map(|b| match old.get(b.address.as_str()) {
-                // A backend reached another way (protocol, TLS) is a new backend: its connections do not fit.
-                Some(kept) if kept.connections.kind.same_as(&kind) => {
+                Some(kept) => {
                     kept.set_source(b.source);
                     kept.set_weight(b.weight);
                     kept.set_breaker_settings(settings.breaker);
@@ -102,7 +96,6 @@ impl Pool {
                         b.weight,
                         settings.breaker,
                         metrics.for_backend(name, &b.address),
-                        kind.clone(),
                     );
                     backend.set_source(b.source);
                     Arc::new(backend)
@@ -113,7 +106,7 @@ impl Pool {
             name: name.to_owned(),
             algorithm: settings.algorithm,
             protocol: settings.protocol,
-            kind,
+            tls: settings.tls.clone(),
             selector: select::build(settings.algorithm, &backends),
             backends,
             timeouts: settings.timeouts,
@@ -133,10 +126,10 @@ impl Pool {
         }
     }
 
-    /// Picks an available backend not in `tried` and claims it through its circuit breaker; `None` when no
-    /// backend is available.
+    /// Picks an available backend not in `tried` and claims it through its circuit breaker: its index in
+    /// `backends`, or `None` when no backend is available.
     #[inline]
-    pub fn pick(&self, now: Instant, tried: &mut Tried) -> Option<&Arc<Backend>> {
+    pub fn pick(&self, now: Instant, tried: &mut Tried) -> Option<usize> {
         let backends = &self.backends;
         let ignore_health = self.in_panic();
         // A half-open backend may be claimed by a concurrent request between the check and the claim.
@@ -151,7 +144,7 @@ impl Pool {
             }?;
             tried.push(i);
             if backends[i].admit(now) {
-                return Some(&backends[i]);
+                return Some(i);
             }
         }
         None
@@ -161,7 +154,7 @@ impl Pool {
     /// its circuit open, one of them gets a trial now instead of the pool answering 503 until an open period
     /// ends (one trial per backend at a time). `None` when something else keeps the backends out.
     #[cold]
-    pub fn pick_early_trial(&self, tried: &mut Tried) -> Option<&Arc<Backend>> {
+    pub fn pick_early_trial(&self, tried: &mut Tried) -> Option<usize> {
         let backends = &self.backends;
         let ignore_health = self.in_panic();
         let allowed = |b: &Backend| !b.is_draining() && (ignore_health || b.is_healthy());
@@ -177,7 +170,7 @@ impl Pool {
             })?;
             tried.push(i);
             if backends[i].admit_early() {
-                return Some(&backends[i]);
+                return Some(i);
             }
         }
         None
@@ -232,54 +225,5 @@ impl Pool {
         }
         let healthy = self.backends.iter().filter(|b| b.is_healthy()).count();
         (healthy as f64) < self.panic_threshold * self.backends.len() as f64
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::{BackendSettings, Protocol};
-
-    fn settings(protocol: Protocol) -> PoolSettings {
-        PoolSettings {
-            algorithm: Algorithm::RoundRobin,
-            backends: vec![BackendSettings {
-                address: "127.0.0.1:9".to_owned(),
-                weight: 1,
-                source: Default::default(),
-            }],
-            timeouts: Timeouts {
-                connect: std::time::Duration::from_secs(1),
-                request: std::time::Duration::from_secs(1),
-                idle: std::time::Duration::from_secs(4),
-            },
-            health_check: None,
-            breaker: Default::default(),
-            retry: Default::default(),
-            panic_threshold: 0.0,
-            max_response_header_bytes: 256 * 1024,
-            protocol,
-            tls: None,
-            discovery: None,
-        }
-    }
-
-    fn client_config(pool: &Pool) -> &Arc<rustls::ClientConfig> {
-        pool.kind.connector.as_ref().map(|c| c.config()).unwrap()
-    }
-
-    #[test]
-    fn a_rebuilt_pool_keeps_its_tls_client_while_the_settings_stay() {
-        let metrics = Metrics::new();
-        let first = Pool::new("p", &settings(Protocol::Https), &metrics, None);
-        let again = Pool::new("p", &settings(Protocol::Https), &metrics, Some(&first));
-        assert!(Arc::ptr_eq(client_config(&first), client_config(&again)));
-        assert!(Arc::ptr_eq(&first.backends[0], &again.backends[0]));
-        let h2 = Pool::new("p", &settings(Protocol::H2), &metrics, Some(&again));
-        assert!(!Arc::ptr_eq(client_config(&again), client_config(&h2)));
-        assert!(
-            !Arc::ptr_eq(&again.backends[0], &h2.backends[0]),
-            "a backend reached another way is new"
-        );
     }
 }

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::discovery::{self, Discovered};
-use super::health::{self, HealthCheckSettings};
+use super::health;
 use super::watch::{Watched, watch_files};
 use super::{Command, ReloadError, ReloadOutcome, Shared, Trigger};
 use crate::balance::backend::Backend;
@@ -44,19 +44,6 @@ impl Drop for Discovery {
     }
 }
 
-/// A health-check task and what it was started with; aborted when dropped.
-struct HealthTask {
-    backend: Arc<Backend>,
-    settings: HealthCheckSettings,
-    task: JoinHandle<()>,
-}
-
-impl Drop for HealthTask {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 /// The control loop's state: the config running, the listeners, and the tasks it owns.
 pub struct Supervisor {
     shared: Arc<Shared>,
@@ -71,7 +58,7 @@ pub struct Supervisor {
     last_reload_ok: bool,
     listeners: Vec<ListenerTask>,
     admin: Option<ListenerTask>,
-    health: HashMap<(String, String), HealthTask>,
+    health: health::Checks,
     /// Watches the config file and every certificate and key (through their folders).
     watcher: Option<(Watched, notify::RecommendedWatcher)>,
     discovery: HashMap<String, Discovery>,
@@ -103,7 +90,7 @@ impl Supervisor {
             last_reload_ok: true,
             listeners,
             admin: Some(admin),
-            health: HashMap::new(),
+            health: health::Checks::default(),
             watcher: None,
             discovery: HashMap::new(),
             resolver: None,
@@ -542,30 +529,7 @@ impl Supervisor {
     /// Starts, keeps or stops health-check tasks so that exactly the current backends with checks have one.
     fn reconcile_health(&mut self) {
         let snapshot = self.shared.snapshot.load_full();
-        let mut old = std::mem::take(&mut self.health);
-        for pool in snapshot.pools.values() {
-            for backend in &pool.backends {
-                let key = (pool.name.clone(), backend.address.clone());
-                let existing = old.remove(&key);
-                let Some(settings) = &pool.health_check else {
-                    if existing.is_some() {
-                        // Checks were removed: nothing may keep the backend out any more.
-                        backend.set_healthy(true);
-                    }
-                    continue;
-                };
-                let task = match existing {
-                    Some(t) if Arc::ptr_eq(&t.backend, backend) && &t.settings == settings => t,
-                    _ => HealthTask {
-                        backend: Arc::clone(backend),
-                        settings: settings.clone(),
-                        task: health::spawn_checker(Arc::clone(backend), settings.clone()),
-                    },
-                };
-                self.health.insert(key, task);
-            }
-        }
-        // Whatever is left in `old` belongs to removed backends: dropping aborts the tasks.
+        self.health.reconcile(&snapshot);
     }
 
     async fn shutdown(&mut self) {
@@ -579,10 +543,7 @@ impl Supervisor {
             let _ = t.await;
         }
         // Upgraded connections (WebSocket) are not HTTP any more: they get the rest of the drain time to end.
-        let tunnels = &self.shared.metrics.upgraded_connections;
-        while tunnels.get() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let _ = tokio::time::timeout_at(deadline, self.proxy.tunnels.all_closed()).await;
         // The admin listener stays up through the drain, its /healthz answering 503, so an outer load
         // balancer sees the instance leave.
         if let Some(admin) = self.admin.take() {

@@ -5,6 +5,7 @@
 //! response was read to the end goes back to the backend's idle pool.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -17,7 +18,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::balance::backend::InFlight;
 use crate::observe::access_log::Pending;
-use crate::upstream::Sender;
+use crate::upstream::{ConnectionPool, Sender};
 
 pub enum ProxyBody {
     Upstream(UpstreamBody),
@@ -66,6 +67,8 @@ pub struct Completion {
     pub started: Instant,
     pub in_flight: InFlight,
     pub connection: Option<Sender>,
+    /// Where the connection goes back when the response has been read to its end.
+    pub connections: Arc<ConnectionPool>,
     /// How long the backend keeps the connection open for reuse (its `Keep-Alive: timeout`).
     pub idle_cap: Duration,
     /// The access log line, sent when the body ends.
@@ -83,7 +86,9 @@ impl Drop for UpstreamBody {
         }
         if self.ended || self.body.is_end_stream() {
             if let Some(sender) = self.done.connection.take() {
-                backend.connections.checkin(sender, now, self.done.idle_cap);
+                self.done
+                    .connections
+                    .checkin(sender, now, self.done.idle_cap);
             }
         }
     }

@@ -18,6 +18,7 @@ use hyper::body::{Body as _, Incoming};
 use tokio::time::Instant;
 
 pub use body::{Completion, ProxyBody};
+pub use tunnel::OpenTunnels;
 
 use crate::balance::backend::Backend;
 use crate::balance::pool::{Pool, Tried};
@@ -28,7 +29,7 @@ use crate::observe::access_log::{AccessLog, Pending};
 use crate::observe::metrics::{BackendMetrics, Metrics, NONE};
 use crate::router::Snapshot;
 use crate::upstream::request_body::{BodyWatch, ClientBody, RequestBody};
-use crate::upstream::{self, Outgoing, SendError, Sender};
+use crate::upstream::{self, ConnectionPool, Outgoing, SendError, Sender};
 
 /// What the proxy knows of the client connection a request came on.
 #[derive(Debug, Clone)]
@@ -46,6 +47,8 @@ pub struct ConnInfo {
 pub struct Proxy {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     pub metrics: Arc<Metrics>,
+    /// Upgraded connections (WebSocket) open now.
+    pub tunnels: Arc<OpenTunnels>,
 }
 
 /// How one attempt ended, when it did not give a response to pass on.
@@ -58,14 +61,19 @@ enum Failure {
 
 impl Proxy {
     pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, metrics: Arc<Metrics>) -> Self {
-        Self { snapshot, metrics }
+        let tunnels = Arc::new(OpenTunnels::new(metrics.upgraded_connections.clone()));
+        Self {
+            snapshot,
+            metrics,
+            tunnels,
+        }
     }
 
     /// Serves one client request.
     pub async fn handle(&self, mut req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
         let peer = conn.peer;
         let started = Instant::now();
-        let (pool, mut log, limits, trusted) = {
+        let (target, mut log, limits, trusted) = {
             let snapshot = self.snapshot.load();
             let log = snapshot
                 .access_log
@@ -80,7 +88,7 @@ impl Proxy {
                 return self.refuse(&e, &snapshot.no_route_metrics, started, log, 0);
             }
             let host = request_host(&req);
-            let Some(pool) = snapshot.routes.route(host, req.uri().path()) else {
+            let Some(target) = snapshot.routes.route(host, req.uri().path()) else {
                 let e = ProxyError::NoRoute;
                 return local_answer(&e, &snapshot.no_route_metrics, started, log, 0);
             };
@@ -88,15 +96,16 @@ impl Proxy {
             if let Some(max) = limits.max_request_body_bytes {
                 if content_length(&req).is_some_and(|n| n > max) {
                     let e = ProxyError::BodyTooLarge;
-                    return self.refuse(&e, &pool.local_metrics, started, log, 0);
+                    return self.refuse(&e, &target.pool.local_metrics, started, log, 0);
                 }
             }
             let trusted = snapshot
                 .trusted_proxies
                 .iter()
                 .any(|net| net.contains(&headers::canonical(peer.ip())));
-            (Arc::clone(pool), log, limits, trusted)
+            (Arc::clone(target), log, limits, trusted)
         };
+        let pool = &*target.pool;
         let upgrade = headers::is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
         let protocol = pool.protocol;
         if upgrade.is_some() && protocol.is_http2() {
@@ -108,7 +117,6 @@ impl Proxy {
         let Some(first) = pool
             .pick(started, &mut tried)
             .or_else(|| pool.pick_early_trial(&mut tried))
-            .cloned()
         else {
             return local_answer(&ProxyError::NoBackend, &pool.local_metrics, started, log, 0);
         };
@@ -129,7 +137,7 @@ impl Proxy {
         let (mut req, watch) = match prepare(req, &how, body) {
             Ok(r) => r,
             Err(e) => {
-                first.breaker.cancel_trial();
+                pool.backends[first].breaker.cancel_trial();
                 return self.refuse(&e, &pool.local_metrics, started, log, 0);
             }
         };
@@ -138,16 +146,22 @@ impl Proxy {
         let replayable =
             matches!(req.body(), RequestBody::Empty) && retry::is_idempotent(req.method());
 
-        let mut backend = first;
+        let mut index = first;
         let mut retries = 0u32;
         let mut attempt_started = started;
         loop {
             let may_retry = retries < pool.retry.max_retries;
             let copy = replayable.then(|| copy_request(&req));
             let attempts = retries + 1;
+            let (Some(backend), Some(connections)) =
+                (pool.backends.get(index), target.connections.get(index))
+            else {
+                return local_answer(&ProxyError::NoBackend, &pool.local_metrics, started, log, 0);
+            };
             let exchange = Exchange {
-                pool: &pool,
-                backend: &backend,
+                pool,
+                backend,
+                connections,
                 watch: watch.as_deref(),
                 replay: copy.as_ref(),
                 started,
@@ -166,7 +180,7 @@ impl Proxy {
                             log,
                             attempts,
                             idle,
-                            &self.metrics,
+                            &self.tunnels,
                         );
                     }
                     return pass_on(resp, done, log, attempts, pool.timeouts.request);
@@ -188,10 +202,10 @@ impl Proxy {
                 _ => None,
             };
             let next = match next_req {
-                Some(r) if may_retry => pool.pick(now, &mut tried).cloned().map(|b| (b, r)),
+                Some(r) if may_retry => pool.pick(now, &mut tried).map(|i| (i, r)),
                 _ => None,
             };
-            let Some((next_backend, next_req)) = next else {
+            let Some((next_index, next_req)) = next else {
                 return match failure {
                     Failure::Response(answer) => {
                         let (resp, done) = *answer;
@@ -210,7 +224,7 @@ impl Proxy {
             pool.retries.inc();
             tokio::time::sleep(retry::backoff(pool.retry.backoff, retries)).await;
             attempt_started = Instant::now();
-            backend = next_backend;
+            index = next_index;
             req = next_req;
         }
     }
@@ -263,6 +277,8 @@ impl Proxy {
 struct Exchange<'a> {
     pool: &'a Pool,
     backend: &'a Arc<Backend>,
+    /// The backend's connections.
+    connections: &'a Arc<ConnectionPool>,
     /// The client's request body, when it has one.
     watch: Option<&'a BodyWatch>,
     /// A copy of a replayable request, for a reused connection that turns out closed.
@@ -290,6 +306,7 @@ impl Exchange<'_> {
                     started: self.started,
                     in_flight,
                     connection: Some(sender),
+                    connections: Arc::clone(self.connections),
                     idle_cap: upstream::keep_alive_cap(resp.headers()),
                     log: None,
                 };
@@ -330,7 +347,7 @@ impl Exchange<'_> {
     async fn send(&self, req: Outgoing) -> Option<Result<(Response<Incoming>, Sender), SendError>> {
         let backend = self.backend;
         let timeouts = self.pool.timeouts;
-        let connections = &backend.connections;
+        let connections = self.connections;
         let sending = async {
             let first =
                 upstream::send(connections, req, self.attempt_started, &timeouts, false).await;

@@ -24,7 +24,53 @@ use tokio::time::Instant;
 use super::headers;
 use super::{Completion, ProxyBody};
 use crate::observe::access_log::Pending;
-use crate::observe::metrics::Metrics;
+
+/// The upgraded connections open now: what shutdown waits for (and what `switchyard_upgraded_connections`
+/// shows).
+pub struct OpenTunnels {
+    count: std::sync::atomic::AtomicUsize,
+    all_closed: tokio::sync::Notify,
+    gauge: prometheus::IntGauge,
+}
+
+impl OpenTunnels {
+    pub fn new(gauge: prometheus::IntGauge) -> Self {
+        Self {
+            count: std::sync::atomic::AtomicUsize::new(0),
+            all_closed: tokio::sync::Notify::new(),
+            gauge,
+        }
+    }
+
+    fn enter(self: &Arc<Self>) -> TunnelGuard {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        self.gauge.inc();
+        TunnelGuard(Arc::clone(self))
+    }
+
+    /// Returns once no tunnel is open.
+    pub async fn all_closed(&self) {
+        loop {
+            let closed = self.all_closed.notified();
+            if self.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            closed.await;
+        }
+    }
+}
+
+/// One open tunnel, counted until dropped.
+struct TunnelGuard(Arc<OpenTunnels>);
+
+impl Drop for TunnelGuard {
+    fn drop(&mut self) {
+        self.0.gauge.dec();
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.all_closed.notify_waiters();
+        }
+    }
+}
 
 /// Answers the client's upgrade with the backend's `101` and joins the two connections once both are handed
 /// over.
@@ -35,7 +81,7 @@ pub(super) fn open(
     log: Option<Box<Pending>>,
     attempts: u32,
     idle_timeout: Duration,
-    metrics: &Metrics,
+    tunnels: &Arc<OpenTunnels>,
 ) -> Response<ProxyBody> {
     let upstream = hyper::upgrade::on(&mut resp);
     let (mut parts, _) = resp.into_parts();
@@ -58,7 +104,7 @@ pub(super) fn open(
         l.attempts = attempts;
         l
     });
-    let open_tunnels = metrics.upgraded_connections.clone();
+    let tunnels = Arc::clone(tunnels);
     tokio::spawn(async move {
         let (client, upstream) = match tokio::join!(client, upstream) {
             (Ok(c), Ok(u)) => (c, u),
@@ -68,9 +114,9 @@ pub(super) fn open(
                 return;
             }
         };
-        open_tunnels.inc();
+        let open = tunnels.enter();
         let to_client = relay(client, upstream, idle_timeout).await;
-        open_tunnels.dec();
+        drop(open);
         finish(done, to_client);
     });
     Response::from_parts(parts, ProxyBody::Local(None))

@@ -8,8 +8,8 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::Request;
@@ -81,14 +81,6 @@ pub struct UpstreamKind {
 }
 
 impl UpstreamKind {
-    pub fn plain() -> Self {
-        Self {
-            protocol: Protocol::Http1,
-            tls_settings: None,
-            connector: None,
-        }
-    }
-
     /// The kind for a pool's settings; reads the CA file for TLS protocols.
     pub fn new(protocol: Protocol, tls: Option<&UpstreamTlsSettings>) -> Self {
         let connector = protocol.is_tls().then(|| {
@@ -118,11 +110,6 @@ impl UpstreamKind {
         let tls = protocol.is_tls().then(|| tls.cloned().unwrap_or_default());
         self.protocol == protocol && self.tls_settings == tls
     }
-
-    /// Same protocol and TLS settings: connections made for one serve the other.
-    pub fn same_as(&self, other: &Self) -> bool {
-        self.protocol == other.protocol && self.tls_settings == other.tls_settings
-    }
 }
 
 struct Idle {
@@ -130,6 +117,47 @@ struct Idle {
     since: Instant,
     /// How long the backend said it keeps the connection (`Keep-Alive: timeout=N`, less a margin).
     cap: Duration,
+}
+
+/// One pool's upstream connections: a [`ConnectionPool`] per backend, in the order of the pool's backends, and
+/// the protocol and TLS client they share.
+pub struct PoolConnections {
+    pub kind: UpstreamKind,
+    backends: Box<[Arc<ConnectionPool>]>,
+}
+
+impl PoolConnections {
+    /// The connections for `backends` (address, and the counter of connections opened to it) reached as
+    /// `protocol` with `tls`. What `previous` had is kept when the protocol and TLS settings stay: the TLS
+    /// client (no CA file or system roots read again), and each address's idle connections.
+    pub fn new<'a>(
+        protocol: Protocol,
+        tls: Option<&UpstreamTlsSettings>,
+        backends: impl Iterator<Item = (&'a str, IntCounter)>,
+        previous: Option<&PoolConnections>,
+    ) -> Self {
+        let previous = previous.filter(|p| p.kind.built_from(protocol, tls));
+        let kind = match previous {
+            Some(p) => p.kind.clone(),
+            None => UpstreamKind::new(protocol, tls),
+        };
+        let backends = backends
+            .map(|(address, opened)| {
+                let kept = previous.and_then(|p| p.backends.iter().find(|c| c.address == address));
+                match kept {
+                    Some(c) => Arc::clone(c),
+                    None => Arc::new(ConnectionPool::new(address, opened, kind.clone())),
+                }
+            })
+            .collect();
+        Self { kind, backends }
+    }
+
+    /// The connections of the pool's backend number `i`.
+    #[inline]
+    pub fn get(&self, i: usize) -> Option<&Arc<ConnectionPool>> {
+        self.backends.get(i)
+    }
 }
 
 /// How many runtimes serve requests (set once at start by the binary; 1 otherwise), and which one this thread
@@ -185,6 +213,11 @@ impl ConnectionPool {
 
     pub fn protocol(&self) -> Protocol {
         self.kind.protocol
+    }
+
+    /// The backend address these connections go to.
+    pub fn address(&self) -> &str {
+        &self.address
     }
 
     /// This thread's idle list.
@@ -432,6 +465,35 @@ pub enum SendError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn connections(protocol: Protocol, previous: Option<&PoolConnections>) -> PoolConnections {
+        let opened = IntCounter::new("opened", "test").unwrap();
+        let tls = UpstreamTlsSettings::default();
+        PoolConnections::new(
+            protocol,
+            Some(&tls),
+            [("127.0.0.1:9", opened)].into_iter(),
+            previous,
+        )
+    }
+
+    fn client_config(c: &PoolConnections) -> &Arc<rustls::ClientConfig> {
+        c.kind.connector.as_ref().map(|c| c.config()).unwrap()
+    }
+
+    #[test]
+    fn rebuilt_connections_keep_their_tls_client_while_the_settings_stay() {
+        let first = connections(Protocol::Https, None);
+        let again = connections(Protocol::Https, Some(&first));
+        assert!(Arc::ptr_eq(client_config(&first), client_config(&again)));
+        assert!(Arc::ptr_eq(first.get(0).unwrap(), again.get(0).unwrap()));
+        let h2 = connections(Protocol::H2, Some(&again));
+        assert!(!Arc::ptr_eq(client_config(&again), client_config(&h2)));
+        assert!(
+            !Arc::ptr_eq(again.get(0).unwrap(), h2.get(0).unwrap()),
+            "connections made another way do not fit"
+        );
+    }
 
     fn cap(value: &str) -> Duration {
         let mut headers = http::HeaderMap::new();

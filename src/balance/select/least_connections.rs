@@ -118,7 +118,6 @@ mod tests {
                     w,
                     Default::default(),
                     m.for_backend("p", &addr),
-                    crate::upstream::UpstreamKind::plain(),
                 ))
             })
             .collect()

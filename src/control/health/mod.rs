@@ -3,6 +3,7 @@
 
 mod rise_fall;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -13,12 +14,87 @@ use tokio::task::JoinHandle;
 pub use rise_fall::{Flip, RiseFall};
 
 use crate::balance::backend::Backend;
-use crate::upstream::RequestBody;
+use crate::router::Snapshot;
+use crate::upstream::{ConnectionPool, RequestBody};
 
 pub use crate::config::{CheckKind, HealthCheckSettings, StatusRanges};
 
-/// Starts checking `backend` every `interval` (±10% jitter, first check at a random point of the first interval).
-pub fn spawn_checker(backend: Arc<Backend>, settings: HealthCheckSettings) -> JoinHandle<()> {
+/// A health-check task and what it was started with; aborted when dropped.
+struct HealthTask {
+    backend: Arc<Backend>,
+    connections: Arc<ConnectionPool>,
+    settings: HealthCheckSettings,
+    task: JoinHandle<()>,
+}
+
+impl Drop for HealthTask {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The health-check tasks: one per backend of every pool with a `health_check`, kept in step with the snapshot.
+#[derive(Default)]
+pub struct Checks {
+    tasks: HashMap<(String, String), HealthTask>,
+}
+
+impl Checks {
+    /// Starts, keeps or stops tasks so that exactly the backends of `snapshot` with checks have one. A backend
+    /// whose checks were removed is marked healthy: nothing may keep it out any more.
+    pub fn reconcile(&mut self, snapshot: &Snapshot) {
+        let mut old = std::mem::take(&mut self.tasks);
+        for pool in snapshot.pools.values() {
+            let upstream = snapshot.upstreams.get(&pool.name);
+            for (i, backend) in pool.backends.iter().enumerate() {
+                let key = (pool.name.clone(), backend.address.clone());
+                let existing = old.remove(&key);
+                let (Some(settings), Some(connections)) =
+                    (&pool.health_check, upstream.and_then(|u| u.get(i)))
+                else {
+                    if existing.is_some() {
+                        backend.set_healthy(true);
+                    }
+                    continue;
+                };
+                let task = match existing {
+                    Some(t)
+                        if Arc::ptr_eq(&t.backend, backend)
+                            && Arc::ptr_eq(&t.connections, connections)
+                            && &t.settings == settings =>
+                    {
+                        t
+                    }
+                    _ => HealthTask {
+                        backend: Arc::clone(backend),
+                        connections: Arc::clone(connections),
+                        settings: settings.clone(),
+                        task: spawn_checker(
+                            Arc::clone(backend),
+                            Arc::clone(connections),
+                            settings.clone(),
+                        ),
+                    },
+                };
+                self.tasks.insert(key, task);
+            }
+        }
+        // Whatever is left in `old` belongs to removed backends: dropping aborts the tasks.
+    }
+
+    /// Stops every check (shutdown).
+    pub fn clear(&mut self) {
+        self.tasks.clear();
+    }
+}
+
+/// Starts checking `backend` every `interval` (±10% jitter, first check at a random point of the first interval),
+/// on connections of its own to where `connections` goes.
+fn spawn_checker(
+    backend: Arc<Backend>,
+    connections: Arc<ConnectionPool>,
+    settings: HealthCheckSettings,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut counter = RiseFall::with_state(
             settings.healthy_threshold,
@@ -29,7 +105,7 @@ pub fn spawn_checker(backend: Arc<Backend>, settings: HealthCheckSettings) -> Jo
         loop {
             let result = match tokio::time::timeout(
                 settings.timeout,
-                check_once(&backend, &settings.kind, settings.timeout),
+                check_once(&backend, &connections, &settings.kind, settings.timeout),
             )
             .await
             {
@@ -69,7 +145,12 @@ fn jitter(interval: Duration, low: f64, high: f64) -> Duration {
     interval.mul_f64(rand::random_range(low..high))
 }
 
-async fn check_once(backend: &Backend, kind: &CheckKind, timeout: Duration) -> Result<(), String> {
+async fn check_once(
+    backend: &Backend,
+    connections: &ConnectionPool,
+    kind: &CheckKind,
+    timeout: Duration,
+) -> Result<(), String> {
     let (path, expected, host) = match kind {
         CheckKind::Tcp => {
             return TcpStream::connect(backend.address.as_str())
@@ -84,13 +165,12 @@ async fn check_once(backend: &Backend, kind: &CheckKind, timeout: Duration) -> R
         } => (path, expected, host),
     };
     // Over the pool's own protocol (TLS, HTTP/2 included), on a connection of its own.
-    let mut sender = backend
-        .connections
+    let mut sender = connections
         .open(timeout)
         .await
         .map_err(|e| format!("connect: {e}"))?;
     let host = host.as_deref().unwrap_or(backend.address.as_str());
-    let protocol = backend.connections.protocol();
+    let protocol = connections.protocol();
     let mut req = Request::get(path.as_str());
     if protocol.is_http2() {
         let scheme = if protocol.is_tls() { "https" } else { "http" };
