@@ -52,6 +52,9 @@ pub struct Backend {
     pub metrics: BackendMetrics,
     /// 1 when the backend came from DNS discovery, 0 from the config file.
     from_dns: std::sync::atomic::AtomicBool,
+    /// Removed from the config: the last request to end wakes [`Self::idle`]'s waiter.
+    retiring: std::sync::atomic::AtomicBool,
+    no_requests: tokio::sync::Notify,
 }
 
 impl Backend {
@@ -80,6 +83,8 @@ impl Backend {
             last_check_error: ArcSwapOption::empty(),
             metrics,
             from_dns: std::sync::atomic::AtomicBool::new(false),
+            retiring: std::sync::atomic::AtomicBool::new(false),
+            no_requests: tokio::sync::Notify::new(),
         }
     }
 
@@ -292,6 +297,18 @@ impl Backend {
         }
     }
 
+    /// Returns once no request is in flight (for a backend removed from the config, whose requests finish).
+    pub async fn idle(&self) {
+        self.retiring.store(true, Ordering::SeqCst);
+        loop {
+            let woken = self.no_requests.notified();
+            if self.active.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            woken.await;
+        }
+    }
+
     /// Counts a request in flight until the guard is dropped.
     pub fn begin(self: &Arc<Self>) -> InFlight {
         self.active.fetch_add(1, Ordering::Relaxed);
@@ -324,9 +341,12 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        let before = self.0.active.fetch_sub(1, Ordering::SeqCst);
         if let Some(g) = &self.0.metrics.active {
             g.dec();
+        }
+        if before == 1 && self.0.retiring.load(Ordering::SeqCst) {
+            self.0.no_requests.notify_waiters();
         }
     }
 }

@@ -71,6 +71,118 @@ impl Answer {
     }
 }
 
+/// What a pool knows from DNS, and the rules for changing it: a failed lookup keeps it, "no records" empties it
+/// only once it has come [`EMPTY_STREAK`] times in a row, and any answer with records replaces it. Pure: the
+/// control loop feeds it answers and logs what it reports.
+#[derive(Debug, Default)]
+pub struct Known {
+    backends: Vec<Found>,
+    /// "No records" answers in a row.
+    empty_streak: u32,
+    /// The last lookup failed (to report when failing starts and ends, not every failure).
+    failing: bool,
+}
+
+/// What an answer did to what is known.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Step {
+    /// The backends changed: those added and those removed (their addresses).
+    pub changed: Option<(Vec<String>, Vec<String>)>,
+    /// Something worth one log line.
+    pub note: Option<Note>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Note {
+    /// Lookups started failing (the error); the backends are kept.
+    FailingStarted(String),
+    /// An answer came after failures or "no records".
+    AnswersAgain,
+    /// The first "no records" while backends are known: they are kept for now.
+    NoRecordsStarted,
+}
+
+impl Known {
+    /// Starts with what an earlier discovery of the pool knew (kept until the first answer).
+    pub fn with(backends: Vec<Found>) -> Self {
+        Self {
+            backends,
+            ..Self::default()
+        }
+    }
+
+    pub fn backends(&self) -> &[Found] {
+        &self.backends
+    }
+
+    pub fn into_backends(self) -> Vec<Found> {
+        self.backends
+    }
+
+    pub fn on_answer(&mut self, answer: Answer) -> Step {
+        let mut note = None;
+        let next = match answer {
+            Answer::Found(found) => {
+                if self.failing || self.empty_streak > 0 {
+                    note = Some(Note::AnswersAgain);
+                }
+                self.failing = false;
+                self.empty_streak = 0;
+                found
+            }
+            Answer::Failed(error) => {
+                let note = (!self.failing).then_some(Note::FailingStarted(error));
+                self.failing = true;
+                // A failure says nothing about the name: "no records" must come again in a row.
+                self.empty_streak = 0;
+                return Step {
+                    changed: None,
+                    note,
+                };
+            }
+            Answer::Empty => {
+                if self.failing {
+                    note = Some(Note::AnswersAgain);
+                }
+                self.failing = false;
+                self.empty_streak += 1;
+                if self.empty_streak < EMPTY_STREAK || self.backends.is_empty() {
+                    if self.empty_streak == 1 && !self.backends.is_empty() {
+                        note = Some(Note::NoRecordsStarted);
+                    }
+                    return Step {
+                        changed: None,
+                        note,
+                    };
+                }
+                Vec::new()
+            }
+        };
+        if next == self.backends {
+            return Step {
+                changed: None,
+                note,
+            };
+        }
+        let added = next
+            .iter()
+            .filter(|f| !self.backends.contains(f))
+            .map(|f| f.address.clone())
+            .collect();
+        let removed = self
+            .backends
+            .iter()
+            .filter(|f| !next.contains(f))
+            .map(|f| f.address.clone())
+            .collect();
+        self.backends = next;
+        Step {
+            changed: Some((added, removed)),
+            note,
+        }
+    }
+}
+
 /// Builds the resolver: the configured name servers (UDP, then TCP for long answers), or the system's.
 pub fn resolver(settings: &ResolverSettings) -> Result<TokioResolver, String> {
     let mut builder = if settings.nameservers.is_empty() {
@@ -200,4 +312,77 @@ pub fn spawn(
             tokio::time::sleep_until(started + wait).await;
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(addresses: &[&str]) -> Answer {
+        Answer::Found(
+            addresses
+                .iter()
+                .map(|a| Found {
+                    address: (*a).to_owned(),
+                    weight: 1,
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn failures_keep_the_backends_however_long_they_last() {
+        let mut known = Known::default();
+        assert!(known.on_answer(found(&["a:1"])).changed.is_some());
+        let first = known.on_answer(Answer::Failed("SERVFAIL".into()));
+        assert_eq!(first.note, Some(Note::FailingStarted("SERVFAIL".into())));
+        for _ in 0..100 {
+            let step = known.on_answer(Answer::Failed("SERVFAIL".into()));
+            assert_eq!(
+                step,
+                Step {
+                    changed: None,
+                    note: None
+                },
+                "logged once, nothing changes"
+            );
+        }
+        assert_eq!(known.backends().len(), 1);
+        assert_eq!(
+            known.on_answer(found(&["a:1"])).note,
+            Some(Note::AnswersAgain)
+        );
+    }
+
+    #[test]
+    fn no_records_empties_only_after_three_in_a_row() {
+        let mut known = Known::default();
+        known.on_answer(found(&["a:1", "b:1"]));
+        assert_eq!(
+            known.on_answer(Answer::Empty).note,
+            Some(Note::NoRecordsStarted)
+        );
+        assert_eq!(known.on_answer(Answer::Empty).changed, None);
+        // A failure in between breaks the streak.
+        known.on_answer(Answer::Failed("timeout".into()));
+        assert_eq!(known.on_answer(Answer::Empty).changed, None);
+        assert_eq!(known.on_answer(Answer::Empty).changed, None);
+        let third = known.on_answer(Answer::Empty);
+        assert_eq!(
+            third.changed,
+            Some((vec![], vec!["a:1".into(), "b:1".into()]))
+        );
+        assert!(known.backends().is_empty());
+    }
+
+    #[test]
+    fn a_changed_answer_reports_what_was_added_and_removed() {
+        let mut known = Known::with(vec![Found {
+            address: "a:1".into(),
+            weight: 1,
+        }]);
+        let step = known.on_answer(found(&["b:1"]));
+        assert_eq!(step.changed, Some((vec!["b:1".into()], vec!["a:1".into()])));
+        assert_eq!(known.on_answer(found(&["b:1"])).changed, None);
+    }
 }

@@ -30,12 +30,8 @@ use crate::serve::{ListenerMode, ListenerTask, bind};
 struct Discovery {
     settings: DiscoverySettings,
     task: JoinHandle<()>,
-    /// The backends DNS gave last (kept through failed lookups).
-    known: Vec<discovery::Found>,
-    /// Lookups in a row that answered "no such name / no records".
-    empty_streak: u32,
-    /// The last lookup failed (to log transitions, not every failure).
-    failing: bool,
+    /// The backends DNS gave last, and the rules for changing them.
+    known: discovery::Known,
 }
 
 impl Drop for Discovery {
@@ -129,9 +125,11 @@ impl Supervisor {
                 Some(d) if d.settings == *settings && !resolver_changed => d,
                 previous => {
                     // New settings: start over, but keep serving what was known until the first answer.
-                    let known = previous
-                        .map(|mut d| std::mem::take(&mut d.known))
-                        .unwrap_or_default();
+                    let known = discovery::Known::with(
+                        previous
+                            .map(|mut d| std::mem::take(&mut d.known).into_backends())
+                            .unwrap_or_default(),
+                    );
                     Discovery {
                         settings: settings.clone(),
                         task: discovery::spawn(
@@ -141,8 +139,6 @@ impl Supervisor {
                             self.discovered.0.clone(),
                         ),
                         known,
-                        empty_streak: 0,
-                        failing: false,
                     }
                 }
             };
@@ -165,7 +161,7 @@ impl Supervisor {
             let Some(pool) = config.pools.get_mut(name) else {
                 continue;
             };
-            for found in &d.known {
+            for found in d.known.backends() {
                 if !pool.backends.iter().any(|b| b.address == found.address) {
                     pool.backends.push(BackendSettings {
                         address: found.address.clone(),
@@ -190,62 +186,28 @@ impl Supervisor {
             .with_label_values(&[pool, answer.result()])
             .inc();
         let name = &d.settings.name;
-        let next = match answer {
-            discovery::Answer::Found(found) => {
-                if d.failing || d.empty_streak > 0 {
-                    tracing::info!(pool, name = %name, "DNS discovery answers again");
-                }
-                d.failing = false;
-                d.empty_streak = 0;
-                found
+        let step = d.known.on_answer(answer);
+        match step.note {
+            Some(discovery::Note::FailingStarted(error)) => {
+                tracing::warn!(pool, name = %name, %error,
+                "DNS lookup failed; keeping the last known backends until it answers again")
             }
-            discovery::Answer::Failed(error) => {
-                if !d.failing {
-                    tracing::warn!(pool, name = %name, %error,
-                        "DNS lookup failed; keeping the last known backends until it answers again");
-                }
-                d.failing = true;
-                // A failure says nothing about the name: "no records" must come again in a row.
-                d.empty_streak = 0;
-                return;
+            Some(discovery::Note::AnswersAgain) => {
+                tracing::info!(pool, name = %name, "DNS discovery answers again")
             }
-            discovery::Answer::Empty => {
-                if d.failing {
-                    tracing::info!(pool, name = %name, "DNS discovery answers again");
-                }
-                d.failing = false;
-                d.empty_streak += 1;
-                if d.empty_streak < discovery::EMPTY_STREAK || d.known.is_empty() {
-                    if d.empty_streak == 1 && !d.known.is_empty() {
-                        tracing::warn!(pool, name = %name,
-                            "DNS has no records for this name; keeping the last known backends unless it persists for {} lookups",
-                            discovery::EMPTY_STREAK);
-                    }
-                    return;
-                }
-                Vec::new()
-            }
-        };
-        if next == d.known {
-            return;
+            Some(discovery::Note::NoRecordsStarted) => tracing::warn!(pool, name = %name,
+                "DNS has no records for this name; keeping the last known backends unless it persists for {} lookups",
+                discovery::EMPTY_STREAK),
+            None => {}
         }
-        let added: Vec<&str> = next
-            .iter()
-            .filter(|f| !d.known.contains(f))
-            .map(|f| f.address.as_str())
-            .collect();
-        let removed: Vec<&str> = d
-            .known
-            .iter()
-            .filter(|f| !next.contains(f))
-            .map(|f| f.address.as_str())
-            .collect();
+        let Some((added, removed)) = step.changed else {
+            return;
+        };
         tracing::info!(pool, name = %name, ?added, ?removed, "discovered backends changed");
         metrics
             .discovery_backends
             .with_label_values(&[pool])
-            .set(next.len() as i64);
-        d.known = next;
+            .set(d.known.backends().len() as i64);
         let config = Arc::clone(&self.config);
         let effective = self.effective(&config);
         let access_log = self.shared.snapshot.load().access_log.clone();
@@ -293,9 +255,7 @@ impl Supervisor {
             }
             tokio::spawn(async move {
                 // Requests in flight finish on the old backend; its series go once it is idle.
-                while backend.active_requests() > 0 {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+                backend.idle().await;
                 backend.metrics.remove_series(&metrics);
             });
         }
