@@ -105,6 +105,15 @@ impl ProxyError {
         }
     }
 
+    /// May a replayable request go to another backend after this failure? Only for what a backend did that
+    /// another may not do: it did not connect, did not answer in time, broke the exchange.
+    pub fn may_retry(&self) -> bool {
+        matches!(
+            self,
+            Self::Connect(_) | Self::Timeout | Self::Protocol(_) | Self::ResponseHeadTooLarge
+        )
+    }
+
     /// Was the request at fault (so its connection should close after the answer)?
     pub fn closes_connection(&self) -> bool {
         matches!(
