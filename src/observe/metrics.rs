@@ -1,6 +1,6 @@
 //! Every Prometheus collector, registered once in the proxy's own registry.
 //!
-//! The data path never formats label values: each [`crate::balance::backend::Backend`] holds [`BackendMetrics`], the
+//! The data path never formats label values: each backend (`balance::backend::Backend`) holds [`BackendMetrics`], the
 //! label handles for its `pool` and `backend` labels, made when the backend is built.
 
 use std::sync::OnceLock;

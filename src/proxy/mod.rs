@@ -143,7 +143,7 @@ impl Proxy {
         }
         let host = request_host(req);
         let Some(target) = snapshot.routes.route(host, req.uri().path()) else {
-            return Err(Box::new(local_answer(
+            return Err(Box::new(self.answer(
                 &ProxyError::NoRoute,
                 metrics,
                 started,
@@ -271,7 +271,8 @@ impl Proxy {
         self.answer(error, metrics, admitted.started, admitted.log, attempts)
     }
 
-    /// The proxy's own answer to a request it cannot pass on; refusals because of the client are counted in
+    /// The proxy's own answer to a request it cannot pass on, counted (and logged) with `backend="none"` unless
+    /// an attempt named one; refusals because of the client are also counted in
     /// `switchyard_rejected_requests_total` (and logged at debug level only).
     fn answer(
         &self,
@@ -285,7 +286,23 @@ impl Proxy {
             self.metrics.reject(reason);
             tracing::debug!(%error, reason, "request refused");
         }
-        local_answer(error, metrics, started, log, attempts)
+        let status = error.status();
+        metrics.count_response(status);
+        let elapsed = started.elapsed();
+        metrics.duration.observe(elapsed.as_secs_f64());
+        if let Some(mut l) = log {
+            l.status = status.as_u16();
+            l.pool.clone_from(metrics.pool());
+            l.attempts = attempts;
+            l.finish(elapsed, error.reason().len() as u64);
+        }
+        let mut resp = plain(status, error.reason());
+        if error.closes_connection() {
+            // The rest of what the client sent (a body, a next request) cannot be trusted or was not read.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
     }
 }
 
@@ -747,33 +764,6 @@ fn request_host<B>(req: &Request<B>) -> Option<&str> {
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
     })
-}
-
-/// An answer the proxy gives itself, counted (and logged) with `backend="none"` unless an attempt named one.
-fn local_answer(
-    error: &ProxyError,
-    metrics: &BackendMetrics,
-    started: Instant,
-    log: Option<Box<Pending>>,
-    attempts: u32,
-) -> Response<ProxyBody> {
-    let status = error.status();
-    metrics.count_response(status);
-    let elapsed = started.elapsed();
-    metrics.duration.observe(elapsed.as_secs_f64());
-    if let Some(mut l) = log {
-        l.status = status.as_u16();
-        l.pool.clone_from(metrics.pool());
-        l.attempts = attempts;
-        l.finish(elapsed, error.reason().len() as u64);
-    }
-    let mut resp = plain(status, error.reason());
-    if error.closes_connection() {
-        // The rest of what the client sent (a body, a next request) cannot be trusted or was not read.
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    resp
 }
 
 /// A short plain-text response.
