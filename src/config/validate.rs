@@ -1,6 +1,6 @@
 //! Turns the file format into checked runtime settings, collecting every problem with its field path.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -425,8 +425,8 @@ fn is_host_name(text: &str) -> bool {
         })
 }
 
-/// Checks a parsed file; returns the runtime config, or every problem found.
-/// Checks a parsed file; `folder` is the config file's folder, which relative paths in it start from.
+/// Checks a parsed file; `folder` is the config file's folder, which relative paths in it start from. Returns
+/// the runtime config, or every problem found (each section is checked whatever the others hold).
 pub fn validate(
     file: &model::File,
     at: &Locator<'_>,
@@ -436,99 +436,229 @@ pub fn validate(
         at,
         problems: Vec::new(),
     };
-    let root = FieldPath::root();
-
-    let mut listeners = Vec::new();
-    let mut seen_listeners = HashSet::new();
-    if file.listeners.is_empty() {
-        c.err(
-            root.key("listeners"),
-            "no listener; add one, like [[listeners]] address = \"127.0.0.1:8080\"",
-        );
-    }
     let mut warnings = Vec::new();
-    for (i, l) in file.listeners.iter().enumerate() {
-        let lfield = root.key("listeners").index(i);
-        let field = lfield.key("address");
-        let redirect_https = l.redirect_https.unwrap_or(false);
-        let tls = l.tls.as_ref().map(|t| {
-            if redirect_https {
-                c.err(
-                    lfield.key("redirect_https"),
-                    "a TLS listener cannot redirect to https; set redirect_https on a plain listener",
-                );
+    let listeners = c.listeners(file, folder, &mut warnings);
+    let admin = c.admin(file, folder, &listeners);
+    let pools = file
+        .pools
+        .iter()
+        .map(|(name, pool)| (name.clone(), c.pool(name, pool, folder)))
+        .collect();
+    let routes = c.routes(file);
+    let workers = c.workers(file);
+    let limits = c.limits(file);
+    let trusted_proxies = c.trusted_proxies(file);
+    let resolver = c.resolver(file);
+    let drain_timeout = c.duration(
+        FieldPath::root().key("drain_timeout"),
+        file.drain_timeout.as_deref(),
+        DEFAULT_DRAIN_TIMEOUT,
+    );
+    let access_log = c.access_log(file, folder);
+    if !c.problems.is_empty() {
+        return Err(c.problems);
+    }
+    Ok(Config {
+        listeners,
+        admin,
+        routes,
+        pools,
+        runtime: RuntimeSettings { workers },
+        drain_timeout,
+        access_log,
+        limits,
+        trusted_proxies,
+        warnings,
+        resolver,
+    })
+}
+
+/// One function per section of the file.
+impl Checker<'_, '_> {
+    /// `[[listeners]]`.
+    fn listeners(
+        &mut self,
+        file: &model::File,
+        folder: &std::path::Path,
+        warnings: &mut Vec<String>,
+    ) -> Vec<ListenerSettings> {
+        let root = FieldPath::root();
+        let mut listeners = Vec::new();
+        let mut seen_listeners = HashSet::new();
+        if file.listeners.is_empty() {
+            self.err(
+                root.key("listeners"),
+                "no listener; add one, like [[listeners]] address = \"127.0.0.1:8080\"",
+            );
+        }
+        for (i, l) in file.listeners.iter().enumerate() {
+            let lfield = root.key("listeners").index(i);
+            let field = lfield.key("address");
+            let redirect_https = l.redirect_https.unwrap_or(false);
+            let tls = l.tls.as_ref().map(|t| {
+                if redirect_https {
+                    self.err(
+                        lfield.key("redirect_https"),
+                        "a TLS listener cannot redirect to https; set redirect_https on a plain listener",
+                    );
+                }
+                self.listener_tls(lfield.key("tls"), t, folder, warnings)
+            });
+            if let Some(address) = self.socket_addr(field.clone(), &l.address) {
+                if !seen_listeners.insert(address) {
+                    self.err(field, format!("{:?} is listed twice", l.address));
+                } else {
+                    listeners.push(ListenerSettings {
+                        address,
+                        tls,
+                        redirect_https,
+                        reuse_port: l.reuse_port.unwrap_or(false),
+                    });
+                }
             }
-            c.listener_tls(lfield.key("tls"), t, folder, &mut warnings)
-        });
-        if let Some(address) = c.socket_addr(field.clone(), &l.address) {
-            if !seen_listeners.insert(address) {
-                c.err(field, format!("{:?} is listed twice", l.address));
-            } else {
-                listeners.push(ListenerSettings {
-                    address,
-                    tls,
-                    redirect_https,
-                    reuse_port: l.reuse_port.unwrap_or(false),
-                });
-            }
+        }
+        listeners
+    }
+
+    /// `[admin]`: its address may not be a proxy listener's, and off loopback it needs a token file (read here).
+    fn admin(
+        &mut self,
+        file: &model::File,
+        folder: &std::path::Path,
+        listeners: &[ListenerSettings],
+    ) -> AdminSettings {
+        let root = FieldPath::root();
+        let admin_text = file
+            .admin
+            .as_ref()
+            .and_then(|a| a.address.as_deref())
+            .unwrap_or(DEFAULT_ADMIN_ADDRESS);
+        let admin_field = root.key("admin").key("address");
+        let admin_address = self
+            .socket_addr(admin_field.clone(), admin_text)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9901)));
+        let admin_token = file
+            .admin
+            .as_ref()
+            .and_then(|a| a.token_file.as_deref())
+            .and_then(|path| {
+                let field = root.key("admin").key("token_file");
+                match std::fs::read_to_string(folder.join(path)) {
+                    Ok(text) if !text.trim().is_empty() => Some(text.trim().to_owned()),
+                    Ok(_) => {
+                        self.err(
+                            field,
+                            format!("{path:?} is empty; put the admin token in it"),
+                        );
+                        None
+                    }
+                    Err(e) => {
+                        self.err(field, format!("cannot read {path:?}: {e}"));
+                        None
+                    }
+                }
+            });
+        if !admin_address.ip().is_loopback() && admin_token.is_none() {
+            self.err(
+                admin_field.clone(),
+                format!(
+                    "{admin_text:?} is not a loopback address: an admin listener reachable from other hosts needs \
+                     admin.token_file (every request then carries Authorization: Bearer <token>)"
+                ),
+            );
+        }
+        if admin_address.port() != 0 && listeners.iter().any(|l| l.address == admin_address) {
+            self.err(
+                admin_field,
+                format!(
+                    "{admin_text:?} is also a proxy listener; give the admin listener its own address"
+                ),
+            );
+        }
+        AdminSettings {
+            address: admin_address,
+            token: admin_token,
         }
     }
 
-    let admin_text = file
-        .admin
-        .as_ref()
-        .and_then(|a| a.address.as_deref())
-        .unwrap_or(DEFAULT_ADMIN_ADDRESS);
-    let admin_field = root.key("admin").key("address");
-    let admin_address = c
-        .socket_addr(admin_field.clone(), admin_text)
-        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9901)));
-    let admin_token = file
-        .admin
-        .as_ref()
-        .and_then(|a| a.token_file.as_deref())
-        .and_then(|path| {
-            let field = root.key("admin").key("token_file");
-            match std::fs::read_to_string(folder.join(path)) {
-                Ok(text) if !text.trim().is_empty() => Some(text.trim().to_owned()),
-                Ok(_) => {
-                    c.err(
-                        field,
-                        format!("{path:?} is empty; put the admin token in it"),
-                    );
-                    None
-                }
-                Err(e) => {
-                    c.err(field, format!("cannot read {path:?}: {e}"));
-                    None
-                }
+    /// `[pools.NAME]`.
+    fn pool(&mut self, name: &str, pool: &model::Pool, folder: &std::path::Path) -> PoolSettings {
+        let field = FieldPath::root().key("pools").key(name);
+        let (algorithm, protocol, tls) = self.pool_kind(&field, name, pool, folder);
+        let discovery = pool
+            .discovery
+            .as_ref()
+            .and_then(|d| self.discovery(field.key("discovery"), d));
+        let backends = self.backends(&field, name, pool);
+        let t = pool.timeouts.as_ref();
+        let timeouts = Timeouts {
+            connect: self.duration(
+                field.key("timeouts").key("connect"),
+                t.and_then(|t| t.connect.as_deref()),
+                DEFAULT_CONNECT_TIMEOUT,
+            ),
+            request: self.duration(
+                field.key("timeouts").key("request"),
+                t.and_then(|t| t.request.as_deref()),
+                DEFAULT_REQUEST_TIMEOUT,
+            ),
+            idle: self.duration(
+                field.key("timeouts").key("idle"),
+                t.and_then(|t| t.idle.as_deref()),
+                DEFAULT_UPSTREAM_IDLE,
+            ),
+        };
+        let max_response_header_bytes = self.int(
+            field.key("max_response_header_bytes"),
+            pool.max_response_header_bytes,
+            DEFAULT_MAX_RESPONSE_HEADER_BYTES as u32,
+            8192,
+            MAX_RESPONSE_HEADER_BYTES as u32,
+        ) as usize;
+        let health_check = pool
+            .health_check
+            .as_ref()
+            .map(|h| self.health_check(field.key("health_check"), h));
+        let breaker = self.breaker(field.key("circuit_breaker"), pool.circuit_breaker.as_ref());
+        let retry = self.retry(field.key("retry"), pool.retry.as_ref());
+        let panic_threshold = match pool.panic_threshold.map(model::Number::as_f64) {
+            None => 0.0,
+            Some(v) if (0.0..=1.0).contains(&v) => v,
+            Some(v) => {
+                self.err(
+                    field.key("panic_threshold"),
+                    format!("{v} is out of range; allowed values: 0.0 to 1.0 (a share of the pool's backends)"),
+                );
+                0.0
             }
-        });
-    if !admin_address.ip().is_loopback() && admin_token.is_none() {
-        c.err(
-            admin_field.clone(),
-            format!(
-                "{admin_text:?} is not a loopback address: an admin listener reachable from other hosts needs \
-                 admin.token_file (every request then carries Authorization: Bearer <token>)"
-            ),
-        );
-    }
-    if admin_address.port() != 0 && seen_listeners.contains(&admin_address) {
-        c.err(
-            admin_field,
-            format!(
-                "{admin_text:?} is also a proxy listener; give the admin listener its own address"
-            ),
-        );
+        };
+        PoolSettings {
+            algorithm,
+            backends,
+            timeouts,
+            health_check,
+            breaker,
+            retry,
+            panic_threshold,
+            max_response_header_bytes,
+            protocol,
+            tls,
+            discovery,
+        }
     }
 
-    let mut pools = BTreeMap::new();
-    for (name, pool) in &file.pools {
-        let field = root.key("pools").key(name);
+    /// A pool's algorithm, protocol and upstream TLS.
+    fn pool_kind(
+        &mut self,
+        field: &FieldPath,
+        name: &str,
+        pool: &model::Pool,
+        folder: &std::path::Path,
+    ) -> (Algorithm, Protocol, Option<UpstreamTlsSettings>) {
         let algorithm = match pool.algorithm.as_deref() {
             None => Algorithm::RoundRobin,
             Some(text) => Algorithm::parse(text).unwrap_or_else(|| {
-                c.err(
+                self.err(
                     field.key("algorithm"),
                     format!(
                         "unknown algorithm {text:?}; allowed values: {}",
@@ -541,7 +671,7 @@ pub fn validate(
         let protocol = match pool.protocol.as_deref() {
             None => Protocol::Http1,
             Some(text) => Protocol::parse(text).unwrap_or_else(|| {
-                c.err(
+                self.err(
                     field.key("protocol"),
                     format!(
                         "unknown protocol {text:?}; allowed values: {}",
@@ -553,7 +683,7 @@ pub fn validate(
         };
         let upstream_tls = match (&pool.tls, protocol.is_tls()) {
             (Some(_), false) => {
-                c.err(
+                self.err(
                     field.key("tls"),
                     format!(
                         "[pools.{name}.tls] applies to protocol \"https\" or \"h2\"; this pool's protocol is {:?}",
@@ -562,15 +692,21 @@ pub fn validate(
                 );
                 None
             }
-            (t, true) => Some(c.upstream_tls(field.key("tls"), t.as_ref(), folder)),
+            (t, true) => Some(self.upstream_tls(field.key("tls"), t.as_ref(), folder)),
             (None, false) => None,
         };
-        let discovery = pool
-            .discovery
-            .as_ref()
-            .and_then(|d| c.discovery(field.key("discovery"), d));
+        (algorithm, protocol, upstream_tls)
+    }
+
+    /// A pool's static backends.
+    fn backends(
+        &mut self,
+        field: &FieldPath,
+        name: &str,
+        pool: &model::Pool,
+    ) -> Vec<BackendSettings> {
         if pool.backends.is_empty() && pool.discovery.is_none() {
-            c.err(
+            self.err(
                 field.key("backends"),
                 "pool has no backends; add at least one, like { address = \"127.0.0.1:9001\" }, or a discovery",
             );
@@ -581,12 +717,12 @@ pub fn validate(
             let bfield = field.key("backends").index(i);
             let address = b.address.trim();
             if !is_backend_address(address) {
-                c.err(
+                self.err(
                     bfield.key("address"),
                     format!("{:?} is not a backend address; expected host:port, like \"127.0.0.1:9001\"", b.address),
                 );
             } else if !seen.insert(address.to_ascii_lowercase()) {
-                c.err(
+                self.err(
                     bfield.key("address"),
                     format!("{address:?} appears twice in pool {name:?}"),
                 );
@@ -595,7 +731,7 @@ pub fn validate(
                 None => 1,
                 Some(w) if (1..=i64::from(MAX_WEIGHT)).contains(&w) => w as u32,
                 Some(w) => {
-                    c.err(
+                    self.err(
                         bfield.key("weight"),
                         format!("weight {w} is out of range; allowed values: 1 to {MAX_WEIGHT}"),
                     );
@@ -608,282 +744,236 @@ pub fn validate(
                 source: BackendSource::Static,
             });
         }
-        let t = pool.timeouts.as_ref();
-        let timeouts = Timeouts {
-            connect: c.duration(
-                field.key("timeouts").key("connect"),
-                t.and_then(|t| t.connect.as_deref()),
-                DEFAULT_CONNECT_TIMEOUT,
-            ),
-            request: c.duration(
-                field.key("timeouts").key("request"),
-                t.and_then(|t| t.request.as_deref()),
-                DEFAULT_REQUEST_TIMEOUT,
-            ),
-            idle: c.duration(
-                field.key("timeouts").key("idle"),
-                t.and_then(|t| t.idle.as_deref()),
-                DEFAULT_UPSTREAM_IDLE,
-            ),
-        };
-        let max_response_header_bytes = c.int(
-            field.key("max_response_header_bytes"),
-            pool.max_response_header_bytes,
-            DEFAULT_MAX_RESPONSE_HEADER_BYTES as u32,
-            8192,
-            MAX_RESPONSE_HEADER_BYTES as u32,
-        ) as usize;
-        let health_check = pool
-            .health_check
-            .as_ref()
-            .map(|h| c.health_check(field.key("health_check"), h));
-        let breaker = c.breaker(field.key("circuit_breaker"), pool.circuit_breaker.as_ref());
-        let retry = c.retry(field.key("retry"), pool.retry.as_ref());
-        let panic_threshold = match pool.panic_threshold.map(model::Number::as_f64) {
-            None => 0.0,
-            Some(v) if (0.0..=1.0).contains(&v) => v,
-            Some(v) => {
-                c.err(
-                    field.key("panic_threshold"),
-                    format!("{v} is out of range; allowed values: 0.0 to 1.0 (a share of the pool's backends)"),
-                );
-                0.0
-            }
-        };
-        pools.insert(
-            name.clone(),
-            PoolSettings {
-                algorithm,
-                backends,
-                timeouts,
-                health_check,
-                breaker,
-                retry,
-                panic_threshold,
-                max_response_header_bytes,
-                protocol,
-                tls: upstream_tls,
-                discovery,
-            },
-        );
+        backends
     }
 
-    let mut routes = Vec::new();
-    let mut seen_routes = HashSet::new();
-    for (i, r) in file.routes.iter().enumerate() {
-        let field = root.key("routes").index(i);
-        if !file.pools.contains_key(&r.pool) {
-            let defined: Vec<String> = file.pools.keys().map(|k| format!("{k:?}")).collect();
-            c.err(
-                field.key("pool"),
-                format!(
-                    "pool {:?} is not defined; defined pools: {}",
-                    r.pool,
-                    if defined.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        defined.join(", ")
-                    }
-                ),
-            );
+    /// `[[routes]]`.
+    fn routes(&mut self, file: &model::File) -> Vec<RouteSettings> {
+        let root = FieldPath::root();
+        let mut routes = Vec::new();
+        let mut seen_routes = HashSet::new();
+        for (i, r) in file.routes.iter().enumerate() {
+            let field = root.key("routes").index(i);
+            if !file.pools.contains_key(&r.pool) {
+                let defined: Vec<String> = file.pools.keys().map(|k| format!("{k:?}")).collect();
+                self.err(
+                    field.key("pool"),
+                    format!(
+                        "pool {:?} is not defined; defined pools: {}",
+                        r.pool,
+                        if defined.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            defined.join(", ")
+                        }
+                    ),
+                );
+            }
+            let host = match r.host.as_deref() {
+                None => None,
+                Some(h) if is_host_name(h) => Some(h.to_ascii_lowercase()),
+                Some(h) => {
+                    self.err(
+                        field.key("host"),
+                        format!("{h:?} is not a host name; write the name only, like \"api.example.com\" (no scheme, port or path)"),
+                    );
+                    None
+                }
+            };
+            let path_prefix = r.path_prefix.clone().unwrap_or_else(|| "/".to_owned());
+            if !path_prefix.starts_with('/') {
+                self.err(
+                    field.key("path_prefix"),
+                    format!("{path_prefix:?} must start with \"/\""),
+                );
+            }
+            if !seen_routes.insert((host.clone(), path_prefix.clone())) {
+                self.err(
+                    field,
+                    format!(
+                        "another route already has host {} and path_prefix {path_prefix:?}",
+                        host.as_deref()
+                            .map_or("(any)".to_owned(), |h| format!("{h:?}"))
+                    ),
+                );
+            }
+            routes.push(RouteSettings {
+                host,
+                path_prefix,
+                pool: r.pool.clone(),
+            });
         }
-        let host = match r.host.as_deref() {
+        routes
+    }
+
+    /// `[runtime] workers`.
+    fn workers(&mut self, file: &model::File) -> Option<usize> {
+        let root = FieldPath::root();
+
+        match file.runtime.as_ref().and_then(|r| r.workers) {
             None => None,
-            Some(h) if is_host_name(h) => Some(h.to_ascii_lowercase()),
-            Some(h) => {
-                c.err(
-                    field.key("host"),
-                    format!("{h:?} is not a host name; write the name only, like \"api.example.com\" (no scheme, port or path)"),
+            Some(w) if (1..=1024).contains(&w) => Some(w as usize),
+            Some(w) => {
+                self.err(
+                    root.key("runtime").key("workers"),
+                    format!("{w} is out of range; allowed values: 1 to 1024"),
                 );
                 None
             }
-        };
-        let path_prefix = r.path_prefix.clone().unwrap_or_else(|| "/".to_owned());
-        if !path_prefix.starts_with('/') {
-            c.err(
-                field.key("path_prefix"),
-                format!("{path_prefix:?} must start with \"/\""),
-            );
-        }
-        if !seen_routes.insert((host.clone(), path_prefix.clone())) {
-            c.err(
-                field,
-                format!(
-                    "another route already has host {} and path_prefix {path_prefix:?}",
-                    host.as_deref()
-                        .map_or("(any)".to_owned(), |h| format!("{h:?}"))
-                ),
-            );
-        }
-        routes.push(RouteSettings {
-            host,
-            path_prefix,
-            pool: r.pool.clone(),
-        });
-    }
-
-    let workers = match file.runtime.as_ref().and_then(|r| r.workers) {
-        None => None,
-        Some(w) if (1..=1024).contains(&w) => Some(w as usize),
-        Some(w) => {
-            c.err(
-                root.key("runtime").key("workers"),
-                format!("{w} is out of range; allowed values: 1 to 1024"),
-            );
-            None
-        }
-    };
-
-    let limits = match &file.limits {
-        None => Limits::default(),
-        Some(l) => {
-            let d = Limits::default();
-            let field = root.key("limits");
-            Limits {
-                max_header_bytes: c.int(
-                    field.key("max_header_bytes"),
-                    l.max_header_bytes,
-                    d.max_header_bytes as u32,
-                    8192,
-                    16 * 1024 * 1024,
-                ) as usize,
-                header_read_timeout: c.duration(
-                    field.key("header_read_timeout"),
-                    l.header_read_timeout.as_deref(),
-                    d.header_read_timeout,
-                ),
-                body_read_timeout: c.duration(
-                    field.key("body_read_timeout"),
-                    l.body_read_timeout.as_deref(),
-                    d.body_read_timeout,
-                ),
-                idle_timeout: c.duration(
-                    field.key("idle_timeout"),
-                    l.idle_timeout.as_deref(),
-                    d.idle_timeout,
-                ),
-                max_connections: c.int(
-                    field.key("max_connections"),
-                    l.max_connections,
-                    d.max_connections as u32,
-                    1,
-                    10_000_000,
-                ) as usize,
-                max_concurrent_streams: c.int(
-                    field.key("max_concurrent_streams"),
-                    l.max_concurrent_streams,
-                    d.max_concurrent_streams,
-                    1,
-                    10_000,
-                ),
-                max_request_body_bytes: match l.max_request_body_bytes {
-                    None => None,
-                    Some(v) if v >= 0 => Some(v as u64),
-                    Some(v) => {
-                        c.err(
-                            field.key("max_request_body_bytes"),
-                            format!("{v} is out of range; allowed values: 0 and up (leave it out for no limit)"),
-                        );
-                        None
-                    }
-                },
-            }
-        }
-    };
-    let mut trusted_proxies = Vec::new();
-    for (i, cidr) in file.trusted_proxies.iter().flatten().enumerate() {
-        let parsed = cidr
-            .parse::<ipnet::IpNet>()
-            .or_else(|_| cidr.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
-        match parsed {
-            Ok(net) => trusted_proxies.push(net.trunc()),
-            Err(_) => c.err(
-                root.key("trusted_proxies").index(i),
-                format!("{cidr:?} is not a CIDR range or an IP address; write it like \"10.0.0.0/8\" or \"192.0.2.7\""),
-            ),
         }
     }
-    let resolver = {
-        let field = root.key("resolver");
-        let r = file.resolver.as_ref();
-        let mut nameservers = Vec::new();
-        for (i, text) in r
-            .and_then(|r| r.nameservers.as_ref())
-            .into_iter()
-            .flatten()
-            .enumerate()
-        {
-            let parsed = text.parse::<SocketAddr>().or_else(|_| {
-                text.parse::<std::net::IpAddr>()
-                    .map(|ip| SocketAddr::new(ip, 53))
-            });
-            match parsed {
-                Ok(a) => nameservers.push(a),
-                Err(_) => c.err(
-                    field.key("nameservers").index(i),
-                    format!("{text:?} is not a DNS server address; write it like \"127.0.0.1:8600\" or \"10.0.0.2\" (port 53)"),
-                ),
-            }
-        }
-        ResolverSettings {
-            nameservers,
-            timeout: c.duration(
-                field.key("timeout"),
-                r.and_then(|r| r.timeout.as_deref()),
-                Duration::from_secs(2),
-            ),
-        }
-    };
-    let drain_timeout = c.duration(
-        root.key("drain_timeout"),
-        file.drain_timeout.as_deref(),
-        DEFAULT_DRAIN_TIMEOUT,
-    );
 
-    let access_log = file.access_log.as_ref().and_then(|a| {
-        let field = root.key("access_log");
-        let format = match a.format.as_deref() {
-            None | Some("json") => Format::Json,
-            Some("text") => Format::Text,
-            Some(other) => {
-                c.err(
-                    field.key("format"),
-                    format!(
-                        "unknown access log format {other:?}; allowed values: \"json\", \"text\""
+    /// `[limits]`.
+    fn limits(&mut self, file: &model::File) -> Limits {
+        let root = FieldPath::root();
+
+        match &file.limits {
+            None => Limits::default(),
+            Some(l) => {
+                let d = Limits::default();
+                let field = root.key("limits");
+                Limits {
+                    max_header_bytes: self.int(
+                        field.key("max_header_bytes"),
+                        l.max_header_bytes,
+                        d.max_header_bytes as u32,
+                        8192,
+                        16 * 1024 * 1024,
+                    ) as usize,
+                    header_read_timeout: self.duration(
+                        field.key("header_read_timeout"),
+                        l.header_read_timeout.as_deref(),
+                        d.header_read_timeout,
                     ),
-                );
-                Format::Json
+                    body_read_timeout: self.duration(
+                        field.key("body_read_timeout"),
+                        l.body_read_timeout.as_deref(),
+                        d.body_read_timeout,
+                    ),
+                    idle_timeout: self.duration(
+                        field.key("idle_timeout"),
+                        l.idle_timeout.as_deref(),
+                        d.idle_timeout,
+                    ),
+                    max_connections: self.int(
+                        field.key("max_connections"),
+                        l.max_connections,
+                        d.max_connections as u32,
+                        1,
+                        10_000_000,
+                    ) as usize,
+                    max_concurrent_streams: self.int(
+                        field.key("max_concurrent_streams"),
+                        l.max_concurrent_streams,
+                        d.max_concurrent_streams,
+                        1,
+                        10_000,
+                    ),
+                    max_request_body_bytes: match l.max_request_body_bytes {
+                        None => None,
+                        Some(v) if v >= 0 => Some(v as u64),
+                        Some(v) => {
+                            self.err(
+                                field.key("max_request_body_bytes"),
+                                format!("{v} is out of range; allowed values: 0 and up (leave it out for no limit)"),
+                            );
+                            None
+                        }
+                    },
+                }
             }
-        };
-        if a.path.as_deref() == Some("") {
-            c.err(
-                field.key("path"),
-                "the path is empty; leave it out to log to standard output",
-            );
         }
-        a.enabled.unwrap_or(false).then(|| AccessLogSettings {
-            format,
-            path: a.path.as_ref().map(|p| folder.join(p)),
-        })
-    });
-
-    if !c.problems.is_empty() {
-        return Err(c.problems);
     }
-    Ok(Config {
-        listeners,
-        admin: AdminSettings {
-            address: admin_address,
-            token: admin_token,
-        },
-        routes,
-        pools,
-        runtime: RuntimeSettings { workers },
-        drain_timeout,
-        access_log,
-        limits,
-        trusted_proxies,
-        warnings,
-        resolver,
-    })
+
+    /// `trusted_proxies`.
+    fn trusted_proxies(&mut self, file: &model::File) -> Vec<ipnet::IpNet> {
+        let root = FieldPath::root();
+        let mut trusted_proxies = Vec::new();
+        for (i, cidr) in file.trusted_proxies.iter().flatten().enumerate() {
+            let parsed = cidr
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| cidr.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match parsed {
+                Ok(net) => trusted_proxies.push(net.trunc()),
+                Err(_) => self.err(
+                    root.key("trusted_proxies").index(i),
+                    format!("{cidr:?} is not a CIDR range or an IP address; write it like \"10.0.0.0/8\" or \"192.0.2.7\""),
+                ),
+            }
+        }
+        trusted_proxies
+    }
+
+    /// `[resolver]`.
+    fn resolver(&mut self, file: &model::File) -> ResolverSettings {
+        let root = FieldPath::root();
+
+        {
+            let field = root.key("resolver");
+            let r = file.resolver.as_ref();
+            let mut nameservers = Vec::new();
+            for (i, text) in r
+                .and_then(|r| r.nameservers.as_ref())
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                let parsed = text.parse::<SocketAddr>().or_else(|_| {
+                    text.parse::<std::net::IpAddr>()
+                        .map(|ip| SocketAddr::new(ip, 53))
+                });
+                match parsed {
+                    Ok(a) => nameservers.push(a),
+                    Err(_) => self.err(
+                        field.key("nameservers").index(i),
+                        format!("{text:?} is not a DNS server address; write it like \"127.0.0.1:8600\" or \"10.0.0.2\" (port 53)"),
+                    ),
+                }
+            }
+            ResolverSettings {
+                nameservers,
+                timeout: self.duration(
+                    field.key("timeout"),
+                    r.and_then(|r| r.timeout.as_deref()),
+                    Duration::from_secs(2),
+                ),
+            }
+        }
+    }
+
+    /// `[access_log]`.
+    fn access_log(
+        &mut self,
+        file: &model::File,
+        folder: &std::path::Path,
+    ) -> Option<AccessLogSettings> {
+        let root = FieldPath::root();
+
+        file.access_log.as_ref().and_then(|a| {
+            let field = root.key("access_log");
+            let format = match a.format.as_deref() {
+                None | Some("json") => Format::Json,
+                Some("text") => Format::Text,
+                Some(other) => {
+                    self.err(
+                        field.key("format"),
+                        format!(
+                            "unknown access log format {other:?}; allowed values: \"json\", \"text\""
+                        ),
+                    );
+                    Format::Json
+                }
+            };
+            if a.path.as_deref() == Some("") {
+                self.err(
+                    field.key("path"),
+                    "the path is empty; leave it out to log to standard output",
+                );
+            }
+            a.enabled.unwrap_or(false).then(|| AccessLogSettings {
+                format,
+                path: a.path.as_ref().map(|p| folder.join(p)),
+            })
+        })
+    }
 }
