@@ -1,5 +1,6 @@
 //! One backend pick, for each algorithm, at 2, 16 and 256 backends: the pool's `pick`, with the health,
 //! request-cap and circuit-breaker checks and the breaker claim included. Run with `cargo bench --bench select`.
+#![allow(clippy::disallowed_methods)] // wall-clock time against real processes and sockets
 
 use std::hint::black_box;
 

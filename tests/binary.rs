@@ -1,4 +1,5 @@
 //! The real binary: graceful shutdown on SIGTERM, flat memory while a large body streams through, and the demo.
+#![allow(clippy::disallowed_methods)] // wall-clock time against real processes and sockets
 
 mod common;
 

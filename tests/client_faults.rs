@@ -2,6 +2,7 @@
 //! (or nothing, when the client is gone) and are never charged to the backend — not its circuit breaker, not
 //! `switchyard_upstream_errors_total`. Also the Host rules, bodies of any method, and transfer codings. Through
 //! the real binary, over raw sockets: each request in one write and byte by byte.
+#![allow(clippy::disallowed_methods)] // wall-clock time against real processes and sockets
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! DNS discovery against a real DNS server on 127.0.0.1 (UDP, built here with hickory-proto), whose records the
 //! tests change: pools follow A and SRV records (ports and weights), keep the last known backends while DNS is
 //! down, and drop them on NXDOMAIN only once it persists.
+#![allow(clippy::disallowed_methods)] // wall-clock time against real processes and sockets
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Hostile clients and upstreams over raw TCP: malformed and smuggling requests, oversized headers, slowloris,
 //! absolute-form targets and CONNECT, connection and body limits, an upstream with endless headers, the admin
 //! token. After each hostile case a normal request still succeeds.
+#![allow(clippy::disallowed_methods)] // wall-clock time against real processes and sockets
 
 mod common;
 

@@ -5,6 +5,7 @@
 //!
 //! Needs Debian's `prometheus` package (and npm for the schema check). Without them the test says so and passes,
 //! unless `SWITCHYARD_REQUIRE_TOOLS=1` (set by `.ci/run`, which installs them) makes their absence a failure.
+#![allow(clippy::disallowed_methods)] // wall-clock time against real processes and sockets
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Properties of the pure parts, over many generated cases: the selectors never pick an unavailable backend and
 //! respect weights over long runs; no sequence of events leaves a circuit breaker stuck open.
+#![allow(clippy::disallowed_methods)] // wall-clock time against real processes and sockets
 
 use std::sync::Arc;
 use std::time::Duration;

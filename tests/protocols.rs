@@ -1,6 +1,7 @@
 //! Protocols: TLS termination (SNI, the default certificate, versions, rotation, broken files), HTTP/2 both ways
 //! (h2 over TLS by ALPN, h2c by prior knowledge, h2c and h2 upstreams), gRPC-style trailers with streaming both
 //! ways, WebSocket upgrades, and the HTTPS redirect listener. Certificates are made at test time with rcgen.
+#![allow(clippy::disallowed_methods)] // wall-clock time against real processes and sockets
 
 mod common;
 

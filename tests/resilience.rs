@@ -1,6 +1,7 @@
 //! Resilience against real failing backends on 127.0.0.1: active health checks with rise/fall thresholds,
 //! per-backend circuit breakers, safe retries under a budget, timeouts, panic mode.
 //! Intervals are short and every wait polls against a deadline.
+#![allow(clippy::disallowed_methods)] // wall-clock time against real processes and sockets
 
 mod common;
 

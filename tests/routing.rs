@@ -1,4 +1,5 @@
 //! Routing by host and longest path prefix, and the proxy's own answers: 404, 502, 503, 504.
+#![allow(clippy::disallowed_methods)] // wall-clock time against real processes and sockets
 
 mod common;
 

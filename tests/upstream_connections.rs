@@ -2,6 +2,7 @@
 //! kept-alive connection right after answering never costs the client a 502 (the request goes again on a new
 //! connection), `Keep-Alive: timeout=N` and `timeouts.idle` bound how long a connection is reused, and a
 //! response head over `max_response_header_bytes` is refused however its bytes arrive.
+#![allow(clippy::disallowed_methods)] // wall-clock time against real processes and sockets
 
 mod common;
 

@@ -211,6 +211,7 @@ pub async fn lookup(
     resolver: &TokioResolver,
     settings: &DiscoverySettings,
 ) -> (Answer, Option<Duration>) {
+    #[allow(clippy::disallowed_methods)] // hickory's TTL deadline is a std Instant
     let now = std::time::Instant::now();
     let name = format!("{}.", settings.name);
     let result = match settings.port {
