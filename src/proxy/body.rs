@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
+use super::record::Ending;
 use crate::balance::backend::InFlight;
 use crate::observe::access_log::Pending;
 use crate::upstream::{ConnectionPool, Sender};
@@ -80,10 +81,9 @@ impl Drop for UpstreamBody {
         let backend = self.done.in_flight.backend();
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(self.done.started);
-        backend.metrics.duration.observe(elapsed.as_secs_f64());
-        if let Some(log) = self.done.log.take() {
-            log.finish(elapsed, self.bytes_out);
-        }
+        let log = self.done.log.take();
+        let metrics = &backend.metrics;
+        super::record::ended(metrics, Ending::Request, elapsed, log, self.bytes_out);
         if self.ended || self.body.is_end_stream() {
             if let Some(sender) = self.done.connection.take() {
                 self.done

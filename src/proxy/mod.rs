@@ -3,6 +3,7 @@
 mod body;
 mod checks;
 pub mod headers;
+mod record;
 mod tunnel;
 
 use std::future::Future;
@@ -279,7 +280,7 @@ impl Proxy {
         error: &ProxyError,
         metrics: &BackendMetrics,
         started: Instant,
-        log: Option<Box<Pending>>,
+        mut log: Option<Box<Pending>>,
         attempts: u32,
     ) -> Response<ProxyBody> {
         if let Some(reason) = error.rejection() {
@@ -287,15 +288,10 @@ impl Proxy {
             tracing::debug!(%error, reason, "request refused");
         }
         let status = error.status();
-        metrics.count_response(status);
+        record::answered(metrics, status, log.as_deref_mut(), None, attempts);
         let elapsed = started.elapsed();
-        metrics.duration.observe(elapsed.as_secs_f64());
-        if let Some(mut l) = log {
-            l.status = status.as_u16();
-            l.pool.clone_from(metrics.pool());
-            l.attempts = attempts;
-            l.finish(elapsed, error.reason().len() as u64);
-        }
+        let body = error.reason().len() as u64;
+        record::ended(metrics, record::Ending::Request, elapsed, log, body);
         let mut resp = plain(status, error.reason());
         if error.closes_connection() {
             // The rest of what the client sent (a body, a next request) cannot be trusted or was not read.
@@ -726,14 +722,16 @@ fn pass_on(
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     let backend = done.in_flight.backend();
-    backend.metrics.count_response(parts.status);
-    done.log = log.map(|mut l| {
-        l.status = parts.status.as_u16();
-        l.pool.clone_from(&backend.pool);
-        l.backend.clone_from(&backend.address);
-        l.attempts = attempts;
-        l
-    });
+    let mut log = log;
+    let address = Some(backend.address.as_str());
+    record::answered(
+        &backend.metrics,
+        parts.status,
+        log.as_deref_mut(),
+        address,
+        attempts,
+    );
+    done.log = log;
     Response::from_parts(parts, ProxyBody::upstream(body, done, idle_timeout))
 }
 

@@ -22,6 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 use super::headers;
+use super::record::{self, Ending};
 use super::{Completion, ProxyBody};
 use crate::observe::access_log::Pending;
 
@@ -94,16 +95,18 @@ pub(super) fn open(
         parts.headers.insert(header::UPGRADE, token);
     }
     let backend = done.in_flight.backend();
-    backend.metrics.count_response(parts.status);
     // The upstream connection now belongs to the tunnel; it never goes back to the pool.
     done.connection = None;
-    done.log = log.map(|mut l| {
-        l.status = parts.status.as_u16();
-        l.pool.clone_from(&backend.pool);
-        l.backend.clone_from(&backend.address);
-        l.attempts = attempts;
-        l
-    });
+    let mut log = log;
+    let address = Some(backend.address.as_str());
+    record::answered(
+        &backend.metrics,
+        parts.status,
+        log.as_deref_mut(),
+        address,
+        attempts,
+    );
+    done.log = log;
     let tunnels = Arc::clone(tunnels);
     tokio::spawn(async move {
         let (client, upstream) = match tokio::join!(client, upstream) {
@@ -122,10 +125,16 @@ pub(super) fn open(
     Response::from_parts(parts, ProxyBody::Local(None))
 }
 
-fn finish(done: Completion, bytes_out: u64) {
-    if let Some(log) = done.log {
-        log.finish(done.started.elapsed(), bytes_out);
-    }
+fn finish(mut done: Completion, bytes_out: u64) {
+    let metrics = &done.in_flight.backend().metrics;
+    let log = done.log.take();
+    record::ended(
+        metrics,
+        Ending::Tunnel,
+        done.started.elapsed(),
+        log,
+        bytes_out,
+    );
     // Dropping `done.in_flight` ends the backend's in-flight count.
 }
 
