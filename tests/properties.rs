@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use switchyard::balance::backend::Backend;
 use switchyard::balance::breaker::{Breaker, BreakerSettings, State};
-use switchyard::balance::select::{self, RoundRobin};
+use switchyard::balance::select::{self, Candidates, RoundRobin};
 use switchyard::config::Algorithm;
 use switchyard::observe::metrics::Metrics;
 
@@ -50,7 +50,7 @@ proptest! {
         let usable = |i: usize| usable_mask[i];
         let any_usable = (0..bs.len()).any(usable);
         for _ in 0..picks {
-            match selector.pick(&bs, &usable) {
+            match selector.pick(&Candidates::given(&bs, &usable)) {
                 Some(i) => prop_assert!(usable(i), "picked unusable {}", i),
                 None => prop_assert!(!any_usable, "found nothing though some were usable"),
             }
@@ -76,7 +76,7 @@ proptest! {
         let usable = |i: usize| usable_mask[i];
         let any_usable = usable_mask.iter().any(|&u| u);
         for _ in 0..picks {
-            match selector.pick(&bs, &usable) {
+            match selector.pick(&Candidates::given(&bs, &usable)) {
                 Some(i) => prop_assert!(usable(i), "picked unusable {}", i),
                 None => prop_assert!(!any_usable, "found nothing though some were usable"),
             }
@@ -111,7 +111,7 @@ proptest! {
         let bs = backends(&weights, &metrics);
         let _guards: Vec<_> = bs.iter().zip(&in_flight).flat_map(|(b, &n)| (0..n).map(|_| b.begin())).collect();
         let selector = select::build(Algorithm::LeastConnections, &bs);
-        let i = selector.pick(&bs, &|_| true).unwrap();
+        let i = selector.pick(&Candidates::given(&bs, &|_| true)).unwrap();
         let load = |b: &Backend| (b.active_requests() as f64 + 1.0) / b.weight() as f64;
         let best = bs.iter().map(|b| load(b)).fold(f64::INFINITY, f64::min);
         // Within the rounding of the reciprocal weights.

@@ -10,7 +10,8 @@ use tokio::time::Instant;
 use crate::balance::backend::Backend;
 use crate::balance::breaker::State;
 use crate::balance::retry::{RetryBudget, RetrySettings};
-use crate::balance::select::{self, Selector};
+pub use crate::balance::select::Tried;
+use crate::balance::select::{self, Candidates, Selector};
 use crate::config::UpstreamTlsSettings;
 use crate::config::{Algorithm, HealthCheckSettings, PoolSettings, Protocol, Timeouts};
 use crate::observe::metrics::{BackendMetrics, Metrics};
@@ -40,28 +41,6 @@ pub struct Pool {
     pub health_check: Option<HealthCheckSettings>,
     /// Label handles for answers the proxy gives itself for this pool (`backend="none"`).
     pub local_metrics: BackendMetrics,
-}
-
-/// Backends already tried (or refused by their breaker) for one request. Inline: no allocation.
-#[derive(Debug, Default)]
-pub struct Tried {
-    list: [u32; 16],
-    len: usize,
-}
-
-impl Tried {
-    #[inline]
-    pub fn contains(&self, i: usize) -> bool {
-        self.list[..self.len].contains(&(i as u32))
-    }
-
-    #[inline]
-    fn push(&mut self, i: usize) {
-        if self.len < self.list.len() {
-            self.list[self.len] = i as u32;
-            self.len += 1;
-        }
-    }
 }
 
 impl Pool {
@@ -134,14 +113,8 @@ impl Pool {
         let ignore_health = self.in_panic();
         // A half-open backend may be claimed by a concurrent request between the check and the claim.
         for _ in 0..4 {
-            let i = if tried.len == 0 {
-                self.selector
-                    .pick(backends, &|i| backends[i].is_available(now, ignore_health))
-            } else {
-                self.selector.pick(backends, &|i| {
-                    !tried.contains(i) && backends[i].is_available(now, ignore_health)
-                })
-            }?;
+            let candidates = Candidates::available(backends, now, ignore_health, tried);
+            let i = self.selector.pick(&candidates)?;
             tried.push(i);
             if backends[i].admit(now) {
                 return Some(i);
@@ -165,9 +138,8 @@ impl Pool {
             return None;
         }
         for _ in 0..backends.len().min(8) {
-            let i = self.selector.pick(backends, &|i| {
-                !tried.contains(i) && allowed(&backends[i]) && backends[i].may_try_early()
-            })?;
+            let candidates = Candidates::open_for_trial(backends, ignore_health, tried);
+            let i = self.selector.pick(&candidates)?;
             tried.push(i);
             if backends[i].admit_early() {
                 return Some(i);

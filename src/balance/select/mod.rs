@@ -9,6 +9,8 @@ mod round_robin;
 
 use std::sync::Arc;
 
+use tokio::time::Instant;
+
 pub use least_connections::LeastConnections;
 pub use round_robin::RoundRobin;
 
@@ -17,8 +19,116 @@ use crate::config::Algorithm;
 
 /// A balancing algorithm and its state, for one pool's backends.
 pub trait Selector: Send + Sync + std::fmt::Debug {
-    /// The index of the chosen backend among those for which `usable(index)` is true, or `None`.
-    fn pick(&self, backends: &[Arc<Backend>], usable: &dyn Fn(usize) -> bool) -> Option<usize>;
+    /// The index of the chosen backend among the usable `candidates`, or `None`.
+    fn pick(&self, candidates: &Candidates<'_>) -> Option<usize>;
+}
+
+/// The backends a selector may choose from: all of a pool's, with the pool's rule for which are usable now.
+/// A concrete type (not a closure behind a pointer) so that each algorithm's scan inlines the check.
+pub struct Candidates<'a> {
+    pub backends: &'a [Arc<Backend>],
+    rule: Rule<'a>,
+}
+
+enum Rule<'a> {
+    /// Available now (drain, health unless `ignore_health`, breaker, request cap) and not tried yet.
+    Available {
+        now: Instant,
+        ignore_health: bool,
+        tried: &'a Tried,
+    },
+    /// Allowed by drain and health, circuit open, not tried yet: for an early trial.
+    OpenForTrial {
+        ignore_health: bool,
+        tried: &'a Tried,
+    },
+    /// Any rule given as a function (tests, tools).
+    Given(&'a dyn Fn(usize) -> bool),
+}
+
+impl<'a> Candidates<'a> {
+    pub fn available(
+        backends: &'a [Arc<Backend>],
+        now: Instant,
+        ignore_health: bool,
+        tried: &'a Tried,
+    ) -> Self {
+        let rule = Rule::Available {
+            now,
+            ignore_health,
+            tried,
+        };
+        Self { backends, rule }
+    }
+
+    pub fn open_for_trial(
+        backends: &'a [Arc<Backend>],
+        ignore_health: bool,
+        tried: &'a Tried,
+    ) -> Self {
+        let rule = Rule::OpenForTrial {
+            ignore_health,
+            tried,
+        };
+        Self { backends, rule }
+    }
+
+    pub fn given(backends: &'a [Arc<Backend>], usable: &'a dyn Fn(usize) -> bool) -> Self {
+        Self {
+            backends,
+            rule: Rule::Given(usable),
+        }
+    }
+
+    /// May backend `i` be chosen?
+    #[inline(always)]
+    pub fn usable(&self, i: usize) -> bool {
+        match &self.rule {
+            Rule::Available {
+                now,
+                ignore_health,
+                tried,
+            } => {
+                (tried.is_empty() || !tried.contains(i))
+                    && self.backends[i].is_available(*now, *ignore_health)
+            }
+            Rule::OpenForTrial {
+                ignore_health,
+                tried,
+            } => {
+                let b = &self.backends[i];
+                !tried.contains(i) && (*ignore_health || b.is_healthy()) && b.may_try_early()
+            }
+            Rule::Given(f) => f(i),
+        }
+    }
+}
+
+/// Backends already tried (or refused by their breaker) for one request. Inline: no allocation.
+#[derive(Debug, Default)]
+pub struct Tried {
+    list: [u32; 16],
+    len: usize,
+}
+
+impl Tried {
+    #[inline]
+    pub fn contains(&self, i: usize) -> bool {
+        self.list[..self.len].contains(&(i as u32))
+    }
+
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    #[inline]
+    pub fn push(&mut self, i: usize) {
+        if self.len < self.list.len() {
+            self.list[self.len] = i as u32;
+            self.len += 1;
+        }
+    }
 }
 
 /// The selector for `algorithm`, built for `backends` as they are (order and weights): a pool is rebuilt, with
@@ -34,15 +144,13 @@ pub fn build(algorithm: Algorithm, backends: &[Arc<Backend>]) -> Box<dyn Selecto
 }
 
 impl Selector for RoundRobin {
-    #[inline]
-    fn pick(&self, backends: &[Arc<Backend>], usable: &dyn Fn(usize) -> bool) -> Option<usize> {
-        RoundRobin::pick(self, backends.len(), usable)
+    fn pick(&self, c: &Candidates<'_>) -> Option<usize> {
+        RoundRobin::pick(self, c.backends.len(), |i| c.usable(i))
     }
 }
 
 impl Selector for LeastConnections {
-    #[inline]
-    fn pick(&self, backends: &[Arc<Backend>], usable: &dyn Fn(usize) -> bool) -> Option<usize> {
-        LeastConnections::pick(self, backends, usable)
+    fn pick(&self, c: &Candidates<'_>) -> Option<usize> {
+        LeastConnections::pick(self, c.backends, |i| c.usable(i))
     }
 }
