@@ -1,8 +1,8 @@
 //! Backend selection. A [`Selector`] only chooses among the candidates it is told are usable; health, breakers
 //! and draining are the pool's business. Picks are lock-free and allocate nothing.
 //!
-//! An algorithm is one file here implementing [`Selector`], plus its config name in
-//! [`crate::config::Algorithm`] and one line in [`build`].
+//! An algorithm is one file here implementing [`Selector`] (usually through [`Scan`]), plus its config name in
+//! `config::Algorithm` and one line in [`build`].
 
 mod least_connections;
 mod round_robin;
@@ -80,6 +80,31 @@ impl<'a> Candidates<'a> {
         }
     }
 
+    /// Runs `algorithm`'s scan with the rule made concrete, so the check inlines into its loop.
+    #[inline(always)]
+    pub fn scan_with<S: Scan>(&self, algorithm: &S) -> Option<usize> {
+        let backends = self.backends;
+        match &self.rule {
+            Rule::Available {
+                now,
+                ignore_health,
+                tried,
+            } if tried.is_empty() => {
+                algorithm.scan(backends, |i| backends[i].is_available(*now, *ignore_health))
+            }
+            Rule::Available {
+                now,
+                ignore_health,
+                tried,
+            } => algorithm.scan(backends, |i| {
+                !tried.contains(i) && backends[i].is_available(*now, *ignore_health)
+            }),
+            Rule::OpenForTrial { .. } | Rule::Given(_) => {
+                algorithm.scan(backends, |i| self.usable(i))
+            }
+        }
+    }
+
     /// May backend `i` be chosen?
     #[inline(always)]
     pub fn usable(&self, i: usize) -> bool {
@@ -143,14 +168,34 @@ pub fn build(algorithm: Algorithm, backends: &[Arc<Backend>]) -> Box<dyn Selecto
     }
 }
 
+/// An algorithm's scan over the backends with a concrete `usable` check; [`Candidates::scan_with`] calls it
+/// with the pool's rule.
+pub trait Scan {
+    fn scan(&self, backends: &[Arc<Backend>], usable: impl Fn(usize) -> bool) -> Option<usize>;
+}
+
+impl Scan for RoundRobin {
+    #[inline(always)]
+    fn scan(&self, backends: &[Arc<Backend>], usable: impl Fn(usize) -> bool) -> Option<usize> {
+        RoundRobin::pick(self, backends.len(), usable)
+    }
+}
+
 impl Selector for RoundRobin {
     fn pick(&self, c: &Candidates<'_>) -> Option<usize> {
-        RoundRobin::pick(self, c.backends.len(), |i| c.usable(i))
+        c.scan_with(self)
+    }
+}
+
+impl Scan for LeastConnections {
+    #[inline(always)]
+    fn scan(&self, backends: &[Arc<Backend>], usable: impl Fn(usize) -> bool) -> Option<usize> {
+        LeastConnections::pick(self, backends, usable)
     }
 }
 
 impl Selector for LeastConnections {
     fn pick(&self, c: &Candidates<'_>) -> Option<usize> {
-        LeastConnections::pick(self, c.backends, |i| c.usable(i))
+        c.scan_with(self)
     }
 }
