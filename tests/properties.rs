@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use switchyard::balance::backend::Backend;
 use switchyard::balance::breaker::{Breaker, BreakerSettings, State};
-use switchyard::balance::select::{self, Candidates, RoundRobin};
+use switchyard::balance::select::{self, Candidates, RoundRobin, Selector};
 use switchyard::config::Algorithm;
 use switchyard::observe::metrics::Metrics;
 

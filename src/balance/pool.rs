@@ -24,7 +24,7 @@ pub struct Pool {
     /// The TLS client settings for `https` and `h2`.
     pub tls: Option<UpstreamTlsSettings>,
     pub backends: Vec<Arc<Backend>>,
-    selector: Box<dyn Selector>,
+    selector: select::Registered,
     pub timeouts: Timeouts,
     pub retry: RetrySettings,
     pub budget: Arc<RetryBudget>,
