@@ -113,8 +113,9 @@ impl Pool {
         let ignore_health = self.in_panic();
         // A half-open backend may be claimed by a concurrent request between the check and the claim.
         for _ in 0..4 {
-            let candidates = Candidates::available(backends, now, ignore_health, tried);
-            let i = self.selector.pick(&candidates)?;
+            let i = self
+                .selector
+                .pick_available(backends, now, ignore_health, tried)?;
             tried.push(i);
             if backends[i].admit(now) {
                 return Some(i);

@@ -164,6 +164,40 @@ pub enum Registered {
     LeastConnections(LeastConnections),
 }
 
+impl Registered {
+    /// The common pick, without building [`Candidates`]: available now and not tried yet.
+    #[inline(always)]
+    pub fn pick_available(
+        &self,
+        backends: &[Arc<Backend>],
+        now: Instant,
+        ignore_health: bool,
+        tried: &Tried,
+    ) -> Option<usize> {
+        match self {
+            Self::RoundRobin(s) => scan_available(s, backends, now, ignore_health, tried),
+            Self::LeastConnections(s) => scan_available(s, backends, now, ignore_health, tried),
+        }
+    }
+}
+
+#[inline(always)]
+fn scan_available<S: Scan>(
+    algorithm: &S,
+    backends: &[Arc<Backend>],
+    now: Instant,
+    ignore_health: bool,
+    tried: &Tried,
+) -> Option<usize> {
+    if tried.is_empty() {
+        algorithm.scan(backends, |i| backends[i].is_available(now, ignore_health))
+    } else {
+        algorithm.scan(backends, |i| {
+            !tried.contains(i) && backends[i].is_available(now, ignore_health)
+        })
+    }
+}
+
 impl Selector for Registered {
     #[inline]
     fn pick(&self, candidates: &Candidates<'_>) -> Option<usize> {
