@@ -25,10 +25,13 @@ use switchyard::server::Server;
 
 mod process;
 mod scripted;
+mod tls;
 #[allow(unused_imports)]
 pub use process::*;
 #[allow(unused_imports)]
 pub use scripted::*;
+#[allow(unused_imports)]
+pub use tls::*;
 
 pub type BoxBody =
     http_body_util::combinators::BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
