@@ -721,17 +721,7 @@ fn pass_on(
 ) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
-    let backend = done.in_flight.backend();
-    let mut log = log;
-    let address = Some(backend.address.as_str());
-    record::answered(
-        &backend.metrics,
-        parts.status,
-        log.as_deref_mut(),
-        address,
-        attempts,
-    );
-    done.log = log;
+    record::upstream_answered(&mut done, parts.status, log, attempts);
     Response::from_parts(parts, ProxyBody::upstream(body, done, idle_timeout))
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 
+use super::Completion;
 use crate::observe::access_log::Pending;
 use crate::observe::metrics::BackendMetrics;
 
@@ -38,6 +39,26 @@ pub(super) fn answered(
         }
         l.attempts = attempts;
     }
+}
+
+/// An upstream's response status is known: counted under the backend that answered; the log line waits in
+/// `done` for the end of the exchange.
+pub(super) fn upstream_answered(
+    done: &mut Completion,
+    status: StatusCode,
+    mut log: Option<Box<Pending>>,
+    attempts: u32,
+) {
+    let backend = done.in_flight.backend();
+    let address = Some(backend.address.as_str());
+    answered(
+        &backend.metrics,
+        status,
+        log.as_deref_mut(),
+        address,
+        attempts,
+    );
+    done.log = log;
 }
 
 /// The exchange is over after `elapsed`, with `bytes_out` body bytes sent to the client.

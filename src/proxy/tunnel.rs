@@ -94,19 +94,9 @@ pub(super) fn open(
     if let Some(token) = token {
         parts.headers.insert(header::UPGRADE, token);
     }
-    let backend = done.in_flight.backend();
     // The upstream connection now belongs to the tunnel; it never goes back to the pool.
     done.connection = None;
-    let mut log = log;
-    let address = Some(backend.address.as_str());
-    record::answered(
-        &backend.metrics,
-        parts.status,
-        log.as_deref_mut(),
-        address,
-        attempts,
-    );
-    done.log = log;
+    record::upstream_answered(&mut done, parts.status, log, attempts);
     let tunnels = Arc::clone(tunnels);
     tokio::spawn(async move {
         let (client, upstream) = match tokio::join!(client, upstream) {
