@@ -196,19 +196,10 @@ async fn sighup_always_reloads() {
     assert_eq!(reload_count(admin, "success").await, 0.0);
     // Nothing changed, yet SIGHUP re-reads and applies the file, and counts it.
     signal(&proc.0, "HUP");
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            reload_count(admin, "success").await == 1.0
-        })
-        .await
-    );
+    let reloaded = "switchyard_config_reloads_total{result=\"success\"}";
+    assert!(metric_eventually(admin, reloaded, 1.0).await);
     signal(&proc.0, "HUP");
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            reload_count(admin, "success").await == 2.0
-        })
-        .await
-    );
+    assert!(metric_eventually(admin, reloaded, 2.0).await);
     // A broken file: SIGHUP counts a failure and the proxy keeps serving.
     std::fs::write(dir.path().join("switchyard.toml"), "[[listeners]\n").unwrap();
     signal(&proc.0, "HUP");

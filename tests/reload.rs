@@ -601,14 +601,6 @@ async fn changed_settings_apply_and_a_moved_admin_listener_is_refused() {
     assert!(t.elapsed() < Duration::from_secs(3));
 }
 
-/// Polls a metric of the binary at `admin` until it equals `want`.
-async fn metric_reaches(admin: u16, series: &str, want: f64) -> bool {
-    eventually(DEADLINE, || async {
-        metric_at(admin, series).await == want
-    })
-    .await
-}
-
 /// The operator's undo after a failed reload: the good text written back (identical to what runs) is a
 /// successful reload, by rename and in place, so the reload alert stops firing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -632,13 +624,13 @@ async fn putting_the_good_file_back_after_a_failed_reload_counts_as_a_success() 
         round += 1.0;
         write(&path, &bad);
         assert!(
-            metric_reaches(admin, failed, round).await,
+            metric_eventually(admin, failed, round).await,
             "the bad file was not refused"
         );
         assert_eq!(metric_at(admin, gauge).await, 0.0);
         write(&path, &good);
         assert!(
-            metric_reaches(admin, ok, round).await,
+            metric_eventually(admin, ok, round).await,
             "the good text back was not counted as a reload (round {round})"
         );
         assert_eq!(metric_at(admin, gauge).await, 1.0);
@@ -647,7 +639,7 @@ async fn putting_the_good_file_back_after_a_failed_reload_counts_as_a_success() 
     // With the last reload good, an unchanged file is still no reload: a SIGHUP afterwards is the next one.
     std::fs::write(&path, &good).unwrap();
     signal(&proc.0, "HUP");
-    assert!(metric_reaches(admin, ok, 3.0).await);
+    assert!(metric_eventually(admin, ok, 3.0).await);
     assert_eq!(metric_at(admin, failed).await, 2.0);
     let log = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
     let log = strip_ansi(&log);
@@ -684,12 +676,12 @@ async fn putting_a_good_certificate_back_after_a_broken_one_counts_as_a_success(
         "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
     );
     assert!(
-        metric_reaches(admin, failed, 1.0).await,
+        metric_eventually(admin, failed, 1.0).await,
         "the broken file was not counted"
     );
     write_atomically(&cert_path, &good);
     assert!(
-        metric_reaches(admin, ok, 1.0).await,
+        metric_eventually(admin, ok, 1.0).await,
         "the good certificate back was not counted as a reload"
     );
 }

@@ -99,6 +99,14 @@ pub async fn reload_count(admin: u16, result: &str) -> f64 {
     .unwrap_or(0.0)
 }
 
+/// Polls the admin listener at `admin` until the series equals `want` (10 s at most).
+pub async fn metric_eventually(admin: u16, series: &str, want: f64) -> bool {
+    super::eventually(Duration::from_secs(10), || async {
+        metric_at(admin, series).await == want
+    })
+    .await
+}
+
 /// A metric's value on the admin listener at `admin` (0 when the series is not there).
 pub async fn metric_at(admin: u16, series: &str) -> f64 {
     let (_, _, text) = get(([127, 0, 0, 1], admin).into(), "/metrics", None).await;
