@@ -5,12 +5,14 @@
 //! `/api/v1` and `/apix`; write `/api/` to match whole segments only.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::balance::pool::Pool;
 use crate::config::{Config, Limits};
 use crate::observe::access_log::{AccessLog, AccessLogSettings};
 use crate::observe::metrics::{BackendMetrics, Metrics, NONE};
+use crate::tls::ListenerMode;
 use crate::upstream::PoolConnections;
 
 /// Everything the data path needs, published whole with one `ArcSwap::store`.
@@ -27,6 +29,8 @@ pub struct Snapshot {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// The bearer token every admin request must carry, if one is configured.
     pub admin_token: Option<String>,
+    /// What each proxy listener speaks, by its configured address.
+    pub listeners: Vec<(SocketAddr, Arc<ListenerMode>)>,
 }
 
 impl Snapshot {
@@ -37,6 +41,7 @@ impl Snapshot {
         metrics: &Metrics,
         previous: Option<&Snapshot>,
         access_log: Option<(AccessLogSettings, Arc<AccessLog>)>,
+        listeners: Vec<(SocketAddr, Arc<ListenerMode>)>,
     ) -> Self {
         let mut pools = BTreeMap::new();
         let mut upstreams = BTreeMap::new();
@@ -76,7 +81,16 @@ impl Snapshot {
             limits: config.limits,
             trusted_proxies: config.trusted_proxies.clone(),
             admin_token: config.admin.token.clone(),
+            listeners,
         }
+    }
+
+    /// The mode of the proxy listener configured at `address`.
+    pub fn listener(&self, address: SocketAddr) -> Option<&Arc<ListenerMode>> {
+        self.listeners
+            .iter()
+            .find(|(a, _)| *a == address)
+            .map(|(_, mode)| mode)
     }
 }
 

@@ -17,7 +17,7 @@ use crate::control::{Command, ReloadError, ReloadOutcome, Shared, Trigger, reque
 use crate::observe::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::router::Snapshot;
-use crate::serve::{BindError, ListenerMode, ListenerTask, bind};
+use crate::serve::{BindError, ListenerMode, ListenerTask, ModeSource, bind};
 
 /// A running switchyard: its bound addresses, and the handle to reload and stop it.
 pub struct Server {
@@ -66,9 +66,14 @@ impl Server {
         )
         .await
         .map_err(StartError::AccessLog)?;
-        let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::build(
-            &config, &metrics, None, access_log,
-        )));
+        let mut modes = Vec::new();
+        for (i, l) in config.listeners.iter().enumerate() {
+            let mode = ListenerMode::build(l, None, &metrics)
+                .map_err(|e| StartError::Tls(format!("listeners[{i}].tls: {e}")))?;
+            modes.push((l.address, Arc::new(mode)));
+        }
+        let snapshot = Snapshot::build(&config, &metrics, None, access_log, modes);
+        let snapshot = Arc::new(ArcSwap::from_pointee(snapshot));
         let (control, commands) = mpsc::channel(16);
         let shared = Arc::new(Shared {
             snapshot: Arc::clone(&snapshot),
@@ -82,13 +87,10 @@ impl Server {
 
         let mut listeners = Vec::new();
         for (i, l) in config.listeners.iter().enumerate() {
-            let mode = ListenerMode::build(l, None, &shared.metrics)
-                .map_err(|e| StartError::Tls(format!("listeners[{i}].tls: {e}")))?;
             let tcp = bind(l.address, &format!("listeners[{i}].address"), l.reuse_port).await?;
             listeners.push(ListenerTask::proxy(
                 l.address,
                 tcp,
-                mode,
                 &proxy,
                 &shared.workers,
             )?);
@@ -105,7 +107,7 @@ impl Server {
             ListenerTask::spawn(
                 config.admin.address,
                 admin_tcp,
-                ListenerMode::Plain,
+                ModeSource::Fixed(Arc::new(ListenerMode::Plain)),
                 None,
                 handler,
                 "admin",

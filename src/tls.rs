@@ -17,6 +17,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, ServerConfig};
 
+use crate::config::ListenerSettings;
 use crate::observe::metrics::Metrics;
 
 pub use crate::config::certs::{
@@ -307,4 +308,45 @@ pub fn server_name(configured: Option<&str>, backend_address: &str) -> Option<Se
         },
     };
     ServerName::try_from(host.to_owned()).ok()
+}
+
+/// What a proxy listener speaks, published in the snapshot: a reload changes it without rebinding, and a
+/// connection takes the mode current when it is accepted.
+pub enum ListenerMode {
+    Plain,
+    /// `redirect_https`: every request gets a 308 to https.
+    Redirect,
+    Tls(Arc<ListenerTls>),
+}
+
+impl ListenerMode {
+    /// The mode for a listener's settings, reusing `previous`'s TLS state when its settings are unchanged (its
+    /// certificates are then re-read, as every reload does).
+    pub fn build(
+        settings: &ListenerSettings,
+        previous: Option<&ListenerMode>,
+        metrics: &Metrics,
+    ) -> Result<Self, String> {
+        if settings.redirect_https {
+            return Ok(Self::Redirect);
+        }
+        let Some(tls) = &settings.tls else {
+            return Ok(Self::Plain);
+        };
+        if let Some(Self::Tls(old)) = previous {
+            if old.settings == *tls {
+                let _ = old.reload_certificates(metrics);
+                return Ok(Self::Tls(Arc::clone(old)));
+            }
+        }
+        let label = settings.address.to_string();
+        ListenerTls::new(tls, label, metrics).map(|t| Self::Tls(Arc::new(t)))
+    }
+
+    pub fn tls(&self) -> Option<&Arc<ListenerTls>> {
+        match self {
+            Self::Tls(t) => Some(t),
+            _ => None,
+        }
+    }
 }

@@ -33,7 +33,7 @@ fn table() -> &'static Snapshot {
     static TABLE: OnceLock<Snapshot> = OnceLock::new();
     TABLE.get_or_init(|| {
         let config = switchyard::config::parse(CONFIG, "fuzz.toml").expect("fixed config");
-        Snapshot::build(&config, &Metrics::new(), None, None)
+        Snapshot::build(&config, &Metrics::new(), None, None, Vec::new())
     })
 }
 

@@ -210,8 +210,12 @@ impl Supervisor {
             .set(d.known.backends().len() as i64);
         let config = Arc::clone(&self.config);
         let effective = self.effective(&config);
-        let access_log = self.shared.snapshot.load().access_log.clone();
-        self.install(&effective, access_log);
+        let current = self.shared.snapshot.load_full();
+        self.install(
+            &effective,
+            current.access_log.clone(),
+            current.listeners.clone(),
+        );
     }
 
     /// Publishes the routing snapshot for `effective` (backends that stay are carried over), starts and stops
@@ -224,10 +228,11 @@ impl Supervisor {
             crate::observe::access_log::AccessLogSettings,
             Arc<crate::observe::access_log::AccessLog>,
         )>,
+        listeners: Vec<(std::net::SocketAddr, Arc<ListenerMode>)>,
     ) -> (Vec<String>, Vec<String>) {
         let previous = self.shared.snapshot.load_full();
-        let snapshot =
-            Snapshot::build(effective, &self.shared.metrics, Some(&previous), access_log);
+        let metrics = &self.shared.metrics;
+        let snapshot = Snapshot::build(effective, metrics, Some(&previous), access_log, listeners);
         let added = added_backends(&previous, &snapshot);
         let removed = removed_backends(&previous, &snapshot);
         let removed_names = removed
@@ -268,8 +273,8 @@ impl Supervisor {
             return watched;
         };
         let mut files = vec![path.clone()];
-        for l in &self.listeners {
-            if let Some(tls) = l.mode.load().tls() {
+        for (_, mode) in &self.shared.snapshot.load().listeners {
+            if let Some(tls) = mode.tls() {
                 files.extend(tls.files().map(Path::to_path_buf));
             }
         }
@@ -299,8 +304,8 @@ impl Supervisor {
 
     /// Re-reads every TLS listener's certificates (a change is applied, a broken file keeps the old ones).
     fn reload_certificates(&self) {
-        for l in &self.listeners {
-            if let Some(tls) = l.mode.load().tls() {
+        for (_, mode) in &self.shared.snapshot.load().listeners {
+            if let Some(tls) = mode.tls() {
                 let _ = tls.reload_certificates(&self.shared.metrics);
             }
         }
@@ -407,25 +412,22 @@ impl Supervisor {
 
         // Load every listener's certificates and bind every new listener first: if one fails, nothing has
         // changed yet.
+        let previous = self.shared.snapshot.load_full();
         let mut modes = Vec::new();
         let mut bound = Vec::new();
         for (i, l) in new.listeners.iter().enumerate() {
-            let kept = self.listeners.iter().find(|k| k.configured == l.address);
-            let previous = kept.map(|k| k.mode.load_full());
-            let mode = ListenerMode::build(l, previous.as_deref(), &self.shared.metrics)
+            let old = previous.listener(l.address).map(Arc::as_ref);
+            let mode = ListenerMode::build(l, old, &self.shared.metrics)
                 .map_err(|e| format!("listeners[{i}].tls: {e}; reload refused"))?;
-            match kept {
-                Some(_) => modes.push((l.address, mode)),
-                None => {
-                    let tcp = bind(l.address, &format!("listeners[{i}].address"), l.reuse_port)
-                        .await
-                        .map_err(|e| format!("{e}; reload refused"))?;
-                    bound.push((l.address, tcp, mode));
-                }
+            modes.push((l.address, Arc::new(mode)));
+            if !self.listeners.iter().any(|k| k.configured == l.address) {
+                let tcp = bind(l.address, &format!("listeners[{i}].address"), l.reuse_port)
+                    .await
+                    .map_err(|e| format!("{e}; reload refused"))?;
+                bound.push((l.address, tcp));
             }
         }
 
-        let previous = self.shared.snapshot.load_full();
         let access_log = crate::observe::access_log::open(
             new.access_log.as_ref(),
             previous.access_log.as_ref(),
@@ -435,29 +437,32 @@ impl Supervisor {
         .map_err(|e| format!("{e}; reload refused"))?;
         self.reconcile_discovery(&new);
         let effective = self.effective(&new);
-        (outcome.backends_added, outcome.backends_removed) = self.install(&effective, access_log);
+        (outcome.backends_added, outcome.backends_removed) =
+            self.install(&effective, access_log, modes.clone());
         let drain = new.drain_timeout;
         let wanted: Vec<_> = new.listeners.iter().map(|l| l.address).collect();
         self.config = Arc::new(new);
 
-        for (address, mode) in modes {
-            if let Some(l) = self.listeners.iter().find(|l| l.configured == address) {
-                let kept_tls = mode.tls().cloned();
-                let old = l.mode.swap(Arc::new(mode));
-                if let Some(old) = old.tls() {
-                    if !kept_tls.as_ref().is_some_and(|k| Arc::ptr_eq(k, old)) {
-                        old.forget(&self.shared.metrics);
-                        if let Some(new) = &kept_tls {
-                            new.export(&self.shared.metrics);
-                        }
-                    }
-                }
+        // Certificate expiry series: those of TLS states no longer in use go, then those in use are set (a
+        // listener whose certificates stayed keeps its labels).
+        let metrics = &self.shared.metrics;
+        for (_, old) in &previous.listeners {
+            let Some(old) = old.tls() else { continue };
+            let kept = modes
+                .iter()
+                .any(|(_, m)| m.tls().is_some_and(|t| Arc::ptr_eq(t, old)));
+            if !kept {
+                old.forget(metrics);
             }
         }
-        for (configured, tcp, mode) in bound {
-            let task =
-                ListenerTask::proxy(configured, tcp, mode, &self.proxy, &self.shared.workers)
-                    .map_err(|e| e.to_string())?;
+        for (_, mode) in &modes {
+            if let Some(tls) = mode.tls() {
+                tls.export(metrics);
+            }
+        }
+        for (configured, tcp) in bound {
+            let task = ListenerTask::proxy(configured, tcp, &self.proxy, &self.shared.workers)
+                .map_err(|e| e.to_string())?;
             outcome.listeners_added.push(task.bound.to_string());
             self.listeners.push(task);
         }
@@ -466,9 +471,6 @@ impl Supervisor {
             .partition(|l| wanted.contains(&l.configured));
         for l in gone {
             outcome.listeners_removed.push(l.bound.to_string());
-            if let Some(tls) = l.mode.load().tls() {
-                tls.forget(&self.shared.metrics);
-            }
             drop(l.stop(drain));
         }
         self.listeners = keep;

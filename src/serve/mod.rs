@@ -13,7 +13,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -26,10 +25,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::{Limits, ListenerSettings};
+use crate::config::Limits;
 use crate::observe::metrics::Metrics;
 use crate::proxy::{ConnInfo, Proxy, ProxyBody};
 use crate::socket::Tcp;
+pub use crate::tls::ListenerMode;
 use crate::tls::ListenerTls;
 use conn::{ConnClock, GuardedBody, ReadTimeout, TimedIo};
 
@@ -72,53 +72,11 @@ pub async fn bind(
     TcpListener::from_std(socket.into()).map_err(error)
 }
 
-/// What a proxy listener speaks. Swapped on reload without rebinding: a connection takes the mode current
-/// when it is accepted.
-pub enum ListenerMode {
-    Plain,
-    /// `redirect_https`: every request gets a 308 to https.
-    Redirect,
-    Tls(Arc<ListenerTls>),
-}
-
-impl ListenerMode {
-    /// The mode for a listener's settings, reusing `previous`'s TLS state when its settings are unchanged (its
-    /// certificates are then re-read, as every reload does).
-    pub fn build(
-        settings: &ListenerSettings,
-        previous: Option<&ListenerMode>,
-        metrics: &Metrics,
-    ) -> Result<Self, String> {
-        if settings.redirect_https {
-            return Ok(Self::Redirect);
-        }
-        let Some(tls) = &settings.tls else {
-            return Ok(Self::Plain);
-        };
-        if let Some(Self::Tls(old)) = previous {
-            if old.settings == *tls {
-                let _ = old.reload_certificates(metrics);
-                return Ok(Self::Tls(Arc::clone(old)));
-            }
-        }
-        let label = settings.address.to_string();
-        ListenerTls::new(tls, label, metrics).map(|t| Self::Tls(Arc::new(t)))
-    }
-
-    pub fn tls(&self) -> Option<&Arc<ListenerTls>> {
-        match self {
-            Self::Tls(t) => Some(t),
-            _ => None,
-        }
-    }
-}
-
 /// One listener's accept loop, and the lever to stop it.
 pub struct ListenerTask {
     /// The address as configured (port 0 stays 0): what reloads compare.
     pub configured: SocketAddr,
     pub bound: SocketAddr,
-    pub mode: Arc<ArcSwap<ListenerMode>>,
     stop: watch::Sender<Option<Duration>>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -128,7 +86,6 @@ impl ListenerTask {
     pub fn proxy(
         configured: SocketAddr,
         tcp: TcpListener,
-        mode: ListenerMode,
         proxy: &Arc<Proxy>,
         workers: &[tokio::runtime::Handle],
     ) -> Result<Self, BindError> {
@@ -147,7 +104,7 @@ impl ListenerTask {
         Self::spawn(
             configured,
             tcp,
-            mode,
+            ModeSource::Published(configured),
             Some(limits_from),
             handler,
             "proxy",
@@ -160,7 +117,7 @@ impl ListenerTask {
     pub fn spawn<H, F>(
         configured: SocketAddr,
         tcp: TcpListener,
-        mode: ListenerMode,
+        mode: ModeSource,
         limits_from: Option<Arc<Proxy>>,
         handler: H,
         kind: &'static str,
@@ -176,7 +133,6 @@ impl ListenerTask {
             source,
         })?;
         tracing::info!(addr = %bound, "{kind} listener ready");
-        let mode = Arc::new(ArcSwap::from_pointee(mode));
         let (stop, stopped) = watch::channel(None);
         let bind_error = |source| BindError {
             address: configured,
@@ -185,7 +141,7 @@ impl ListenerTask {
         };
         let tasks = if workers.is_empty() {
             let accept = Acceptor {
-                mode: Arc::clone(&mode),
+                mode,
                 limits_from,
                 handler,
             };
@@ -198,7 +154,7 @@ impl ListenerTask {
                 let socket = socket.try_clone().map_err(bind_error)?;
                 let stopped = stopped.clone();
                 let accept = Acceptor {
-                    mode: Arc::clone(&mode),
+                    mode: mode.clone(),
                     limits_from: limits_from.clone(),
                     handler: handler.clone(),
                 };
@@ -214,7 +170,6 @@ impl ListenerTask {
         Ok(Self {
             configured,
             bound,
-            mode,
             stop,
             tasks,
         })
@@ -252,9 +207,19 @@ enum Versions {
     Http2,
 }
 
+/// Where a listener finds what it speaks.
+#[derive(Clone)]
+pub enum ModeSource {
+    /// Always the same (the admin listener).
+    Fixed(Arc<ListenerMode>),
+    /// The mode published for this configured address in the current snapshot (proxy listeners): a reload
+    /// changes it in the same store as everything else.
+    Published(SocketAddr),
+}
+
 /// A listener's accept loop: what it serves and with which limits.
 struct Acceptor<H> {
-    mode: Arc<ArcSwap<ListenerMode>>,
+    mode: ModeSource,
     /// The proxy whose snapshot's `[limits]` and connection count apply (proxy listeners); `None` for the admin
     /// listener.
     limits_from: Option<Arc<Proxy>>,
@@ -296,10 +261,23 @@ where
     }
 
     fn serve(&self, tcp: TcpStream, peer: SocketAddr, graceful: &GracefulShutdown) {
+        // One snapshot load for the connection's limits and mode.
+        let snapshot = self.limits_from.as_ref().map(|p| p.snapshot.load_full());
+        let mode = match &self.mode {
+            ModeSource::Fixed(mode) => Arc::clone(mode),
+            ModeSource::Published(configured) => {
+                match snapshot.as_ref().and_then(|s| s.listener(*configured)) {
+                    Some(mode) => Arc::clone(mode),
+                    // The listener left the config and is about to stop accepting.
+                    None => return,
+                }
+            }
+        };
         let limits = self
             .limits_from
             .as_ref()
-            .map(|p| (p.snapshot.load().limits, &p.metrics));
+            .zip(snapshot.as_ref())
+            .map(|(p, s)| (s.limits, &p.metrics));
         let gauge = match limits {
             Some((limits, metrics)) => {
                 let open = &metrics.open_connections;
@@ -316,7 +294,6 @@ where
         };
         let _ = tcp.set_nodelay(true);
         let count = ConnectionCount(gauge);
-        let mode = self.mode.load_full();
         let info = ConnInfo {
             peer,
             peer_value: crate::proxy::headers::peer_value(peer.ip()),
