@@ -360,6 +360,16 @@ async fn host_rules_and_the_targets_authority() {
     // hyper itself refuses the control character as a malformed head.
     let refused = p.rejected("bad_host").await + p.rejected("malformed").await;
     assert_eq!(refused, 12.0);
+    // A target with userinfo would pass credentials on as the backend's Host: refused.
+    let (status, answer) = exchange(
+        p.addr,
+        b"GET http://user:pw@a.test/x HTTP/1.1\r\nHost: a.test\r\n\r\n",
+        Write::Whole,
+        false,
+        Duration::from_secs(3),
+    )
+    .await;
+    assert_eq!(status, 400, "{answer}");
     // Absolute form: the target's authority wins, for routing and for the Host the backend sees.
     let (status, answer) = exchange(
         p.addr,

@@ -34,7 +34,9 @@ pub struct Pool {
     /// Breakers that would have opened but were held closed by the cap.
     breaker_capped: IntCounter,
     /// Failures are recorded one at a time, so two backends cannot both pass the cap's count and open together.
-    recording_failure: std::sync::Mutex<()>,
+    /// Shared with the pools that replace this one on reloads and DNS changes: requests still in flight on an
+    /// older snapshot record their failures under the same lock.
+    recording_failure: Arc<std::sync::Mutex<()>>,
     pub panic_threshold: f64,
     /// A larger response head is refused (502).
     pub max_response_header_bytes: usize,
@@ -97,7 +99,10 @@ impl Pool {
             breaker_capped: metrics
                 .circuit_breaker_capped_total
                 .with_label_values(&[name]),
-            recording_failure: std::sync::Mutex::new(()),
+            recording_failure: previous.map_or_else(
+                || Arc::new(std::sync::Mutex::new(())),
+                |p| Arc::clone(&p.recording_failure),
+            ),
             panic_threshold: settings.panic_threshold,
             max_response_header_bytes: settings.max_response_header_bytes,
             health_check: settings.health_check.clone(),
@@ -109,6 +114,9 @@ impl Pool {
     /// `backends`, or `None` when no backend is available.
     #[inline]
     pub fn pick(&self, now: Instant, tried: &mut Tried) -> Option<usize> {
+        if tried.is_full() {
+            return None;
+        }
         let backends = &self.backends;
         let ignore_health = self.in_panic();
         // A half-open backend may be claimed by a concurrent request between the check and the claim.
@@ -129,6 +137,9 @@ impl Pool {
     /// ends (one trial per backend at a time). `None` when something else keeps the backends out.
     #[cold]
     pub fn pick_early_trial(&self, tried: &mut Tried) -> Option<usize> {
+        if tried.is_full() {
+            return None;
+        }
         let backends = &self.backends;
         let ignore_health = self.in_panic();
         let allowed = |b: &Backend| !b.is_draining() && (ignore_health || b.is_healthy());

@@ -30,6 +30,13 @@ pub fn check<B>(req: &Request<B>) -> Result<(), ProxyError> {
         }
         Some(_) => {}
     }
+    // The target's authority (absolute form, HTTP/2 `:authority`) becomes the backend's Host: the same rules,
+    // so no userinfo (`user:pw@`) is ever passed on.
+    if let Some(authority) = req.uri().authority() {
+        if !valid_host(authority.as_str().as_bytes()) {
+            return Err(ProxyError::BadHost);
+        }
+    }
     if let Some(te) = headers.get(header::TRANSFER_ENCODING) {
         check_codings(
             te,
@@ -167,6 +174,13 @@ mod tests {
             &[]
         )));
         assert!(ok(req(V::HTTP_2, "https://a.example/", &[], &[])));
+        assert!(!ok(req(
+            V::HTTP_11,
+            "http://user:pw@a.example/",
+            &["a.example"],
+            &[]
+        )));
+        assert!(!ok(req(V::HTTP_2, "https://user@a.example/", &[], &[])));
     }
 
     #[test]

@@ -213,9 +213,16 @@ impl Proxy {
                 }
                 Err(failed) => failed,
             };
-            let now = Instant::now();
-            let next = next_try(pool, &failure, back, copy, retries, now)
-                .and_then(|next| pool.pick(now, &mut tried).map(|i| (i, next)));
+            // The backoff comes before the pick: a backend claimed (its half-open trial) is used at once, never
+            // held through a sleep the client may abandon.
+            let next = match next_try(pool, &failure, back, copy, retries, Instant::now()) {
+                Some(next) => {
+                    let pause = retry::backoff(pool.retry.backoff, retries + 1);
+                    tokio::time::sleep(pause).await;
+                    pool.pick(Instant::now(), &mut tried).map(|i| (i, next))
+                }
+                None => None,
+            };
             let Some((next_index, next_req)) = next else {
                 // The client gets what this attempt gave.
                 return match failure {
@@ -234,7 +241,6 @@ impl Proxy {
             drop(failure);
             retries += 1;
             pool.retries.inc();
-            tokio::time::sleep(retry::backoff(pool.retry.backoff, retries)).await;
             attempt_started = Instant::now();
             index = next_index;
             req = next_req;

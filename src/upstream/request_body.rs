@@ -135,6 +135,9 @@ pub struct ClientBody {
     stall: Option<Pin<Box<Sleep>>>,
     /// The client speaks HTTP/2: a failing body is a reset stream, not malformed framing.
     http2: bool,
+    /// The upstream connection has asked for the body at least once: the stall clock runs from then (a slow
+    /// connect, or a client waiting for `100 Continue`, is no stall).
+    polled: bool,
     watch: Arc<BodyWatch>,
 }
 
@@ -154,6 +157,7 @@ impl ClientBody {
             stall_timeout,
             stall: None,
             http2,
+            polled: false,
             watch,
         }
     }
@@ -225,6 +229,10 @@ impl ClientBody {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if !self.polled {
+            self.polled = true;
+            self.watch.read_now(Instant::now());
+        }
         let polled = match Pin::new(&mut self.body).poll_frame(cx) {
             Poll::Ready(polled) => polled,
             Poll::Pending => return self.wait_for_client(cx),

@@ -147,6 +147,12 @@ impl Tried {
         self.len == 0
     }
 
+    /// No room to note another backend: the request picks no more (it could not avoid repeating one).
+    #[inline]
+    pub fn is_full(&self) -> bool {
+        self.len == self.list.len()
+    }
+
     #[inline]
     pub fn push(&mut self, i: usize) {
         if self.len < self.list.len() {
