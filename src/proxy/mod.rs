@@ -455,7 +455,7 @@ impl Exchange<'_> {
     ) -> Result<(Response<Incoming>, Completion), (Failure, Option<Outgoing>)> {
         let (pool, backend) = (self.pool, self.backend);
         let in_flight = backend.begin();
-        let mut outcome = OutcomeGuard(Some((pool, backend)));
+        let mut outcome = OutcomeGuard::new(pool, backend);
         let error = match self.send(req).await {
             Some(Ok((resp, sender))) if head_size(&resp) <= pool.max_response_header_bytes => {
                 let status = resp.status();
@@ -554,12 +554,24 @@ fn log_failure(backend: &Backend, error: &ProxyError) {
 }
 
 /// Feeds an attempt's result to the backend's breaker exactly once; if the attempt is abandoned (the client
-/// went away), releases a half-open trial so the breaker cannot stay stuck.
-struct OutcomeGuard<'a>(Option<(&'a Pool, &'a Arc<Backend>)>);
+/// went away, or broke its body), releases the half-open trial it holds so the breaker cannot stay stuck.
+struct OutcomeGuard<'a> {
+    attempt: Option<(&'a Pool, &'a Arc<Backend>)>,
+    /// The attempt began with the circuit half-open, so it is the one trial the breaker let through (it was
+    /// admitted just before). An attempt admitted while closed holds no trial and must not release another's.
+    trial: bool,
+}
 
-impl OutcomeGuard<'_> {
+impl<'a> OutcomeGuard<'a> {
+    fn new(pool: &'a Pool, backend: &'a Arc<Backend>) -> Self {
+        Self {
+            attempt: Some((pool, backend)),
+            trial: backend.breaker.state() == crate::balance::breaker::State::HalfOpen,
+        }
+    }
+
     fn record(&mut self, ok: bool, what: &dyn std::fmt::Display) {
-        if let Some((pool, backend)) = self.0.take() {
+        if let Some((pool, backend)) = self.attempt.take() {
             if ok {
                 pool.record_success(backend);
             } else {
@@ -571,8 +583,10 @@ impl OutcomeGuard<'_> {
 
 impl Drop for OutcomeGuard<'_> {
     fn drop(&mut self) {
-        if let Some((_, backend)) = self.0.take() {
-            backend.breaker.cancel_trial();
+        if let Some((_, backend)) = self.attempt.take() {
+            if self.trial {
+                backend.breaker.cancel_trial();
+            }
         }
     }
 }
@@ -794,5 +808,57 @@ mod future_size {
         let (handle, send) = (size(Proxy::handle), size5(upstream::send));
         assert!(handle <= 1920, "Proxy::handle's future is {handle} bytes");
         assert!(send <= 640, "upstream::send's future is {send} bytes");
+    }
+}
+
+#[cfg(test)]
+mod outcome_guard {
+    use super::*;
+    use crate::config::{BackendSettings, PoolSettings};
+
+    #[tokio::test(start_paused = true)]
+    async fn an_attempt_admitted_while_closed_never_releases_anothers_trial() {
+        let settings = PoolSettings {
+            algorithm: crate::config::Algorithm::RoundRobin,
+            backends: vec![BackendSettings {
+                address: "127.0.0.1:9".to_owned(),
+                weight: 1,
+                source: Default::default(),
+            }],
+            timeouts: crate::config::Timeouts {
+                connect: Duration::from_secs(1),
+                request: Duration::from_secs(1),
+                idle: Duration::from_secs(1),
+            },
+            health_check: None,
+            breaker: Default::default(),
+            retry: Default::default(),
+            panic_threshold: 0.0,
+            max_response_header_bytes: 8192,
+            protocol: Default::default(),
+            tls: None,
+            discovery: None,
+        };
+        let pool = Pool::new("p", &settings, &Metrics::new(), None);
+        let backend = &pool.backends[0];
+        // Admitted while closed: holds no trial.
+        let guard = OutcomeGuard::new(&pool, backend);
+        for _ in 0..5 {
+            backend.breaker.on_failure(Instant::now(), "500");
+        }
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert!(
+            backend.admit(Instant::now()),
+            "another request takes the half-open trial"
+        );
+        drop(guard);
+        assert!(
+            !backend.breaker.would_admit(Instant::now()),
+            "the other request's trial is still in flight"
+        );
+        // The trial holder abandoning its attempt does release it.
+        let trial = OutcomeGuard::new(&pool, backend);
+        drop(trial);
+        assert!(backend.breaker.would_admit(Instant::now()));
     }
 }
