@@ -569,17 +569,12 @@ async fn a_two_second_blip_across_the_pool_is_not_a_thirty_second_outage() {
         controlled("c", 200).await,
     ];
     let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
-    let dir = tempfile::tempdir().unwrap();
-    let (_proc, port, admin) = spawn(dir.path(), |port, admin| {
-        binary_pool_config(
-            port,
-            admin,
-            &addrs,
-            "[pools.p.health_check]\ninterval = \"300ms\"\ntimeout = \"200ms\"\n",
-        )
-    })
+    let running = spawn_pool(
+        &addrs,
+        "[pools.p.health_check]\ninterval = \"300ms\"\ntimeout = \"200ms\"\n",
+    )
     .await;
-    let proxy: SocketAddr = ([127, 0, 0, 1], port).into();
+    let (proxy, admin) = (running.proxy, running.admin);
     assert_eq!(get(proxy, "/", None).await.0, 200);
     for b in &backends {
         b.set_status(500);
@@ -632,17 +627,12 @@ async fn failing_backends_under_the_cap_are_taken_out() {
         backends.push(controlled(name, if i < 3 { 500 } else { 200 }).await);
     }
     let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
-    let dir = tempfile::tempdir().unwrap();
-    let (_proc, port, admin) = spawn(dir.path(), |port, admin| {
-        binary_pool_config(
-            port,
-            admin,
-            &addrs,
-            "[pools.p.circuit_breaker]\nfailure_threshold = 3\nopen_duration = \"1m\"\n",
-        )
-    })
+    let running = spawn_pool(
+        &addrs,
+        "[pools.p.circuit_breaker]\nfailure_threshold = 3\nopen_duration = \"1m\"\n",
+    )
     .await;
-    let proxy: SocketAddr = ([127, 0, 0, 1], port).into();
+    let (proxy, admin) = (running.proxy, running.admin);
     let mut sent = 0;
     while circuits(admin, "open").await < 3 && sent < 200 {
         get(proxy, "/", None).await;
@@ -673,17 +663,12 @@ async fn the_cap_holds_under_concurrent_failures() {
         backends.push(controlled(name, 500).await);
     }
     let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
-    let dir = tempfile::tempdir().unwrap();
-    let (_proc, port, admin) = spawn(dir.path(), |port, admin| {
-        binary_pool_config(
-            port,
-            admin,
-            &addrs,
-            "[pools.p.circuit_breaker]\nfailure_threshold = 2\nopen_duration = \"1m\"\n",
-        )
-    })
+    let running = spawn_pool(
+        &addrs,
+        "[pools.p.circuit_breaker]\nfailure_threshold = 2\nopen_duration = \"1m\"\n",
+    )
     .await;
-    let proxy: SocketAddr = ([127, 0, 0, 1], port).into();
+    let (proxy, admin) = (running.proxy, running.admin);
     let tasks: Vec<_> = (0..20)
         .map(|_| {
             tokio::spawn(async move {
@@ -736,18 +721,13 @@ async fn the_cap_holds_under_concurrent_failures() {
 async fn a_pool_whose_usable_backends_are_all_open_tries_them_at_once() {
     let a = controlled("a", 500).await;
     let b = controlled("b", 200).await;
-    let dir = tempfile::tempdir().unwrap();
-    let (_proc, port, admin) = spawn(dir.path(), |port, admin| {
-        binary_pool_config(
-            port,
-            admin,
-            &[a.addr, b.addr],
-            "[pools.p.circuit_breaker]\nfailure_threshold = 2\nopen_duration = \"1m\"\nmax_open_percent = 100\n\
-             [pools.p.health_check]\ninterval = \"100ms\"\ntimeout = \"50ms\"\nunhealthy_threshold = 2\n",
-        )
-    })
+    let running = spawn_pool(
+        &[a.addr, b.addr],
+        "[pools.p.circuit_breaker]\nfailure_threshold = 2\nopen_duration = \"1m\"\nmax_open_percent = 100\n\
+         [pools.p.health_check]\ninterval = \"100ms\"\ntimeout = \"50ms\"\nunhealthy_threshold = 2\n",
+    )
     .await;
-    let proxy: SocketAddr = ([127, 0, 0, 1], port).into();
+    let (proxy, admin) = (running.proxy, running.admin);
     let mut sent = 0;
     while circuits(admin, "open").await < 1 && sent < 20 {
         get(proxy, "/", None).await;

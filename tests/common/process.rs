@@ -157,3 +157,25 @@ pub async fn circuits(admin: u16, state: &str) -> usize {
             list.iter().filter(|b| b["circuit"] == state).count()
         })
 }
+
+/// The binary running one pool `p` over `backends` (`extra` lines under `[pools.p]`), in a folder of its own.
+pub struct PoolProxy {
+    pub proc: Proc,
+    pub dir: tempfile::TempDir,
+    pub proxy: SocketAddr,
+    pub admin: u16,
+}
+
+pub async fn spawn_pool(backends: &[SocketAddr], extra: &str) -> PoolProxy {
+    let dir = tempfile::tempdir().unwrap();
+    let (proc, port, admin) = spawn(dir.path(), |port, admin| {
+        binary_pool_config(port, admin, backends, extra)
+    })
+    .await;
+    PoolProxy {
+        proc,
+        dir,
+        proxy: ([127, 0, 0, 1], port).into(),
+        admin,
+    }
+}
