@@ -7,34 +7,30 @@ use std::hint::black_box;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 
 use switchyard::balance::pool::{Pool, Tried};
-use switchyard::config::{Algorithm, BackendSettings, PoolSettings, Timeouts};
+use switchyard::config::{self, Algorithm};
 use switchyard::observe::metrics::Metrics;
 
 fn pool(algorithm: Algorithm, n: usize, metrics: &Metrics) -> Pool {
-    let settings = PoolSettings {
-        algorithm,
-        backends: (0..n)
-            .map(|i| BackendSettings {
-                address: format!("10.0.{}.{}:8080", i / 250, i % 250 + 1),
-                weight: 1 + (i % 3) as u32,
-                source: Default::default(),
-            })
-            .collect(),
-        timeouts: Timeouts {
-            connect: std::time::Duration::from_secs(1),
-            request: std::time::Duration::from_secs(30),
-            idle: std::time::Duration::from_secs(4),
-        },
-        health_check: None,
-        breaker: Default::default(),
-        retry: Default::default(),
-        panic_threshold: 0.0,
-        max_response_header_bytes: 256 * 1024,
-        protocol: Default::default(),
-        tls: None,
-        discovery: None,
-    };
-    Pool::new("bench", &settings, metrics, None)
+    let backends: Vec<String> = (0..n)
+        .map(|i| {
+            format!(
+                "{{ address = \"10.0.{}.{}:8080\", weight = {} }}",
+                i / 250,
+                i % 250 + 1,
+                1 + i % 3
+            )
+        })
+        .collect();
+    let text = format!(
+        "[[listeners]]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
+         [[routes]]\npath_prefix = \"/\"\npool = \"bench\"\n\
+         [pools.bench]\nalgorithm = \"{}\"\nbackends = [{}]\n",
+        algorithm.as_str(),
+        backends.join(", ")
+    );
+    let config = config::parse(&text, "bench.toml").expect("bench config");
+    let settings = config.pool("bench").expect("the bench pool");
+    Pool::new("bench", settings, metrics, None)
 }
 
 fn pick(c: &mut Criterion) {

@@ -14,7 +14,7 @@ use crate::control::Trigger;
 use crate::control::{Shared, request_reload};
 use crate::proxy::{ProxyBody, plain};
 
-pub async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
+pub(crate) async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
     if let Some(token) = shared.snapshot.load().admin_token.as_deref() {
         if !authorized(req.headers(), token) {
             let mut resp = plain(
@@ -152,7 +152,7 @@ fn rfc3339(at: SystemTime) -> String {
 }
 
 /// `{"pools": {"NAME": {"algorithm": ..., "backends": [...]}}}`
-pub fn pools_json(shared: &Shared) -> Value {
+pub(crate) fn pools_json(shared: &Shared) -> Value {
     refresh_breakers(shared);
     let now = Instant::now();
     let wall = SystemTime::now();

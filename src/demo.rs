@@ -19,19 +19,19 @@ use tokio::time::Instant;
 
 /// How a demo upstream behaves.
 #[derive(Debug, Clone, Copy)]
-pub struct Flaky {
-    pub period: Duration,
-    pub failing: Duration,
+pub(crate) struct Flaky {
+    pub(crate) period: Duration,
+    pub(crate) failing: Duration,
 }
 
 /// The demo's failure pattern: 10 s failing in every 30 s.
-pub const DEMO_FLAKY: Flaky = Flaky {
+pub(crate) const DEMO_FLAKY: Flaky = Flaky {
     period: Duration::from_secs(30),
     failing: Duration::from_secs(10),
 };
 
 /// Binds a demo upstream and serves it in the background; returns its address.
-pub async fn spawn_upstream(
+pub(crate) async fn spawn_upstream(
     addr: SocketAddr,
     name: String,
     flaky: Option<Flaky>,

@@ -5,7 +5,7 @@ use http::StatusCode;
 use crate::upstream::request_body::ClientFault;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
+pub(crate) enum ProxyError {
     #[error("no route for this host and path")]
     NoRoute,
     #[error("malformed request")]
@@ -38,7 +38,7 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::BadRequest | Self::BadHost | Self::AuthorityMismatch => StatusCode::BAD_REQUEST,
@@ -58,7 +58,7 @@ impl ProxyError {
     }
 
     /// The plain-text body the client gets.
-    pub fn reason(&self) -> &'static str {
+    pub(crate) fn reason(&self) -> &'static str {
         match self {
             Self::NoRoute => "switchyard: no route for this host and path\n",
             Self::BadRequest => "switchyard: malformed request\n",
@@ -93,7 +93,7 @@ impl ProxyError {
     }
 
     /// The `reason` label of `switchyard_rejected_requests_total` for a request refused because of the client.
-    pub fn rejection(&self) -> Option<&'static str> {
+    pub(crate) fn rejection(&self) -> Option<&'static str> {
         match self {
             Self::BadRequest => Some("malformed"),
             Self::BadHost | Self::AuthorityMismatch => Some("bad_host"),
@@ -107,7 +107,7 @@ impl ProxyError {
 
     /// May a replayable request go to another backend after this failure? Only for what a backend did that
     /// another may not do: it did not connect, did not answer in time, broke the exchange.
-    pub fn may_retry(&self) -> bool {
+    pub(crate) fn may_retry(&self) -> bool {
         matches!(
             self,
             Self::Connect(_) | Self::Timeout | Self::Protocol(_) | Self::ResponseHeadTooLarge
@@ -115,7 +115,7 @@ impl ProxyError {
     }
 
     /// Was the request at fault (so its connection should close after the answer)?
-    pub fn closes_connection(&self) -> bool {
+    pub(crate) fn closes_connection(&self) -> bool {
         matches!(
             self,
             Self::BadRequest
@@ -128,7 +128,7 @@ impl ProxyError {
     }
 
     /// The `kind` label of `switchyard_upstream_errors_total`, for errors that involve a backend.
-    pub fn upstream_kind(&self) -> Option<&'static str> {
+    pub(crate) fn upstream_kind(&self) -> Option<&'static str> {
         match self {
             Self::Connect(_) => Some("connect"),
             Self::Timeout => Some("timeout"),

@@ -12,17 +12,18 @@
 //! in [`balance::backend::Backend`], which is made of atomics. [`server::Server`] starts both.
 #![forbid(unsafe_code)]
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod balance;
+pub mod cli;
 pub mod config;
 pub mod control;
-pub mod demo;
-pub mod error;
+pub(crate) mod demo;
+pub(crate) mod error;
 pub mod observe;
 pub mod proxy;
 pub mod router;
 pub mod serve;
 pub mod server;
-pub mod socket;
-pub mod tls;
-pub mod upstream;
+pub(crate) mod socket;
+pub(crate) mod tls;
+pub(crate) mod upstream;

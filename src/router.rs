@@ -17,26 +17,36 @@ use crate::upstream::PoolConnections;
 
 /// Everything the data path needs, published whole with one `ArcSwap::store`.
 pub struct Snapshot {
-    pub routes: RouteTable,
+    pub(crate) routes: RouteTable,
     pub pools: BTreeMap<String, Arc<Pool>>,
     /// Each pool's upstream connections, by pool name.
-    pub upstreams: BTreeMap<String, Arc<PoolConnections>>,
+    pub(crate) upstreams: BTreeMap<String, Arc<PoolConnections>>,
     /// Label handles for requests no route matched (`pool="none", backend="none"`).
-    pub no_route_metrics: BackendMetrics,
+    pub(crate) no_route_metrics: BackendMetrics,
     /// The access log, when `[access_log]` is enabled.
-    pub access_log: Option<(AccessLogSettings, Arc<AccessLog>)>,
-    pub limits: Limits,
-    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub(crate) access_log: Option<(AccessLogSettings, Arc<AccessLog>)>,
+    pub(crate) limits: Limits,
+    pub(crate) trusted_proxies: Vec<ipnet::IpNet>,
     /// The bearer token every admin request must carry, if one is configured.
-    pub admin_token: Option<String>,
+    pub(crate) admin_token: Option<String>,
     /// What each proxy listener speaks, by its configured address.
-    pub listeners: Vec<(SocketAddr, Arc<ListenerMode>)>,
+    pub(crate) listeners: Vec<(SocketAddr, Arc<ListenerMode>)>,
 }
 
 impl Snapshot {
+    /// The snapshot of `config` alone, with fresh state, no access log and no listeners (the fuzz targets).
+    pub fn of(config: &Config) -> Self {
+        Self::build(config, &Metrics::new(), None, None, Vec::new())
+    }
+
+    /// Does a request for `host` and `path` match a route?
+    pub fn has_route(&self, host: Option<&str>, path: &str) -> bool {
+        self.routes.route(host, path).is_some()
+    }
+
     /// Builds the snapshot for `config`. Backends of `previous` whose pool and address are unchanged are carried
     /// over as the same `Arc`, keeping their health, breaker, in-flight count, drain flag and idle connections.
-    pub fn build(
+    pub(crate) fn build(
         config: &Config,
         metrics: &Metrics,
         previous: Option<&Snapshot>,
@@ -86,7 +96,7 @@ impl Snapshot {
     }
 
     /// The mode of the proxy listener configured at `address`.
-    pub fn listener(&self, address: SocketAddr) -> Option<&Arc<ListenerMode>> {
+    pub(crate) fn listener(&self, address: SocketAddr) -> Option<&Arc<ListenerMode>> {
         self.listeners
             .iter()
             .find(|(a, _)| *a == address)
@@ -95,15 +105,15 @@ impl Snapshot {
 }
 
 /// Where a route sends its requests: the pool, and its backends' connections (same order).
-pub struct Target {
-    pub pool: Arc<Pool>,
-    pub connections: Arc<PoolConnections>,
+pub(crate) struct Target {
+    pub(crate) pool: Arc<Pool>,
+    pub(crate) connections: Arc<PoolConnections>,
 }
 
 type Prefixes = Vec<(String, Arc<Target>)>;
 
 #[derive(Default)]
-pub struct RouteTable {
+pub(crate) struct RouteTable {
     by_host: Vec<(String, Prefixes)>,
     any_host: Prefixes,
 }
@@ -134,7 +144,7 @@ impl RouteTable {
     }
 
     /// The target for a request to `host` (as sent: any case, maybe with a port) and `path`.
-    pub fn route(&self, host: Option<&str>, path: &str) -> Option<&Arc<Target>> {
+    pub(crate) fn route(&self, host: Option<&str>, path: &str) -> Option<&Arc<Target>> {
         if let Some(host) = host.map(normalize_host).filter(|h| !h.is_empty()) {
             let by_host = self
                 .by_host
@@ -156,7 +166,7 @@ fn longest_prefix<'a>(list: &'a Prefixes, path: &str) -> Option<&'a Arc<Target>>
 }
 
 /// `API.example.com:8443` → `API.example.com`; `example.com.` → `example.com`.
-pub fn normalize_host(host: &str) -> &str {
+pub(crate) fn normalize_host(host: &str) -> &str {
     let host = if host.starts_with('[') {
         host.find(']')
             .and_then(|end| host.get(..=end))

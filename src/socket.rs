@@ -14,10 +14,10 @@ use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
-pub struct Tcp(TcpStream);
+pub(crate) struct Tcp(TcpStream);
 
 impl Tcp {
-    pub fn new(stream: TcpStream) -> Self {
+    pub(crate) fn new(stream: TcpStream) -> Self {
         Self(stream)
     }
 

@@ -20,9 +20,9 @@ use rustls::{ClientConfig, ServerConfig};
 use crate::config::ListenerSettings;
 use crate::observe::metrics::Metrics;
 
-pub use crate::config::certs::{
-    CertPaths, ListenerTlsSettings, LoadedCert, TlsVersion, UpstreamTlsSettings, load_all,
-    load_pair, load_roots, provider,
+pub(crate) use crate::config::certs::{
+    ListenerTlsSettings, LoadedCert, TlsVersion, UpstreamTlsSettings, load_all, load_roots,
+    provider,
 };
 
 #[derive(Debug)]
@@ -73,7 +73,7 @@ impl CertSet {
 
 /// Chooses a listener's certificate by SNI from the set currently loaded.
 #[derive(Debug)]
-pub struct CertResolver {
+pub(crate) struct CertResolver {
     set: ArcSwap<CertSet>,
 }
 
@@ -84,12 +84,12 @@ impl ResolvesServerCert for CertResolver {
 }
 
 /// A TLS listener's state: its settings, its certificates, and the rustls config built on them.
-pub struct ListenerTls {
-    pub settings: ListenerTlsSettings,
+pub(crate) struct ListenerTls {
+    pub(crate) settings: ListenerTlsSettings,
     /// The listener's address, as the `listener` label of the expiry metric.
     label: String,
     resolver: Arc<CertResolver>,
-    pub server_config: Arc<ServerConfig>,
+    pub(crate) server_config: Arc<ServerConfig>,
     /// The bytes each certificate was loaded from, and the metric labels in use.
     loaded: std::sync::Mutex<Loaded>,
 }
@@ -105,7 +105,7 @@ struct Loaded {
 
 impl ListenerTls {
     /// Loads the certificates and builds the listener's rustls config.
-    pub fn new(
+    pub(crate) fn new(
         settings: &ListenerTlsSettings,
         label: String,
         metrics: &Metrics,
@@ -169,7 +169,7 @@ impl ListenerTls {
     }
 
     /// Sets this listener's expiry series.
-    pub fn export(&self, metrics: &Metrics) {
+    pub(crate) fn export(&self, metrics: &Metrics) {
         let state = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
         for (name, expiry) in &state.names {
             metrics
@@ -181,7 +181,7 @@ impl ListenerTls {
 
     /// Re-reads the certificate files. A change is applied to new handshakes; a file that does not load keeps
     /// the certificates in use. Returns `None` when nothing changed.
-    pub fn reload_certificates(&self, metrics: &Metrics) -> Option<Result<(), String>> {
+    pub(crate) fn reload_certificates(&self, metrics: &Metrics) -> Option<Result<(), String>> {
         let result = load_all(&self.settings.certificates);
         let loaded = match result {
             Ok(l) => l,
@@ -233,7 +233,7 @@ impl ListenerTls {
     }
 
     /// Removes this listener's expiry series (the listener is gone).
-    pub fn forget(&self, metrics: &Metrics) {
+    pub(crate) fn forget(&self, metrics: &Metrics) {
         let state = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
         for (name, _) in &state.names {
             let _ = metrics
@@ -243,7 +243,7 @@ impl ListenerTls {
     }
 
     /// Every file the listener's certificates come from.
-    pub fn files(&self) -> impl Iterator<Item = &Path> {
+    pub(crate) fn files(&self) -> impl Iterator<Item = &Path> {
         self.settings
             .certificates
             .iter()
@@ -252,7 +252,7 @@ impl ListenerTls {
 }
 
 /// Why a client's TLS handshake failed: the `reason` label of `switchyard_tls_handshake_errors_total`.
-pub fn handshake_error_reason(e: &io::Error) -> &'static str {
+pub(crate) fn handshake_error_reason(e: &io::Error) -> &'static str {
     if let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
         return match tls {
             rustls::Error::InvalidMessage(_) => "malformed",
@@ -284,7 +284,7 @@ pub fn handshake_error_reason(e: &io::Error) -> &'static str {
 }
 
 /// The client side for one pool's TLS upstreams.
-pub fn client_config(
+pub(crate) fn client_config(
     settings: &UpstreamTlsSettings,
     alpn: &[&[u8]],
 ) -> Result<Arc<ClientConfig>, String> {
@@ -299,7 +299,10 @@ pub fn client_config(
 }
 
 /// The name to verify a backend's certificate against: the configured `server_name`, else the backend's host.
-pub fn server_name(configured: Option<&str>, backend_address: &str) -> Option<ServerName<'static>> {
+pub(crate) fn server_name(
+    configured: Option<&str>,
+    backend_address: &str,
+) -> Option<ServerName<'static>> {
     let host = match configured {
         Some(n) => n,
         None => match backend_address.rsplit_once(':') {
@@ -312,7 +315,7 @@ pub fn server_name(configured: Option<&str>, backend_address: &str) -> Option<Se
 
 /// What a proxy listener speaks, published in the snapshot: a reload changes it without rebinding, and a
 /// connection takes the mode current when it is accepted.
-pub enum ListenerMode {
+pub(crate) enum ListenerMode {
     Plain,
     /// `redirect_https`: every request gets a 308 to https.
     Redirect,
@@ -322,7 +325,7 @@ pub enum ListenerMode {
 impl ListenerMode {
     /// The mode for a listener's settings, reusing `previous`'s TLS state when its settings are unchanged (its
     /// certificates are then re-read, as every reload does).
-    pub fn build(
+    pub(crate) fn build(
         settings: &ListenerSettings,
         previous: Option<&ListenerMode>,
         metrics: &Metrics,
@@ -343,7 +346,7 @@ impl ListenerMode {
         ListenerTls::new(tls, label, metrics).map(|t| Self::Tls(Arc::new(t)))
     }
 
-    pub fn tls(&self) -> Option<&Arc<ListenerTls>> {
+    pub(crate) fn tls(&self) -> Option<&Arc<ListenerTls>> {
         match self {
             Self::Tls(t) => Some(t),
             _ => None,

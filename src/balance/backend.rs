@@ -16,9 +16,9 @@ use crate::observe::metrics::BackendMetrics;
 
 /// The last failed health check: why, and when.
 #[derive(Debug, Clone)]
-pub struct CheckError {
-    pub reason: String,
-    pub at: SystemTime,
+pub(crate) struct CheckError {
+    pub(crate) reason: String,
+    pub(crate) at: SystemTime,
 }
 
 const WEIGHT: u64 = 0xffff_ffff;
@@ -44,12 +44,12 @@ pub struct Backend {
     /// `2^32 / weight`, so least-connections compares loads with one multiplication and no division.
     inverse_weight: AtomicU32,
     max_active: AtomicU32,
-    pub pool: String,
+    pub(crate) pool: String,
     /// `host:port` as written in the config.
-    pub address: String,
-    pub breaker: CircuitBreaker,
+    pub(crate) address: String,
+    pub(crate) breaker: CircuitBreaker,
     last_check_error: ArcSwapOption<CheckError>,
-    pub metrics: BackendMetrics,
+    pub(crate) metrics: BackendMetrics,
     /// 1 when the backend came from DNS discovery, 0 from the config file.
     from_dns: std::sync::atomic::AtomicBool,
     /// Removed from the config: the last request to end wakes [`Self::idle`]'s waiter.
@@ -89,14 +89,14 @@ impl Backend {
     }
 
     /// Where the backend came from (`/api/pools`); kept up to date across reloads and DNS changes.
-    pub fn set_source(&self, source: crate::config::BackendSource) {
+    pub(crate) fn set_source(&self, source: crate::config::BackendSource) {
         self.from_dns.store(
             source == crate::config::BackendSource::Dns,
             Ordering::Relaxed,
         );
     }
 
-    pub fn source(&self) -> crate::config::BackendSource {
+    pub(crate) fn source(&self) -> crate::config::BackendSource {
         if self.from_dns.load(Ordering::Relaxed) {
             crate::config::BackendSource::Dns
         } else {
@@ -107,7 +107,7 @@ impl Backend {
     /// May the balancer choose this backend now? Not draining, healthy (unless the pool is in panic mode), its
     /// circuit not blocking, and under its request cap.
     #[inline(always)]
-    pub fn is_available(&self, now: Instant, ignore_health: bool) -> bool {
+    pub(crate) fn is_available(&self, now: Instant, ignore_health: bool) -> bool {
         let gate = self.gate.load(Ordering::Relaxed);
         gate & FLAGS == 0 || self.is_available_slow(gate, now, ignore_health)
     }
@@ -146,12 +146,12 @@ impl Backend {
 
     /// `(requests in flight + 1) / weight`, scaled by 2^32: least-connections' measure of load.
     #[inline]
-    pub fn load_score(&self) -> u64 {
+    pub(crate) fn load_score(&self) -> u64 {
         (self.active.load(Ordering::Relaxed) as u64 + 1)
             * u64::from(self.inverse_weight.load(Ordering::Relaxed))
     }
 
-    pub fn set_weight(&self, weight: u32) {
+    pub(crate) fn set_weight(&self, weight: u32) {
         self.inverse_weight
             .store(inverse(weight), Ordering::Relaxed);
         let mut current = self.gate.load(Ordering::Relaxed);
@@ -169,16 +169,16 @@ impl Backend {
         }
     }
 
-    pub fn is_draining(&self) -> bool {
+    pub(crate) fn is_draining(&self) -> bool {
         self.flag(DRAINING)
     }
 
     /// Stops (or resumes) new requests to this backend; requests in flight finish either way.
-    pub fn set_draining(&self, draining: bool) {
+    pub(crate) fn set_draining(&self, draining: bool) {
         self.set_flag(DRAINING, draining);
     }
 
-    pub fn is_healthy(&self) -> bool {
+    pub(crate) fn is_healthy(&self) -> bool {
         !self.flag(DOWN)
     }
 
@@ -188,11 +188,11 @@ impl Backend {
         self.metrics.set_up(healthy);
     }
 
-    pub fn last_check_error(&self) -> Option<Arc<CheckError>> {
+    pub(crate) fn last_check_error(&self) -> Option<Arc<CheckError>> {
         self.last_check_error.load_full()
     }
 
-    pub fn set_last_check_error(&self, reason: String, at: SystemTime) {
+    pub(crate) fn set_last_check_error(&self, reason: String, at: SystemTime) {
         self.last_check_error
             .store(Some(Arc::new(CheckError { reason, at })));
     }
@@ -203,7 +203,7 @@ impl Backend {
         self.active.load(Ordering::Relaxed)
     }
 
-    pub fn set_breaker_settings(&self, settings: BreakerSettings) {
+    pub(crate) fn set_breaker_settings(&self, settings: BreakerSettings) {
         self.max_active
             .store(settings.max_active_requests, Ordering::Relaxed);
         self.set_flag(CAPPED, settings.max_active_requests > 0);
@@ -212,7 +212,7 @@ impl Backend {
 
     /// Claims the right to send a request through the circuit breaker (the one trial when half-open).
     #[inline]
-    pub fn admit(&self, now: Instant) -> bool {
+    pub(crate) fn admit(&self, now: Instant) -> bool {
         let (admitted, transition) = self.breaker.admit(now);
         if let Some(t) = transition {
             self.on_transition(&t);
@@ -222,7 +222,7 @@ impl Backend {
 
     /// Feeds a successful attempt to the circuit breaker.
     #[inline]
-    pub fn record_success(&self) {
+    pub(crate) fn record_success(&self) {
         if let Some(t) = self.breaker.on_success() {
             self.on_transition(&t);
         }
@@ -230,7 +230,7 @@ impl Backend {
 
     /// Feeds a failed attempt to the circuit breaker; the circuit may open only if `may_open()` agrees (asked
     /// only when this failure reaches the threshold). Returns true when the failure newly held it closed.
-    pub fn record_failure(
+    pub(crate) fn record_failure(
         &self,
         what: &dyn std::fmt::Display,
         may_open: impl FnOnce() -> bool,
@@ -251,7 +251,7 @@ impl Backend {
 
     /// Claims a trial on an open circuit now, without waiting out its open period (the pool has no usable
     /// backend left otherwise).
-    pub fn admit_early(&self) -> bool {
+    pub(crate) fn admit_early(&self) -> bool {
         let (admitted, transition) = self.breaker.admit_early();
         if let Some(t) = transition {
             self.on_transition(&t);
@@ -260,20 +260,20 @@ impl Backend {
     }
 
     /// Not draining, under its request cap, and its circuit not closed: a backend for an early trial.
-    pub fn may_try_early(&self) -> bool {
+    pub(crate) fn may_try_early(&self) -> bool {
         !self.is_draining() && self.under_cap() && self.breaker.state() != State::Closed
     }
 
     /// The health checks saw the backend come back: whatever opened its circuit predates that, so close it
     /// (as Envoy un-ejects a host on a successful active health check).
-    pub fn reset_breaker(&self) {
+    pub(crate) fn reset_breaker(&self) {
         if let Some(t) = self.breaker.reset("health checks pass again") {
             self.on_transition(&t);
         }
     }
 
     /// Applies the passing of time to the breaker (open → half-open) for observers.
-    pub fn refresh_breaker(&self, now: Instant) {
+    pub(crate) fn refresh_breaker(&self, now: Instant) {
         if let Some(t) = self.breaker.refresh(now) {
             self.on_transition(&t);
         }
@@ -298,7 +298,7 @@ impl Backend {
     }
 
     /// Returns once no request is in flight (for a backend removed from the config, whose requests finish).
-    pub async fn idle(&self) {
+    pub(crate) async fn idle(&self) {
         self.retiring.store(true, Ordering::SeqCst);
         loop {
             let woken = self.no_requests.notified();
@@ -334,7 +334,7 @@ impl std::fmt::Debug for Backend {
 pub struct InFlight(Arc<Backend>);
 
 impl InFlight {
-    pub fn backend(&self) -> &Arc<Backend> {
+    pub(crate) fn backend(&self) -> &Arc<Backend> {
         &self.0
     }
 }

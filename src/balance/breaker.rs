@@ -22,9 +22,9 @@ pub enum State {
 }
 
 impl State {
-    pub const ALL: [State; 3] = [State::Closed, State::Open, State::HalfOpen];
+    pub(crate) const ALL: [State; 3] = [State::Closed, State::Open, State::HalfOpen];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             State::Closed => "closed",
             State::Open => "open",
@@ -52,8 +52,8 @@ impl State {
 /// A change of state, with the reason to log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transition {
-    pub to: State,
-    pub reason: String,
+    pub(crate) to: State,
+    pub(crate) reason: String,
 }
 
 /// The pure state machine.
@@ -87,16 +87,17 @@ impl Breaker {
         self.state
     }
 
-    pub fn consecutive_failures(&self) -> u32 {
+    #[cfg(test)]
+    pub(crate) fn consecutive_failures(&self) -> u32 {
         self.consecutive_failures
     }
 
-    pub fn is_held_closed(&self) -> bool {
+    pub(crate) fn is_held_closed(&self) -> bool {
         self.held_closed
     }
 
     /// When an open circuit turns half-open.
-    pub fn open_until(&self) -> Option<Instant> {
+    pub(crate) fn open_until(&self) -> Option<Instant> {
         if self.state == State::Open {
             self.open_until
         } else {
@@ -105,7 +106,7 @@ impl Breaker {
     }
 
     /// New settings apply from now on; the state is kept.
-    pub fn set_settings(&mut self, settings: BreakerSettings) {
+    pub(crate) fn set_settings(&mut self, settings: BreakerSettings) {
         self.settings = settings;
         self.open_for = self.open_for.clamp(
             settings.open_duration,
@@ -114,7 +115,7 @@ impl Breaker {
     }
 
     /// Applies the passing of time: an open circuit whose time is up turns half-open.
-    pub fn refresh(&mut self, now: Instant) -> Option<Transition> {
+    pub(crate) fn refresh(&mut self, now: Instant) -> Option<Transition> {
         match (self.state, self.open_until) {
             (State::Open, Some(until)) if now >= until => {
                 self.state = State::HalfOpen;
@@ -132,7 +133,7 @@ impl Breaker {
     }
 
     /// Could a request be sent now (without claiming anything)?
-    pub fn would_admit(&self, now: Instant) -> bool {
+    pub(crate) fn would_admit(&self, now: Instant) -> bool {
         match self.state {
             State::Closed => true,
             State::Open => self.open_until.is_some_and(|until| now >= until),
@@ -156,7 +157,7 @@ impl Breaker {
     }
 
     /// Closes the circuit whatever its state (the backend was seen to come back by its health checks).
-    pub fn reset(&mut self, reason: &str) -> Option<Transition> {
+    pub(crate) fn reset(&mut self, reason: &str) -> Option<Transition> {
         let was = self.state;
         *self = Self::new(self.settings);
         (was != State::Closed).then(|| Transition {
@@ -172,7 +173,7 @@ impl Breaker {
 
     /// Opens an open (or half-open) circuit's door now: one trial at a time, without waiting out the open period.
     /// For a pool whose every usable backend is open, so that recovery is seen within a round trip.
-    pub fn admit_early(&mut self) -> (bool, Option<Transition>) {
+    pub(crate) fn admit_early(&mut self) -> (bool, Option<Transition>) {
         match self.state {
             State::Closed => (true, None),
             State::HalfOpen if self.trial_in_flight => (false, None),
@@ -220,7 +221,7 @@ impl Breaker {
 
     /// A failure, where a closed circuit may open only if `may_open()` agrees (the pool's cap; asked only when
     /// the threshold is reached). Also returns true when this failure newly held the circuit closed.
-    pub fn on_failure_capped(
+    pub(crate) fn on_failure_capped(
         &mut self,
         now: Instant,
         what: &str,
@@ -278,7 +279,7 @@ impl Breaker {
 
 /// A [`Breaker`] shared by every request to one backend.
 #[derive(Debug)]
-pub struct CircuitBreaker {
+pub(crate) struct CircuitBreaker {
     machine: Mutex<Breaker>,
     state: AtomicU8,
     /// Mirrors `consecutive_failures`, so a success in a clean closed state takes no lock.
@@ -289,7 +290,7 @@ pub struct CircuitBreaker {
 }
 
 impl CircuitBreaker {
-    pub fn new(settings: BreakerSettings) -> Self {
+    pub(crate) fn new(settings: BreakerSettings) -> Self {
         Self {
             machine: Mutex::new(Breaker::new(settings)),
             state: AtomicU8::new(State::Closed.to_u8()),
@@ -299,7 +300,7 @@ impl CircuitBreaker {
         }
     }
 
-    pub fn state(&self) -> State {
+    pub(crate) fn state(&self) -> State {
         State::from_u8(self.state.load(Ordering::Acquire))
     }
 
@@ -326,7 +327,7 @@ impl CircuitBreaker {
 
     /// Read-only: may this backend be chosen now? (Lock-free unless a half-open trial is in question.)
     #[inline]
-    pub fn would_admit(&self, now: Instant) -> bool {
+    pub(crate) fn would_admit(&self, now: Instant) -> bool {
         match self.state() {
             State::Closed => true,
             State::Open => self.millis(now) >= self.open_until_ms.load(Ordering::Relaxed),
@@ -336,7 +337,7 @@ impl CircuitBreaker {
 
     /// Claims the right to send one request (the single trial when half-open).
     #[inline]
-    pub fn admit(&self, now: Instant) -> (bool, Option<Transition>) {
+    pub(crate) fn admit(&self, now: Instant) -> (bool, Option<Transition>) {
         if self.state() == State::Closed {
             return (true, None);
         }
@@ -344,19 +345,20 @@ impl CircuitBreaker {
     }
 
     #[inline]
-    pub fn on_success(&self) -> Option<Transition> {
+    pub(crate) fn on_success(&self) -> Option<Transition> {
         if self.state() == State::Closed && self.failures.load(Ordering::Relaxed) == 0 {
             return None;
         }
         self.with(|m| m.on_success())
     }
 
-    pub fn on_failure(&self, now: Instant, what: &str) -> Option<Transition> {
+    #[cfg(test)]
+    pub(crate) fn on_failure(&self, now: Instant, what: &str) -> Option<Transition> {
         self.with(|m| m.on_failure(now, what))
     }
 
     /// See [`Breaker::on_failure_capped`].
-    pub fn on_failure_capped(
+    pub(crate) fn on_failure_capped(
         &self,
         now: Instant,
         what: &str,
@@ -365,28 +367,28 @@ impl CircuitBreaker {
         self.with(|m| m.on_failure_capped(now, what, may_open))
     }
 
-    pub fn is_held_closed(&self) -> bool {
+    pub(crate) fn is_held_closed(&self) -> bool {
         self.state() == State::Closed && self.with(|m| m.is_held_closed())
     }
 
     /// See [`Breaker::admit_early`].
-    pub fn admit_early(&self) -> (bool, Option<Transition>) {
+    pub(crate) fn admit_early(&self) -> (bool, Option<Transition>) {
         self.with(|m| m.admit_early())
     }
 
-    pub fn reset(&self, reason: &str) -> Option<Transition> {
+    pub(crate) fn reset(&self, reason: &str) -> Option<Transition> {
         self.with(|m| m.reset(reason))
     }
 
     /// Releases a claimed half-open trial that produced no outcome.
-    pub fn cancel_trial(&self) {
+    pub(crate) fn cancel_trial(&self) {
         if self.state() == State::HalfOpen {
             self.with(|m| m.cancel_trial());
         }
     }
 
     /// Applies expiry (open → half-open) without a request; for observers like `/api/pools` and `/metrics`.
-    pub fn refresh(&self, now: Instant) -> Option<Transition> {
+    pub(crate) fn refresh(&self, now: Instant) -> Option<Transition> {
         if self.state() != State::Open {
             return None;
         }
@@ -394,11 +396,11 @@ impl CircuitBreaker {
     }
 
     /// State, consecutive failures and, when open, the instant it turns half-open.
-    pub fn snapshot(&self) -> (State, u32, Option<Instant>) {
+    pub(crate) fn snapshot(&self) -> (State, u32, Option<Instant>) {
         self.with(|m| (m.state, m.consecutive_failures, m.open_until()))
     }
 
-    pub fn set_settings(&self, settings: BreakerSettings) {
+    pub(crate) fn set_settings(&self, settings: BreakerSettings) {
         self.with(|m| m.set_settings(settings));
     }
 }

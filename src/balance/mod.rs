@@ -7,5 +7,5 @@
 pub mod backend;
 pub mod breaker;
 pub mod pool;
-pub mod retry;
+pub(crate) mod retry;
 pub mod select;

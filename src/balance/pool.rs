@@ -17,18 +17,18 @@ use crate::config::{Algorithm, HealthCheckSettings, PoolSettings, Protocol, Time
 use crate::observe::metrics::{BackendMetrics, Metrics};
 
 pub struct Pool {
-    pub name: String,
-    pub algorithm: Algorithm,
+    pub(crate) name: String,
+    pub(crate) algorithm: Algorithm,
     /// How the backends are spoken to (HTTP/1.1 or HTTP/2, plain or TLS).
-    pub protocol: Protocol,
+    pub(crate) protocol: Protocol,
     /// The TLS client settings for `https` and `h2`.
-    pub tls: Option<UpstreamTlsSettings>,
+    pub(crate) tls: Option<UpstreamTlsSettings>,
     pub backends: Vec<Arc<Backend>>,
     selector: select::Registered,
-    pub timeouts: Timeouts,
-    pub retry: RetrySettings,
-    pub budget: Arc<RetryBudget>,
-    pub retries: IntCounter,
+    pub(crate) timeouts: Timeouts,
+    pub(crate) retry: RetrySettings,
+    pub(crate) budget: Arc<RetryBudget>,
+    pub(crate) retries: IntCounter,
     /// `circuit_breaker.max_open_percent`.
     max_open_percent: u32,
     /// Breakers that would have opened but were held closed by the cap.
@@ -37,12 +37,12 @@ pub struct Pool {
     /// Shared with the pools that replace this one on reloads and DNS changes: requests still in flight on an
     /// older snapshot record their failures under the same lock.
     recording_failure: Arc<std::sync::Mutex<()>>,
-    pub panic_threshold: f64,
+    pub(crate) panic_threshold: f64,
     /// A larger response head is refused (502).
-    pub max_response_header_bytes: usize,
-    pub health_check: Option<HealthCheckSettings>,
+    pub(crate) max_response_header_bytes: usize,
+    pub(crate) health_check: Option<HealthCheckSettings>,
     /// Label handles for answers the proxy gives itself for this pool (`backend="none"`).
-    pub local_metrics: BackendMetrics,
+    pub(crate) local_metrics: BackendMetrics,
 }
 
 impl Pool {
@@ -136,7 +136,7 @@ impl Pool {
     /// its circuit open, one of them gets a trial now instead of the pool answering 503 until an open period
     /// ends (one trial per backend at a time). `None` when something else keeps the backends out.
     #[cold]
-    pub fn pick_early_trial(&self, tried: &mut Tried) -> Option<usize> {
+    pub(crate) fn pick_early_trial(&self, tried: &mut Tried) -> Option<usize> {
         if tried.is_full() {
             return None;
         }
@@ -162,13 +162,13 @@ impl Pool {
 
     /// Records a successful attempt on `backend`.
     #[inline]
-    pub fn record_success(&self, backend: &Backend) {
+    pub(crate) fn record_success(&self, backend: &Backend) {
         backend.record_success();
     }
 
     /// Records a failed attempt on `backend` (something the backend did: refused, timed out, broke the
     /// exchange, answered 5xx). Its circuit opens only within the pool's cap.
-    pub fn record_failure(&self, backend: &Backend, what: &dyn std::fmt::Display) {
+    pub(crate) fn record_failure(&self, backend: &Backend, what: &dyn std::fmt::Display) {
         let _one_at_a_time = self
             .recording_failure
             .lock()
@@ -179,14 +179,14 @@ impl Pool {
     }
 
     /// How many times the cap has held a circuit closed (since the pool's series began).
-    pub fn breaker_capped(&self) -> u64 {
+    pub(crate) fn breaker_capped(&self) -> u64 {
         self.breaker_capped.get()
     }
 
     /// May `candidate` be taken out of rotation (its circuit opened; later, outlier ejection)? Only while,
     /// counting it as out, at most `max_open_percent` of the pool is out, and another backend stays usable
     /// (not out, not draining, healthy or the pool in panic mode).
-    pub fn may_eject(&self, candidate: &Backend) -> bool {
+    pub(crate) fn may_eject(&self, candidate: &Backend) -> bool {
         let ignore_health = self.in_panic();
         let (mut out, mut usable) = (1usize, 0usize);
         for b in &self.backends {
@@ -203,7 +203,7 @@ impl Pool {
     }
 
     /// Is the healthy share of the pool below `panic_threshold`, so health checks are ignored?
-    pub fn in_panic(&self) -> bool {
+    pub(crate) fn in_panic(&self) -> bool {
         if self.panic_threshold <= 0.0 || self.backends.is_empty() {
             return false;
         }

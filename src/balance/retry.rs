@@ -7,16 +7,16 @@ use std::time::Duration;
 use http::Method;
 use tokio::time::Instant;
 
-pub use crate::config::RetrySettings;
+pub(crate) use crate::config::RetrySettings;
 
-pub const MAX_BACKOFF: Duration = Duration::from_secs(1);
-pub const WINDOW_SECS: u64 = 10;
+pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(1);
+pub(crate) const WINDOW_SECS: u64 = 10;
 /// Retries always allowed per window, so that a quiet pool can still retry its rare failure (as Envoy's
 /// `min_retry_concurrency` and Finagle's `minRetriesPerSec` do).
-pub const MIN_RETRIES_PER_WINDOW: u64 = 10;
+pub(crate) const MIN_RETRIES_PER_WINDOW: u64 = 10;
 
 /// Methods whose repetition has the same effect as one request (RFC 9110 §9.2.2), minus those we never retry.
-pub fn is_idempotent(method: &Method) -> bool {
+pub(crate) fn is_idempotent(method: &Method) -> bool {
     matches!(
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
@@ -24,7 +24,7 @@ pub fn is_idempotent(method: &Method) -> bool {
 }
 
 /// The delay before retry number `retry` (1-based): uniform in `[0, min(MAX_BACKOFF, base * 2^(retry-1))]`.
-pub fn backoff(base: Duration, retry: u32) -> Duration {
+pub(crate) fn backoff(base: Duration, retry: u32) -> Duration {
     let ceiling = base
         .saturating_mul(1u32 << retry.saturating_sub(1).min(20))
         .min(MAX_BACKOFF);
@@ -81,7 +81,7 @@ impl Window {
 
 /// A pool's retry budget over the last [`WINDOW_SECS`] seconds.
 #[derive(Debug)]
-pub struct RetryBudget {
+pub(crate) struct RetryBudget {
     epoch: Instant,
     requests: Window,
     retries: Window,
@@ -94,7 +94,7 @@ impl Default for RetryBudget {
 }
 
 impl RetryBudget {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             epoch: Instant::now(),
             requests: Window::new(),
@@ -107,12 +107,12 @@ impl RetryBudget {
     }
 
     /// Counts one client request.
-    pub fn record_request(&self, now: Instant) {
+    pub(crate) fn record_request(&self, now: Instant) {
         self.requests.add(self.second(now));
     }
 
     /// Takes one retry from the budget, if the budget has one.
-    pub fn try_retry(&self, now: Instant, percent: u32) -> bool {
+    pub(crate) fn try_retry(&self, now: Instant, percent: u32) -> bool {
         let second = self.second(now);
         let allowed =
             (self.requests.sum(second) * u64::from(percent) / 100).max(MIN_RETRIES_PER_WINDOW);

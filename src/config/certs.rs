@@ -13,19 +13,19 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
 
 /// The crypto every TLS config here uses (ring: small, and no C toolchain beyond `cc`).
-pub fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// `min_version`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TlsVersion {
+pub(crate) enum TlsVersion {
     Tls12,
     Tls13,
 }
 
 impl TlsVersion {
-    pub fn parse(text: &str) -> Option<Self> {
+    pub(crate) fn parse(text: &str) -> Option<Self> {
         match text {
             "1.2" => Some(Self::Tls12),
             "1.3" => Some(Self::Tls13),
@@ -36,46 +36,46 @@ impl TlsVersion {
 
 /// A certificate chain and key as configured (paths already joined to the config's folder).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertPaths {
-    pub cert: PathBuf,
-    pub key: PathBuf,
+pub(crate) struct CertPaths {
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
 }
 
 /// `[listeners.tls]`, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListenerTlsSettings {
-    pub certificates: Vec<CertPaths>,
-    pub min_version: TlsVersion,
-    pub alpn: Vec<String>,
+pub(crate) struct ListenerTlsSettings {
+    pub(crate) certificates: Vec<CertPaths>,
+    pub(crate) min_version: TlsVersion,
+    pub(crate) alpn: Vec<String>,
 }
 
 /// One certificate, loaded and checked against its key.
-pub struct LoadedCert {
-    pub key: Arc<CertifiedKey>,
+pub(crate) struct LoadedCert {
+    pub(crate) key: Arc<CertifiedKey>,
     /// DNS names from the subjectAltName extension (the subject's CN when there is none), lower-cased.
-    pub names: Vec<String>,
-    pub not_after: SystemTime,
+    pub(crate) names: Vec<String>,
+    pub(crate) not_after: SystemTime,
     /// The files' bytes, to tell a real change from a touch.
-    pub raw: (Vec<u8>, Vec<u8>),
+    pub(crate) raw: (Vec<u8>, Vec<u8>),
 }
 
 impl LoadedCert {
     /// The label of this certificate in metrics and logs: its first name, or its file.
-    pub fn label(&self, paths: &CertPaths) -> String {
+    pub(crate) fn label(&self, paths: &CertPaths) -> String {
         self.names
             .first()
             .cloned()
             .unwrap_or_else(|| paths.cert.display().to_string())
     }
 
-    pub fn is_expired(&self) -> bool {
+    pub(crate) fn is_expired(&self) -> bool {
         self.not_after < SystemTime::now()
     }
 }
 
 /// Reads a certificate chain and its key and checks that they belong together. The error names the file and
 /// the reason.
-pub fn load_pair(paths: &CertPaths) -> Result<LoadedCert, String> {
+pub(crate) fn load_pair(paths: &CertPaths) -> Result<LoadedCert, String> {
     let cert_bytes = std::fs::read(&paths.cert)
         .map_err(|e| format!("cannot read {}: {e}", paths.cert.display()))?;
     let key_bytes = std::fs::read(&paths.key)
@@ -141,21 +141,21 @@ fn describe(leaf: &CertificateDer<'_>) -> Result<(Vec<String>, SystemTime), Stri
 }
 
 /// Loads every certificate of a listener; the first error stops it.
-pub fn load_all(certs: &[CertPaths]) -> Result<Vec<LoadedCert>, String> {
+pub(crate) fn load_all(certs: &[CertPaths]) -> Result<Vec<LoadedCert>, String> {
     certs.iter().map(load_pair).collect()
 }
 
 /// Certificates by name: exact names, then `*.` wildcards one label deep, then the first certificate.
 /// `[pools.NAME.tls]`, checked.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct UpstreamTlsSettings {
+pub(crate) struct UpstreamTlsSettings {
     /// `None`: the system's roots.
-    pub ca_file: Option<PathBuf>,
-    pub server_name: Option<String>,
+    pub(crate) ca_file: Option<PathBuf>,
+    pub(crate) server_name: Option<String>,
 }
 
 /// Reads a CA bundle; the error names the file.
-pub fn load_roots(ca_file: Option<&Path>) -> Result<RootCertStore, String> {
+pub(crate) fn load_roots(ca_file: Option<&Path>) -> Result<RootCertStore, String> {
     let mut roots = RootCertStore::empty();
     match ca_file {
         Some(path) => {

@@ -12,27 +12,27 @@ use toml::de::{DeTable, DeValue};
 
 /// One step of a field path: a table key or an array index.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Seg {
+pub(crate) enum Seg {
     Key(String),
     Index(usize),
 }
 
 /// A path to a field, shown as `pools.api.backends[1].weight`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct FieldPath(pub Vec<Seg>);
+pub(crate) struct FieldPath(pub Vec<Seg>);
 
 impl FieldPath {
-    pub fn root() -> Self {
+    pub(crate) fn root() -> Self {
         Self::default()
     }
 
-    pub fn key(&self, key: &str) -> Self {
+    pub(crate) fn key(&self, key: &str) -> Self {
         let mut segs = self.0.clone();
         segs.push(Seg::Key(key.to_owned()));
         Self(segs)
     }
 
-    pub fn index(&self, index: usize) -> Self {
+    pub(crate) fn index(&self, index: usize) -> Self {
         let mut segs = self.0.clone();
         segs.push(Seg::Index(index));
         Self(segs)
@@ -54,11 +54,11 @@ impl fmt::Display for FieldPath {
 
 /// One thing wrong with a config file.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
+pub(crate) struct Problem {
     /// 1-based line and column, where the file gives them.
-    pub position: Option<(usize, usize)>,
-    pub field: FieldPath,
-    pub message: String,
+    pub(crate) position: Option<(usize, usize)>,
+    pub(crate) field: FieldPath,
+    pub(crate) message: String,
 }
 
 /// Every problem found in one config file. Its `Display` prints one line per problem:
@@ -66,11 +66,16 @@ pub struct Problem {
 #[derive(Debug, Clone, thiserror::Error)]
 pub struct ConfigError {
     pub file: String,
-    pub problems: Vec<Problem>,
+    pub(crate) problems: Vec<Problem>,
 }
 
 impl ConfigError {
-    pub fn single(file: &str, message: impl Into<String>) -> Self {
+    /// How many problems the file has.
+    pub fn count(&self) -> usize {
+        self.problems.len()
+    }
+
+    pub(crate) fn single(file: &str, message: impl Into<String>) -> Self {
         Self {
             file: file.to_owned(),
             problems: vec![Problem {
@@ -102,13 +107,13 @@ impl fmt::Display for ConfigError {
 }
 
 /// Finds where fields are in the file text.
-pub struct Locator<'a> {
+pub(crate) struct Locator<'a> {
     text: &'a str,
     root: Option<Spanned<DeTable<'a>>>,
 }
 
 impl<'a> Locator<'a> {
-    pub fn new(text: &'a str) -> Self {
+    pub(crate) fn new(text: &'a str) -> Self {
         Self {
             text,
             root: DeTable::parse(text).ok(),
@@ -116,7 +121,7 @@ impl<'a> Locator<'a> {
     }
 
     /// Line and column (1-based) of a byte offset.
-    pub fn position(&self, offset: usize) -> (usize, usize) {
+    pub(crate) fn position(&self, offset: usize) -> (usize, usize) {
         let offset = offset.min(self.text.len());
         let before = self.text.get(..offset).unwrap_or("");
         let line = before.matches('\n').count() + 1;
@@ -126,7 +131,12 @@ impl<'a> Locator<'a> {
     }
 
     /// A problem at `field`, pointing at its value (or, with `at_key`, at its key).
-    pub fn problem(&self, field: FieldPath, at_key: bool, message: impl Into<String>) -> Problem {
+    pub(crate) fn problem(
+        &self,
+        field: FieldPath,
+        at_key: bool,
+        message: impl Into<String>,
+    ) -> Problem {
         let position = self
             .span_of(&field, at_key)
             .map(|span| self.position(span.start));
@@ -175,7 +185,7 @@ impl<'a> Locator<'a> {
     }
 
     /// The path of the innermost field whose value contains `offset` (for errors that come with a position only).
-    pub fn path_at(&self, offset: usize) -> FieldPath {
+    pub(crate) fn path_at(&self, offset: usize) -> FieldPath {
         fn search(value: &Spanned<DeValue<'_>>, offset: usize, path: &mut Vec<Seg>) -> bool {
             let found_below = match value.get_ref() {
                 DeValue::Table(t) => t.iter().any(|(k, v)| {

@@ -4,15 +4,16 @@
 //! [`load`] is the one entry point: `run`, `validate` and (later) reload all go through it, so they accept and
 //! refuse exactly the same files with exactly the same messages.
 
-pub mod certs;
-pub mod diag;
-pub mod model;
-pub mod settings;
-pub mod validate;
+pub(crate) mod certs;
+pub(crate) mod diag;
+pub(crate) mod model;
+pub(crate) mod settings;
+pub(crate) mod validate;
 
 use std::path::Path;
 
-pub use diag::{ConfigError, FieldPath, Problem};
+pub use diag::ConfigError;
+pub(crate) use diag::{FieldPath, Problem};
 pub use settings::*;
 
 /// Reads and checks a config file.

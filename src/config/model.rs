@@ -10,139 +10,139 @@ use serde::Deserialize;
 
 /// The whole configuration file.
 #[derive(Debug, Default, Deserialize)]
-pub struct File {
+pub(crate) struct File {
     #[serde(default)]
-    pub listeners: Vec<Listener>,
-    pub admin: Option<Admin>,
+    pub(crate) listeners: Vec<Listener>,
+    pub(crate) admin: Option<Admin>,
     #[serde(default)]
-    pub routes: Vec<Route>,
+    pub(crate) routes: Vec<Route>,
     #[serde(default)]
-    pub pools: BTreeMap<String, Pool>,
-    pub runtime: Option<Runtime>,
+    pub(crate) pools: BTreeMap<String, Pool>,
+    pub(crate) runtime: Option<Runtime>,
     /// How long requests in flight may take to finish on SIGTERM (and on a removed listener).
-    pub drain_timeout: Option<String>,
-    pub access_log: Option<AccessLog>,
-    pub limits: Option<Limits>,
+    pub(crate) drain_timeout: Option<String>,
+    pub(crate) access_log: Option<AccessLog>,
+    pub(crate) limits: Option<Limits>,
     /// Peers (CIDR) whose `X-Forwarded-*` and `Forwarded` headers are kept and appended to.
-    pub trusted_proxies: Option<Vec<String>>,
-    pub resolver: Option<Resolver>,
+    pub(crate) trusted_proxies: Option<Vec<String>>,
+    pub(crate) resolver: Option<Resolver>,
 }
 
 /// `[resolver]`: the DNS servers discovery asks.
 #[derive(Debug, Deserialize)]
-pub struct Resolver {
-    pub nameservers: Option<Vec<String>>,
-    pub timeout: Option<String>,
+pub(crate) struct Resolver {
+    pub(crate) nameservers: Option<Vec<String>>,
+    pub(crate) timeout: Option<String>,
 }
 
 /// `discovery = { type = "dns" | "dns_srv", name, port, refresh }`.
 #[derive(Debug, Deserialize)]
-pub struct Discovery {
+pub(crate) struct Discovery {
     #[serde(rename = "type")]
-    pub kind: String,
-    pub name: String,
-    pub port: Option<i64>,
-    pub refresh: Option<String>,
+    pub(crate) kind: String,
+    pub(crate) name: String,
+    pub(crate) port: Option<i64>,
+    pub(crate) refresh: Option<String>,
 }
 
 /// `[limits]`: what one client may ask of the proxy.
 #[derive(Debug, Deserialize)]
-pub struct Limits {
-    pub max_header_bytes: Option<i64>,
-    pub header_read_timeout: Option<String>,
-    pub body_read_timeout: Option<String>,
-    pub idle_timeout: Option<String>,
-    pub max_connections: Option<i64>,
-    pub max_request_body_bytes: Option<i64>,
-    pub max_concurrent_streams: Option<i64>,
+pub(crate) struct Limits {
+    pub(crate) max_header_bytes: Option<i64>,
+    pub(crate) header_read_timeout: Option<String>,
+    pub(crate) body_read_timeout: Option<String>,
+    pub(crate) idle_timeout: Option<String>,
+    pub(crate) max_connections: Option<i64>,
+    pub(crate) max_request_body_bytes: Option<i64>,
+    pub(crate) max_concurrent_streams: Option<i64>,
 }
 
 /// `[access_log]`.
 #[derive(Debug, Deserialize)]
-pub struct AccessLog {
-    pub enabled: Option<bool>,
-    pub format: Option<String>,
-    pub path: Option<String>,
+pub(crate) struct AccessLog {
+    pub(crate) enabled: Option<bool>,
+    pub(crate) format: Option<String>,
+    pub(crate) path: Option<String>,
 }
 
 /// `[[listeners]]`: an address the proxy accepts client connections on.
 #[derive(Debug, Deserialize)]
-pub struct Listener {
-    pub address: String,
+pub(crate) struct Listener {
+    pub(crate) address: String,
     /// TLS termination; without it the listener speaks plain HTTP/1.1 and HTTP/2 with prior knowledge.
-    pub tls: Option<ListenerTls>,
+    pub(crate) tls: Option<ListenerTls>,
     /// Every request gets a 308 to the same host and path over `https`.
-    pub redirect_https: Option<bool>,
+    pub(crate) redirect_https: Option<bool>,
     /// SO_REUSEPORT: other processes may bind the same address.
-    pub reuse_port: Option<bool>,
+    pub(crate) reuse_port: Option<bool>,
 }
 
 /// `[listeners.tls]`.
 #[derive(Debug, Deserialize)]
-pub struct ListenerTls {
+pub(crate) struct ListenerTls {
     #[serde(default)]
-    pub certificates: Vec<CertificatePair>,
-    pub min_version: Option<String>,
-    pub alpn: Option<Vec<String>>,
+    pub(crate) certificates: Vec<CertificatePair>,
+    pub(crate) min_version: Option<String>,
+    pub(crate) alpn: Option<Vec<String>>,
 }
 
 /// One certificate chain and its private key, both PEM files.
 #[derive(Debug, Deserialize)]
-pub struct CertificatePair {
-    pub cert: String,
-    pub key: String,
+pub(crate) struct CertificatePair {
+    pub(crate) cert: String,
+    pub(crate) key: String,
 }
 
 /// `[pools.NAME.tls]`: how to reach `https` and `h2` upstreams.
 #[derive(Debug, Deserialize)]
-pub struct UpstreamTls {
-    pub ca_file: Option<String>,
-    pub server_name: Option<String>,
+pub(crate) struct UpstreamTls {
+    pub(crate) ca_file: Option<String>,
+    pub(crate) server_name: Option<String>,
 }
 
 /// `[admin]`: the admin listener (`/healthz`, `/metrics`, `/api/...`).
 #[derive(Debug, Deserialize)]
-pub struct Admin {
-    pub address: Option<String>,
+pub(crate) struct Admin {
+    pub(crate) address: Option<String>,
     /// A file holding the bearer token every admin request must carry.
-    pub token_file: Option<String>,
+    pub(crate) token_file: Option<String>,
 }
 
 /// `[[routes]]`: which requests go to which pool.
 #[derive(Debug, Deserialize)]
-pub struct Route {
-    pub host: Option<String>,
-    pub path_prefix: Option<String>,
-    pub pool: String,
+pub(crate) struct Route {
+    pub(crate) host: Option<String>,
+    pub(crate) path_prefix: Option<String>,
+    pub(crate) pool: String,
 }
 
 /// `[pools.NAME]`: a set of interchangeable backends and how to balance over them.
 #[derive(Debug, Deserialize)]
-pub struct Pool {
-    pub algorithm: Option<String>,
+pub(crate) struct Pool {
+    pub(crate) algorithm: Option<String>,
     #[serde(default)]
-    pub backends: Vec<Backend>,
-    pub timeouts: Option<Timeouts>,
-    pub health_check: Option<HealthCheck>,
-    pub circuit_breaker: Option<CircuitBreaker>,
-    pub retry: Option<Retry>,
-    pub panic_threshold: Option<Number>,
-    pub max_response_header_bytes: Option<i64>,
-    pub protocol: Option<String>,
-    pub tls: Option<UpstreamTls>,
-    pub discovery: Option<Discovery>,
+    pub(crate) backends: Vec<Backend>,
+    pub(crate) timeouts: Option<Timeouts>,
+    pub(crate) health_check: Option<HealthCheck>,
+    pub(crate) circuit_breaker: Option<CircuitBreaker>,
+    pub(crate) retry: Option<Retry>,
+    pub(crate) panic_threshold: Option<Number>,
+    pub(crate) max_response_header_bytes: Option<i64>,
+    pub(crate) protocol: Option<String>,
+    pub(crate) tls: Option<UpstreamTls>,
+    pub(crate) discovery: Option<Discovery>,
 }
 
 /// A number written either way in TOML (`0`, `0.5`).
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(untagged)]
-pub enum Number {
+pub(crate) enum Number {
     Integer(i64),
     Float(f64),
 }
 
 impl Number {
-    pub fn as_f64(self) -> f64 {
+    pub(crate) fn as_f64(self) -> f64 {
         match self {
             Number::Integer(i) => i as f64,
             Number::Float(f) => f,
@@ -152,53 +152,53 @@ impl Number {
 
 /// `[pools.NAME.health_check]`.
 #[derive(Debug, Deserialize)]
-pub struct HealthCheck {
+pub(crate) struct HealthCheck {
     #[serde(rename = "type")]
-    pub kind: Option<String>,
-    pub path: Option<String>,
-    pub expected_status: Option<String>,
-    pub interval: Option<String>,
-    pub timeout: Option<String>,
-    pub healthy_threshold: Option<i64>,
-    pub unhealthy_threshold: Option<i64>,
-    pub host: Option<String>,
+    pub(crate) kind: Option<String>,
+    pub(crate) path: Option<String>,
+    pub(crate) expected_status: Option<String>,
+    pub(crate) interval: Option<String>,
+    pub(crate) timeout: Option<String>,
+    pub(crate) healthy_threshold: Option<i64>,
+    pub(crate) unhealthy_threshold: Option<i64>,
+    pub(crate) host: Option<String>,
 }
 
 /// `[pools.NAME.circuit_breaker]`.
 #[derive(Debug, Deserialize)]
-pub struct CircuitBreaker {
-    pub failure_threshold: Option<i64>,
-    pub open_duration: Option<String>,
-    pub max_open_duration: Option<String>,
-    pub max_active_requests: Option<i64>,
-    pub max_open_percent: Option<i64>,
+pub(crate) struct CircuitBreaker {
+    pub(crate) failure_threshold: Option<i64>,
+    pub(crate) open_duration: Option<String>,
+    pub(crate) max_open_duration: Option<String>,
+    pub(crate) max_active_requests: Option<i64>,
+    pub(crate) max_open_percent: Option<i64>,
 }
 
 /// `[pools.NAME.retry]`.
 #[derive(Debug, Deserialize)]
-pub struct Retry {
-    pub max_retries: Option<i64>,
-    pub backoff: Option<String>,
-    pub budget_percent: Option<i64>,
+pub(crate) struct Retry {
+    pub(crate) max_retries: Option<i64>,
+    pub(crate) backoff: Option<String>,
+    pub(crate) budget_percent: Option<i64>,
 }
 
 /// One entry of a pool's `backends` list.
 #[derive(Debug, Deserialize)]
-pub struct Backend {
-    pub address: String,
-    pub weight: Option<i64>,
+pub(crate) struct Backend {
+    pub(crate) address: String,
+    pub(crate) weight: Option<i64>,
 }
 
 /// `[pools.NAME.timeouts]`.
 #[derive(Debug, Deserialize)]
-pub struct Timeouts {
-    pub connect: Option<String>,
-    pub request: Option<String>,
-    pub idle: Option<String>,
+pub(crate) struct Timeouts {
+    pub(crate) connect: Option<String>,
+    pub(crate) request: Option<String>,
+    pub(crate) idle: Option<String>,
 }
 
 /// `[runtime]`: process-wide settings.
 #[derive(Debug, Deserialize)]
-pub struct Runtime {
-    pub workers: Option<i64>,
+pub(crate) struct Runtime {
+    pub(crate) workers: Option<i64>,
 }

@@ -8,61 +8,61 @@ use std::time::Duration;
 
 use http::StatusCode;
 
-pub use super::certs::{CertPaths, ListenerTlsSettings, TlsVersion, UpstreamTlsSettings};
+pub(crate) use super::certs::{CertPaths, ListenerTlsSettings, TlsVersion, UpstreamTlsSettings};
 
 /// The highest accepted backend weight (HAProxy's is 256; a little more room, still cheap to expand).
-pub const MAX_WEIGHT: u32 = 1000;
+pub(crate) const MAX_WEIGHT: u32 = 1000;
 /// Where the admin listener binds when the file has no `[admin]` address.
-pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9901";
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9901";
+pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A validated configuration, ready to run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    pub listeners: Vec<ListenerSettings>,
-    pub admin: AdminSettings,
-    pub routes: Vec<RouteSettings>,
-    pub pools: BTreeMap<String, PoolSettings>,
-    pub runtime: RuntimeSettings,
-    pub drain_timeout: Duration,
+    pub(crate) listeners: Vec<ListenerSettings>,
+    pub(crate) admin: AdminSettings,
+    pub(crate) routes: Vec<RouteSettings>,
+    pub(crate) pools: BTreeMap<String, PoolSettings>,
+    pub(crate) runtime: RuntimeSettings,
+    pub(crate) drain_timeout: Duration,
     /// `None`: no access log.
-    pub access_log: Option<AccessLogSettings>,
-    pub limits: Limits,
-    pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub(crate) access_log: Option<AccessLogSettings>,
+    pub(crate) limits: Limits,
+    pub(crate) trusted_proxies: Vec<ipnet::IpNet>,
     /// Things worth telling the operator that do not stop the config (an expired certificate).
     pub warnings: Vec<String>,
-    pub resolver: ResolverSettings,
+    pub(crate) resolver: ResolverSettings,
 }
 
 /// `[resolver]`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ResolverSettings {
+pub(crate) struct ResolverSettings {
     /// Empty: the system's (`/etc/resolv.conf`).
-    pub nameservers: Vec<SocketAddr>,
-    pub timeout: Duration,
+    pub(crate) nameservers: Vec<SocketAddr>,
+    pub(crate) timeout: Duration,
 }
 
 /// A pool's `discovery`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DiscoverySettings {
-    pub name: String,
+pub(crate) struct DiscoverySettings {
+    pub(crate) name: String,
     /// `Some(port)`: A/AAAA records with this port; `None`: SRV records give ports and weights.
-    pub port: Option<u16>,
-    pub refresh: Duration,
+    pub(crate) port: Option<u16>,
+    pub(crate) refresh: Duration,
 }
 
 /// Where a backend came from: the config file, or DNS discovery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum BackendSource {
+pub(crate) enum BackendSource {
     #[default]
     Static,
     Dns,
 }
 
 impl BackendSource {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Static => "static",
             Self::Dns => "dns",
@@ -72,21 +72,21 @@ impl BackendSource {
 
 /// `[limits]`.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Request line and headers; over it the client gets 431.
-    pub max_header_bytes: usize,
+    pub(crate) max_header_bytes: usize,
     /// From a request head's first byte (or a new connection) until the head is complete (slowloris).
-    pub header_read_timeout: Duration,
+    pub(crate) header_read_timeout: Duration,
     /// The longest a request body may keep the proxy waiting for its next bytes; over it the client gets 408.
-    pub body_read_timeout: Duration,
+    pub(crate) body_read_timeout: Duration,
     /// How long a keep-alive connection may wait for its next request.
-    pub idle_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
     /// Open client connections; over it new ones are closed at once.
-    pub max_connections: usize,
+    pub(crate) max_connections: usize,
     /// Over it the client gets 413; `None`: no limit.
-    pub max_request_body_bytes: Option<u64>,
+    pub(crate) max_request_body_bytes: Option<u64>,
     /// Concurrent streams one HTTP/2 client connection may open.
-    pub max_concurrent_streams: u32,
+    pub(crate) max_concurrent_streams: u32,
 }
 
 impl Default for Limits {
@@ -104,16 +104,16 @@ impl Default for Limits {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct ListenerSettings {
-    pub address: SocketAddr,
-    pub tls: Option<ListenerTlsSettings>,
-    pub redirect_https: bool,
-    pub reuse_port: bool,
+pub(crate) struct ListenerSettings {
+    pub(crate) address: SocketAddr,
+    pub(crate) tls: Option<ListenerTlsSettings>,
+    pub(crate) redirect_https: bool,
+    pub(crate) reuse_port: bool,
 }
 
 /// How a pool talks to its backends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Protocol {
+pub(crate) enum Protocol {
     #[default]
     Http1,
     /// HTTP/2 over plain TCP (prior knowledge).
@@ -125,9 +125,9 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    pub const ALLOWED: [&'static str; 4] = ["http1", "h2c", "https", "h2"];
+    pub(crate) const ALLOWED: [&'static str; 4] = ["http1", "h2c", "https", "h2"];
 
-    pub fn parse(text: &str) -> Option<Self> {
+    pub(crate) fn parse(text: &str) -> Option<Self> {
         match text {
             "http1" => Some(Self::Http1),
             "h2c" => Some(Self::H2c),
@@ -137,28 +137,28 @@ impl Protocol {
         }
     }
 
-    pub fn is_tls(self) -> bool {
+    pub(crate) fn is_tls(self) -> bool {
         matches!(self, Self::Https | Self::H2)
     }
 
-    pub fn is_http2(self) -> bool {
+    pub(crate) fn is_http2(self) -> bool {
         matches!(self, Self::H2c | Self::H2)
     }
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct AdminSettings {
-    pub address: SocketAddr,
+pub(crate) struct AdminSettings {
+    pub(crate) address: SocketAddr,
     /// The bearer token every admin request must carry, read from `token_file`.
-    pub token: Option<String>,
+    pub(crate) token: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct RouteSettings {
+pub(crate) struct RouteSettings {
     /// Lower-cased, without a port.
-    pub host: Option<String>,
-    pub path_prefix: String,
-    pub pool: String,
+    pub(crate) host: Option<String>,
+    pub(crate) path_prefix: String,
+    pub(crate) pool: String,
 }
 
 /// How a pool picks among its backends.
@@ -169,9 +169,9 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
-    pub const ALLOWED: [&'static str; 2] = ["round_robin", "least_connections"];
+    pub(crate) const ALLOWED: [&'static str; 2] = ["round_robin", "least_connections"];
 
-    pub fn parse(name: &str) -> Option<Self> {
+    pub(crate) fn parse(name: &str) -> Option<Self> {
         match name {
             "round_robin" => Some(Self::RoundRobin),
             "least_connections" => Some(Self::LeastConnections),
@@ -189,56 +189,61 @@ impl Algorithm {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolSettings {
-    pub algorithm: Algorithm,
-    pub backends: Vec<BackendSettings>,
-    pub timeouts: Timeouts,
+    pub(crate) algorithm: Algorithm,
+    pub(crate) backends: Vec<BackendSettings>,
+    pub(crate) timeouts: Timeouts,
     /// `None`: no active checks.
-    pub health_check: Option<HealthCheckSettings>,
-    pub breaker: BreakerSettings,
-    pub retry: RetrySettings,
+    pub(crate) health_check: Option<HealthCheckSettings>,
+    pub(crate) breaker: BreakerSettings,
+    pub(crate) retry: RetrySettings,
     /// Below this healthy share the pool ignores health checks (Envoy's panic mode); 0 = never.
-    pub panic_threshold: f64,
+    pub(crate) panic_threshold: f64,
     /// A response head larger than this is refused (502).
-    pub max_response_header_bytes: usize,
-    pub protocol: Protocol,
+    pub(crate) max_response_header_bytes: usize,
+    pub(crate) protocol: Protocol,
     /// For `https` and `h2`.
-    pub tls: Option<UpstreamTlsSettings>,
-    pub discovery: Option<DiscoverySettings>,
+    pub(crate) tls: Option<UpstreamTlsSettings>,
+    pub(crate) discovery: Option<DiscoverySettings>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct BackendSettings {
+pub(crate) struct BackendSettings {
     /// `host:port` as the operator wrote it; also the `backend` label of every metric.
-    pub address: String,
-    pub weight: u32,
-    pub source: BackendSource,
+    pub(crate) address: String,
+    pub(crate) weight: u32,
+    pub(crate) source: BackendSource,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Timeouts {
-    pub connect: Duration,
+pub(crate) struct Timeouts {
+    pub(crate) connect: Duration,
     /// Until the upstream's response headers arrive, counted from the end of the request body.
-    pub request: Duration,
+    pub(crate) request: Duration,
     /// The longest an upstream connection stays idle for reuse (shorter when the backend's `Keep-Alive:
     /// timeout=N` says so).
-    pub idle: Duration,
+    pub(crate) idle: Duration,
 }
 
 /// How long an upstream connection may stay idle for reuse by default: below the 5 s after which Node.js closes
 /// idle keep-alive connections, the shortest common server default.
-pub const DEFAULT_UPSTREAM_IDLE: Duration = Duration::from_secs(4);
+pub(crate) const DEFAULT_UPSTREAM_IDLE: Duration = Duration::from_secs(4);
 /// The largest response head an upstream may send by default.
-pub const DEFAULT_MAX_RESPONSE_HEADER_BYTES: usize = 256 * 1024;
+pub(crate) const DEFAULT_MAX_RESPONSE_HEADER_BYTES: usize = 256 * 1024;
 /// The largest `max_response_header_bytes` allowed (the upstream connections' read buffer is sized for it).
-pub const MAX_RESPONSE_HEADER_BYTES: usize = 1024 * 1024;
+pub(crate) const MAX_RESPONSE_HEADER_BYTES: usize = 1024 * 1024;
 
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct RuntimeSettings {
-    pub workers: Option<usize>,
+pub(crate) struct RuntimeSettings {
+    pub(crate) workers: Option<usize>,
 }
 
 impl Config {
-    pub fn backend_count(&self) -> usize {
+    /// The settings of the pool named `name`.
+    pub fn pool(&self, name: &str) -> Option<&PoolSettings> {
+        self.pools.get(name)
+    }
+
+    pub(crate) fn backend_count(&self) -> usize {
         self.pools.values().map(|p| p.backends.len()).sum()
     }
 
@@ -284,14 +289,14 @@ impl Default for BreakerSettings {
 
 /// `[pools.NAME.retry]`.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RetrySettings {
+pub(crate) struct RetrySettings {
     /// Extra attempts after the first, each to a backend not yet tried.
-    pub max_retries: u32,
+    pub(crate) max_retries: u32,
     /// Base of the exponential backoff (full jitter, capped at [`MAX_BACKOFF`]).
-    pub backoff: Duration,
+    pub(crate) backoff: Duration,
     /// Retries may add at most this share of the requests of the last [`WINDOW_SECS`] seconds (requests that
     /// never reached a backend, after a connect failure, are rerouted outside the budget).
-    pub budget_percent: u32,
+    pub(crate) budget_percent: u32,
 }
 
 impl Default for RetrySettings {
@@ -306,16 +311,16 @@ impl Default for RetrySettings {
 
 /// `[pools.NAME.health_check]`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct HealthCheckSettings {
-    pub kind: CheckKind,
-    pub interval: Duration,
-    pub timeout: Duration,
-    pub healthy_threshold: u32,
-    pub unhealthy_threshold: u32,
+pub(crate) struct HealthCheckSettings {
+    pub(crate) kind: CheckKind,
+    pub(crate) interval: Duration,
+    pub(crate) timeout: Duration,
+    pub(crate) healthy_threshold: u32,
+    pub(crate) unhealthy_threshold: u32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub enum CheckKind {
+pub(crate) enum CheckKind {
     /// GET `path`; healthy when the status is in `expected`.
     Http {
         path: String,
@@ -328,10 +333,10 @@ pub enum CheckKind {
 
 /// Status codes as written in `expected_status`: `"200-399"`, `"200"`, `"200,204,300-399"`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StatusRanges(pub Vec<(u16, u16)>);
+pub(crate) struct StatusRanges(pub Vec<(u16, u16)>);
 
 impl StatusRanges {
-    pub fn parse(text: &str) -> Option<Self> {
+    pub(crate) fn parse(text: &str) -> Option<Self> {
         let mut ranges = Vec::new();
         for item in text.split(',') {
             let item = item.trim();
@@ -353,22 +358,22 @@ impl StatusRanges {
         Some(Self(ranges))
     }
 
-    pub fn contains(&self, status: StatusCode) -> bool {
+    pub(crate) fn contains(&self, status: StatusCode) -> bool {
         let code = status.as_u16();
         self.0.iter().any(|&(lo, hi)| (lo..=hi).contains(&code))
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
+pub(crate) enum Format {
     Json,
     Text,
 }
 
 /// `[access_log]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AccessLogSettings {
-    pub format: Format,
+pub(crate) struct AccessLogSettings {
+    pub(crate) format: Format,
     /// `None`: standard output.
-    pub path: Option<PathBuf>,
+    pub(crate) path: Option<PathBuf>,
 }

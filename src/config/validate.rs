@@ -394,7 +394,7 @@ impl Checker<'_, '_> {
 }
 
 /// Is `text` a `host:port` we can connect to (an IP address, or a DNS name, and a non-zero port)?
-pub fn is_backend_address(text: &str) -> bool {
+pub(crate) fn is_backend_address(text: &str) -> bool {
     if let Ok(addr) = text.parse::<SocketAddr>() {
         return addr.port() != 0;
     }
@@ -427,7 +427,7 @@ fn is_host_name(text: &str) -> bool {
 
 /// Checks a parsed file; `folder` is the config file's folder, which relative paths in it start from. Returns
 /// the runtime config, or every problem found (each section is checked whatever the others hold).
-pub fn validate(
+pub(crate) fn validate(
     file: &model::File,
     at: &Locator<'_>,
     folder: &std::path::Path,

@@ -24,20 +24,20 @@ use tokio::time::Instant;
 use crate::config::{DiscoverySettings, ResolverSettings};
 
 /// Lookups in a row that must answer "no such name / no records" before the discovered backends are dropped.
-pub const EMPTY_STREAK: u32 = 3;
+pub(crate) const EMPTY_STREAK: u32 = 3;
 /// The shortest time between two lookups, whatever the TTL.
 const MIN_REFRESH: Duration = Duration::from_secs(1);
 
 /// One backend found in DNS.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Found {
-    pub address: String,
-    pub weight: u32,
+pub(crate) struct Found {
+    pub(crate) address: String,
+    pub(crate) weight: u32,
 }
 
 /// What one lookup said.
 #[derive(Debug, Clone)]
-pub enum Answer {
+pub(crate) enum Answer {
     Found(Vec<Found>),
     /// NXDOMAIN, or NOERROR without records of the type asked: the name really has no backends.
     Empty,
@@ -62,7 +62,7 @@ fn no_such_records(error: &ResolveError) -> bool {
 
 impl Answer {
     /// The `result` label of `switchyard_discovery_lookups_total`.
-    pub fn result(&self) -> &'static str {
+    pub(crate) fn result(&self) -> &'static str {
         match self {
             Self::Found(_) => "success",
             Self::Empty => "empty",
@@ -75,7 +75,7 @@ impl Answer {
 /// only once it has come [`EMPTY_STREAK`] times in a row, and any answer with records replaces it. Pure: the
 /// control loop feeds it answers and logs what it reports.
 #[derive(Debug, Default)]
-pub struct Known {
+pub(crate) struct Known {
     backends: Vec<Found>,
     /// "No records" answers in a row.
     empty_streak: u32,
@@ -85,15 +85,15 @@ pub struct Known {
 
 /// What an answer did to what is known.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Step {
+pub(crate) struct Step {
     /// The backends changed: those added and those removed (their addresses).
-    pub changed: Option<(Vec<String>, Vec<String>)>,
+    pub(crate) changed: Option<(Vec<String>, Vec<String>)>,
     /// Something worth one log line.
-    pub note: Option<Note>,
+    pub(crate) note: Option<Note>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
-pub enum Note {
+pub(crate) enum Note {
     /// Lookups started failing (the error); the backends are kept.
     FailingStarted(String),
     /// An answer came after failures or "no records".
@@ -104,22 +104,22 @@ pub enum Note {
 
 impl Known {
     /// Starts with what an earlier discovery of the pool knew (kept until the first answer).
-    pub fn with(backends: Vec<Found>) -> Self {
+    pub(crate) fn with(backends: Vec<Found>) -> Self {
         Self {
             backends,
             ..Self::default()
         }
     }
 
-    pub fn backends(&self) -> &[Found] {
+    pub(crate) fn backends(&self) -> &[Found] {
         &self.backends
     }
 
-    pub fn into_backends(self) -> Vec<Found> {
+    pub(crate) fn into_backends(self) -> Vec<Found> {
         self.backends
     }
 
-    pub fn on_answer(&mut self, answer: Answer) -> Step {
+    pub(crate) fn on_answer(&mut self, answer: Answer) -> Step {
         let mut note = None;
         let next = match answer {
             Answer::Found(found) => {
@@ -184,7 +184,7 @@ impl Known {
 }
 
 /// Builds the resolver: the configured name servers (UDP, then TCP for long answers), or the system's.
-pub fn resolver(settings: &ResolverSettings) -> Result<TokioResolver, String> {
+pub(crate) fn resolver(settings: &ResolverSettings) -> Result<TokioResolver, String> {
     let mut builder = if settings.nameservers.is_empty() {
         TokioResolver::builder_tokio()
             .map_err(|e| format!("cannot read the system's DNS settings: {e}"))?
@@ -207,7 +207,7 @@ pub fn resolver(settings: &ResolverSettings) -> Result<TokioResolver, String> {
 }
 
 /// Asks once; returns the answer and how long it may be trusted (its smallest TTL).
-pub async fn lookup(
+pub(crate) async fn lookup(
     resolver: &TokioResolver,
     settings: &DiscoverySettings,
 ) -> (Answer, Option<Duration>) {
@@ -284,13 +284,13 @@ fn describe(error: &ResolveError) -> String {
 }
 
 /// A lookup's answer for a pool, as reported to the control loop.
-pub struct Discovered {
-    pub pool: String,
-    pub answer: Answer,
+pub(crate) struct Discovered {
+    pub(crate) pool: String,
+    pub(crate) answer: Answer,
 }
 
 /// A pool's discovery task: looks up, reports to the control loop, waits, again.
-pub fn spawn(
+pub(crate) fn spawn(
     pool: String,
     settings: DiscoverySettings,
     resolver: Arc<TokioResolver>,

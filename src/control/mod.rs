@@ -5,9 +5,9 @@
 //! flipping per-backend state (health, drain) on shared [`crate::balance::backend::Backend`]s. Everything else
 //! asks it through [`Command`]s on one channel.
 
-pub mod discovery;
-pub mod health;
-pub mod supervisor;
+pub(crate) mod discovery;
+pub(crate) mod health;
+pub(crate) mod supervisor;
 mod watch;
 
 use std::net::SocketAddr;
@@ -24,15 +24,15 @@ use crate::router::Snapshot;
 /// What the data path and the control plane share.
 pub struct Shared {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
-    pub metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
     /// The bound addresses of the proxy listeners, in config order.
     pub listen_addrs: ArcSwap<Vec<SocketAddr>>,
     /// Set once shutdown begins.
-    pub shutting_down: AtomicBool,
-    pub control: mpsc::Sender<Command>,
+    pub(crate) shutting_down: AtomicBool,
+    pub(crate) control: mpsc::Sender<Command>,
     /// The runtimes that serve client connections, one accept loop each per proxy listener; empty: the
     /// runtime `start` was called on.
-    pub workers: Vec<tokio::runtime::Handle>,
+    pub(crate) workers: Vec<tokio::runtime::Handle>,
 }
 
 /// What asked for a reload.
@@ -51,13 +51,13 @@ pub enum Trigger {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ReloadOutcome {
     /// False when a file change left the content as it was (nothing was applied or counted).
-    pub applied: bool,
+    pub(crate) applied: bool,
     pub backends_added: Vec<String>,
-    pub backends_removed: Vec<String>,
-    pub listeners_added: Vec<String>,
-    pub listeners_removed: Vec<String>,
+    pub(crate) backends_removed: Vec<String>,
+    pub(crate) listeners_added: Vec<String>,
+    pub(crate) listeners_removed: Vec<String>,
     /// Settings that changed but only take effect at the next restart.
-    pub restart_required: Vec<String>,
+    pub(crate) restart_required: Vec<String>,
 }
 
 /// Why a reload changed nothing (the message names file, line and field, as `validate` does).
@@ -72,7 +72,7 @@ pub enum ReloadError {
 }
 
 /// What the control loop can be asked.
-pub enum Command {
+pub(crate) enum Command {
     Reload {
         trigger: Trigger,
         reply: Option<oneshot::Sender<Result<ReloadOutcome, ReloadError>>>,

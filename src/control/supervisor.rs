@@ -41,7 +41,7 @@ impl Drop for Discovery {
 }
 
 /// The control loop's state: the config running, the listeners, and the tasks it owns.
-pub struct Supervisor {
+pub(crate) struct Supervisor {
     shared: Arc<Shared>,
     /// The config the snapshot was last built from (without discovered backends).
     config: Arc<Config>,
@@ -65,7 +65,7 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    pub fn new(
+    pub(crate) fn new(
         shared: Arc<Shared>,
         config: Config,
         proxy: Arc<Proxy>,
@@ -312,7 +312,7 @@ impl Supervisor {
     }
 
     /// Serves commands (and discovery answers) until shutdown.
-    pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+    pub(crate) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let Some(mut discovered) = self.discovered.1.take() else {
             return;
         };

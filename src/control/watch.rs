@@ -13,8 +13,8 @@ use super::{Command, Trigger};
 /// The files a watcher looks after, and the folders it watches for them.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(super) struct Watched {
-    pub folders: BTreeSet<PathBuf>,
-    pub names: BTreeSet<std::ffi::OsString>,
+    pub(crate) folders: BTreeSet<PathBuf>,
+    pub(crate) names: BTreeSet<std::ffi::OsString>,
 }
 
 /// Watches folders (not files, so editors' rename-replace and Kubernetes ConfigMap symlink swaps are seen),

@@ -2,7 +2,7 @@
 //! on I/O. The request path hands finished entries over a bounded channel; when the writer falls behind and
 //! the channel is full, lines are dropped and counted in `switchyard_access_log_dropped_total`.
 
-pub use crate::config::{AccessLogSettings, Format};
+pub(crate) use crate::config::{AccessLogSettings, Format};
 use std::io;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -20,19 +20,19 @@ const QUEUE: usize = 8192;
 
 /// One request, as logged.
 #[derive(Debug)]
-pub struct Entry {
-    pub time: SystemTime,
-    pub client: IpAddr,
-    pub method: Method,
-    pub host: String,
-    pub path: String,
-    pub status: u16,
-    pub pool: String,
-    pub backend: String,
-    pub attempts: u32,
-    pub duration: Duration,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
+pub(crate) struct Entry {
+    pub(crate) time: SystemTime,
+    pub(crate) client: IpAddr,
+    pub(crate) method: Method,
+    pub(crate) host: String,
+    pub(crate) path: String,
+    pub(crate) status: u16,
+    pub(crate) pool: String,
+    pub(crate) backend: String,
+    pub(crate) attempts: u32,
+    pub(crate) duration: Duration,
+    pub(crate) bytes_in: u64,
+    pub(crate) bytes_out: u64,
 }
 
 #[derive(Serialize)]
@@ -101,14 +101,17 @@ impl Entry {
 }
 
 /// The sending side of an access log; cheap to share.
-pub struct AccessLog {
+pub(crate) struct AccessLog {
     tx: mpsc::Sender<Entry>,
     dropped: IntCounter,
 }
 
 impl AccessLog {
     /// Opens the destination and starts the writer task (inside a tokio runtime).
-    pub async fn start(settings: &AccessLogSettings, dropped: IntCounter) -> io::Result<Arc<Self>> {
+    pub(crate) async fn start(
+        settings: &AccessLogSettings,
+        dropped: IntCounter,
+    ) -> io::Result<Arc<Self>> {
         let out: Box<dyn AsyncWrite + Send + Unpin> = match &settings.path {
             None => Box::new(tokio::io::stdout()),
             Some(path) => Box::new(
@@ -131,7 +134,7 @@ impl AccessLog {
     }
 
     /// Queues one entry; drops (and counts) it if the writer is behind.
-    pub fn record(&self, entry: Entry) {
+    pub(crate) fn record(&self, entry: Entry) {
         if self.tx.try_send(entry).is_err() {
             self.dropped.inc();
         }
@@ -163,7 +166,7 @@ async fn write_lines(
 }
 
 /// The access log for `settings`: the one already running when its settings are unchanged, else a new one.
-pub async fn open(
+pub(crate) async fn open(
     settings: Option<&AccessLogSettings>,
     running: Option<&(AccessLogSettings, Arc<AccessLog>)>,
     dropped: &IntCounter,
@@ -179,23 +182,23 @@ pub async fn open(
 }
 
 /// What the proxy knows of a request for its log line before the response ends.
-pub struct Pending {
-    pub log: Arc<AccessLog>,
-    pub time: SystemTime,
-    pub client: IpAddr,
-    pub method: Method,
-    pub host: String,
-    pub path: String,
-    pub bytes_in: Arc<AtomicU64>,
-    pub pool: String,
-    pub backend: String,
-    pub attempts: u32,
-    pub status: u16,
+pub(crate) struct Pending {
+    pub(crate) log: Arc<AccessLog>,
+    pub(crate) time: SystemTime,
+    pub(crate) client: IpAddr,
+    pub(crate) method: Method,
+    pub(crate) host: String,
+    pub(crate) path: String,
+    pub(crate) bytes_in: Arc<AtomicU64>,
+    pub(crate) pool: String,
+    pub(crate) backend: String,
+    pub(crate) attempts: u32,
+    pub(crate) status: u16,
 }
 
 impl Pending {
     /// Sends the line.
-    pub fn finish(self, duration: Duration, bytes_out: u64) {
+    pub(crate) fn finish(self, duration: Duration, bytes_out: u64) {
         let entry = Entry {
             time: self.time,
             client: self.client,

@@ -11,39 +11,39 @@ use prometheus::{
 };
 
 /// Latency buckets from 0.5 ms to 10 s.
-pub const DURATION_BUCKETS: [f64; 14] = [
+pub(crate) const DURATION_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
 /// The label value for "no backend answered" (and "no pool" when no route matched).
-pub const NONE: &str = "none";
+pub(crate) const NONE: &str = "none";
 
 pub struct Metrics {
-    pub registry: Registry,
-    pub requests_total: IntCounterVec,
-    pub request_duration_seconds: HistogramVec,
-    pub backend_active_requests: IntGaugeVec,
-    pub upstream_errors_total: IntCounterVec,
-    pub open_connections: IntGauge,
-    pub backend_up: IntGaugeVec,
-    pub health_checks_total: IntCounterVec,
-    pub circuit_breaker_state: IntGaugeVec,
-    pub circuit_breaker_transitions_total: IntCounterVec,
-    pub retries_total: IntCounterVec,
-    pub circuit_breaker_capped_total: IntCounterVec,
-    pub upstream_reused_connection_retries_total: IntCounterVec,
-    pub upstream_connections_opened_total: IntCounterVec,
-    pub config_reloads_total: IntCounterVec,
-    pub config_last_reload_successful: IntGauge,
-    pub config_last_reload_success_timestamp_seconds: prometheus::Gauge,
-    pub access_log_dropped_total: IntCounter,
-    pub rejected_requests_total: IntCounterVec,
-    pub tls_certificate_reloads_total: IntCounterVec,
-    pub tls_handshake_errors_total: IntCounterVec,
-    pub tls_certificate_expiry: prometheus::GaugeVec,
-    pub upgraded_connections: IntGauge,
-    pub discovery_lookups_total: IntCounterVec,
-    pub discovery_backends: IntGaugeVec,
+    pub(crate) registry: Registry,
+    pub(crate) requests_total: IntCounterVec,
+    pub(crate) request_duration_seconds: HistogramVec,
+    pub(crate) backend_active_requests: IntGaugeVec,
+    pub(crate) upstream_errors_total: IntCounterVec,
+    pub(crate) open_connections: IntGauge,
+    pub(crate) backend_up: IntGaugeVec,
+    pub(crate) health_checks_total: IntCounterVec,
+    pub(crate) circuit_breaker_state: IntGaugeVec,
+    pub(crate) circuit_breaker_transitions_total: IntCounterVec,
+    pub(crate) retries_total: IntCounterVec,
+    pub(crate) circuit_breaker_capped_total: IntCounterVec,
+    pub(crate) upstream_reused_connection_retries_total: IntCounterVec,
+    pub(crate) upstream_connections_opened_total: IntCounterVec,
+    pub(crate) config_reloads_total: IntCounterVec,
+    pub(crate) config_last_reload_successful: IntGauge,
+    pub(crate) config_last_reload_success_timestamp_seconds: prometheus::Gauge,
+    pub(crate) access_log_dropped_total: IntCounter,
+    pub(crate) rejected_requests_total: IntCounterVec,
+    pub(crate) tls_certificate_reloads_total: IntCounterVec,
+    pub(crate) tls_handshake_errors_total: IntCounterVec,
+    pub(crate) tls_certificate_expiry: prometheus::GaugeVec,
+    pub(crate) upgraded_connections: IntGauge,
+    pub(crate) discovery_lookups_total: IntCounterVec,
+    pub(crate) discovery_backends: IntGaugeVec,
 }
 
 fn must<T>(result: prometheus::Result<T>) -> T {
@@ -285,14 +285,14 @@ impl Metrics {
 
     /// Counts one refusal: `header_too_large`, `header_timeout`, `max_connections`, `body_too_large`,
     /// `malformed`, `connect_method`.
-    pub fn reject(&self, reason: &str) {
+    pub(crate) fn reject(&self, reason: &str) {
         self.rejected_requests_total
             .with_label_values(&[reason])
             .inc();
     }
 
     /// Records the result of a reload.
-    pub fn reload_result(&self, ok: bool) {
+    pub(crate) fn reload_result(&self, ok: bool) {
         self.config_reloads_total
             .with_label_values(&[if ok { "success" } else { "failure" }])
             .inc();
@@ -304,7 +304,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every metric.
-    pub fn render(&self) -> Vec<u8> {
+    pub(crate) fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(16 * 1024);
         // Encoding into a Vec cannot fail for well-formed families.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
@@ -353,7 +353,7 @@ impl Metrics {
     }
 
     /// Label handles for answers the proxy gives itself in `pool` (`none` when no route matched).
-    pub fn for_local(&self, pool: &str) -> BackendMetrics {
+    pub(crate) fn for_local(&self, pool: &str) -> BackendMetrics {
         BackendMetrics {
             pool: pool.to_owned(),
             backend: NONE.to_owned(),
@@ -406,9 +406,9 @@ const COMMON_CODES: [u16; 28] = [
 pub struct BackendMetrics {
     pool: String,
     backend: String,
-    pub duration: Histogram,
+    pub(crate) duration: Histogram,
     /// `None` for the proxy's own answers.
-    pub active: Option<IntGauge>,
+    pub(crate) active: Option<IntGauge>,
     requests: IntCounterVec,
     common_codes: [OnceLock<IntCounter>; COMMON_CODES.len()],
     errors: IntCounterVec,
@@ -416,14 +416,14 @@ pub struct BackendMetrics {
     health_checks: Option<[IntCounter; 2]>,
     breaker_state: Option<[IntGauge; 3]>,
     transitions: IntCounterVec,
-    pub connections_opened: IntCounter,
-    pub reused_connection_retries: IntCounter,
+    pub(crate) connections_opened: IntCounter,
+    pub(crate) reused_connection_retries: IntCounter,
     other_codes: std::sync::Mutex<Vec<u16>>,
 }
 
 impl BackendMetrics {
     /// Counts one answered request with its status code.
-    pub fn count_response(&self, status: http::StatusCode) {
+    pub(crate) fn count_response(&self, status: http::StatusCode) {
         let code = status.as_u16();
         match COMMON_CODES.iter().position(|&c| c == code) {
             Some(i) => self.common_codes[i]
@@ -446,12 +446,12 @@ impl BackendMetrics {
     }
 
     /// The `pool` label value.
-    pub fn pool(&self) -> &String {
+    pub(crate) fn pool(&self) -> &String {
         &self.pool
     }
 
     /// Deletes every series of this backend (after it was removed from the config and has drained).
-    pub fn remove_series(&self, metrics: &Metrics) {
+    pub(crate) fn remove_series(&self, metrics: &Metrics) {
         let (pool, backend) = (self.pool.as_str(), self.backend.as_str());
         let labels = [pool, backend];
         let _ = metrics
@@ -496,26 +496,26 @@ impl BackendMetrics {
     }
 
     /// Counts one failed attempt: `connect`, `timeout` or `protocol`.
-    pub fn count_error(&self, kind: &str) {
+    pub(crate) fn count_error(&self, kind: &str) {
         self.errors
             .with_label_values(&[&self.pool, &self.backend, kind])
             .inc();
     }
 
-    pub fn set_up(&self, up: bool) {
+    pub(crate) fn set_up(&self, up: bool) {
         if let Some(g) = &self.up {
             g.set(i64::from(up));
         }
     }
 
-    pub fn count_health_check(&self, ok: bool) {
+    pub(crate) fn count_health_check(&self, ok: bool) {
         if let Some([success, failure]) = &self.health_checks {
             if ok { success.inc() } else { failure.inc() }
         }
     }
 
     /// Records a breaker transition into `state` (index into closed, open, half_open).
-    pub fn breaker_transition(&self, state: usize, name: &str) {
+    pub(crate) fn breaker_transition(&self, state: usize, name: &str) {
         if let Some(gauges) = &self.breaker_state {
             for (i, g) in gauges.iter().enumerate() {
                 g.set(i64::from(i == state));

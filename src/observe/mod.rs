@@ -1,5 +1,5 @@
 //! Observability: every Prometheus collector ([`metrics`]) and the access log ([`access_log`]). Both are
 //! written to by the data path without blocking it and read by the admin listener and the log writer.
 
-pub mod access_log;
+pub(crate) mod access_log;
 pub mod metrics;

@@ -21,12 +21,12 @@ use crate::balance::backend::InFlight;
 use crate::observe::access_log::Pending;
 use crate::upstream::{ConnectionPool, Sender};
 
-pub enum ProxyBody {
+pub(crate) enum ProxyBody {
     Upstream(UpstreamBody),
     Local(Option<Bytes>),
 }
 
-pub struct UpstreamBody {
+pub(crate) struct UpstreamBody {
     body: Incoming,
     ended: bool,
     bytes_out: u64,
@@ -40,18 +40,18 @@ pub struct UpstreamBody {
 /// The upstream went silent in the middle of a response body for longer than the pool's request timeout.
 #[derive(Debug, thiserror::Error)]
 #[error("the backend stopped sending the response body")]
-pub struct BodyStalled;
+pub(crate) struct BodyStalled;
 
 impl ProxyBody {
-    pub fn local(text: &'static str) -> Self {
+    pub(crate) fn local(text: &'static str) -> Self {
         Self::Local(Some(Bytes::from_static(text.as_bytes())))
     }
 
-    pub fn owned(bytes: Vec<u8>) -> Self {
+    pub(crate) fn owned(bytes: Vec<u8>) -> Self {
         Self::Local(Some(Bytes::from(bytes)))
     }
 
-    pub fn upstream(body: Incoming, done: Completion, idle_timeout: Duration) -> Self {
+    pub(crate) fn upstream(body: Incoming, done: Completion, idle_timeout: Duration) -> Self {
         Self::Upstream(UpstreamBody {
             body,
             ended: false,
@@ -64,16 +64,16 @@ impl ProxyBody {
 }
 
 /// Ends a forwarded request's bookkeeping when dropped.
-pub struct Completion {
-    pub started: Instant,
-    pub in_flight: InFlight,
-    pub connection: Option<Sender>,
+pub(crate) struct Completion {
+    pub(crate) started: Instant,
+    pub(crate) in_flight: InFlight,
+    pub(crate) connection: Option<Sender>,
     /// Where the connection goes back when the response has been read to its end.
-    pub connections: Arc<ConnectionPool>,
+    pub(crate) connections: Arc<ConnectionPool>,
     /// How long the backend keeps the connection open for reuse (its `Keep-Alive: timeout`).
-    pub idle_cap: Duration,
+    pub(crate) idle_cap: Duration,
     /// The access log line, sent when the body ends.
-    pub log: Option<Box<Pending>>,
+    pub(crate) log: Option<Box<Pending>>,
 }
 
 impl Drop for UpstreamBody {

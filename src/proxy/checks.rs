@@ -9,7 +9,7 @@ use crate::error::ProxyError;
 
 /// Refuses a request whose `Host` or transfer codings a careful proxy cannot pass on.
 #[inline]
-pub fn check<B>(req: &Request<B>) -> Result<(), ProxyError> {
+pub(crate) fn check<B>(req: &Request<B>) -> Result<(), ProxyError> {
     let headers = req.headers();
     let mut hosts = headers.get_all(header::HOST).iter();
     let host = hosts.next();
@@ -68,7 +68,7 @@ fn check_codings(first: &HeaderValue, lines: usize) -> Result<(), ProxyError> {
 
 /// `host [ ":" port ]` (RFC 3986: an IP literal in brackets, or a reg-name of unreserved, percent-encoded and
 /// sub-delim characters), or empty.
-pub fn valid_host(value: &[u8]) -> bool {
+pub(crate) fn valid_host(value: &[u8]) -> bool {
     let (host, port) = match value.first() {
         None => return true,
         Some(b'[') => match value.iter().position(|b| *b == b']') {

@@ -16,9 +16,9 @@ const HOP_BY_HOP: [&str; 7] = [
     "upgrade",
 ];
 
-pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Removes the hop-by-hop headers and every header that `Connection` names; `TE: trailers` stays (gRPC needs
 /// it, and HTTP/2 allows it).
@@ -73,7 +73,7 @@ fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
 }
 
 /// Is this an HTTP/1.1 upgrade request (`Connection: upgrade` and an `Upgrade` header)?
-pub fn is_upgrade<B>(req: &http::Request<B>) -> bool {
+pub(crate) fn is_upgrade<B>(req: &http::Request<B>) -> bool {
     req.version() == http::Version::HTTP_11
         && req.headers().contains_key(header::UPGRADE)
         && req.headers().get_all(header::CONNECTION).iter().any(|v| {
@@ -84,7 +84,7 @@ pub fn is_upgrade<B>(req: &http::Request<B>) -> bool {
         })
 }
 
-pub static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+pub(crate) static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
 /// Sets the forwarding headers. From a trusted proxy (`trusted_proxies`), the peer is appended to
 /// `X-Forwarded-For` and the proxy's `X-Forwarded-Proto`/`-Host` and `Forwarded` are kept; from anyone else they
@@ -136,7 +136,7 @@ pub fn peer_value(peer: IpAddr) -> HeaderValue {
 }
 
 /// An IPv4 peer on a dual-stack socket shows as `::ffff:a.b.c.d`; log and forward it as `a.b.c.d`.
-pub fn canonical(ip: IpAddr) -> IpAddr {
+pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,

@@ -20,8 +20,8 @@ use hyper::body::{Body as _, Incoming};
 use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 
-pub use body::{Completion, ProxyBody};
-pub use tunnel::OpenTunnels;
+pub(crate) use body::{Completion, ProxyBody};
+pub(crate) use tunnel::OpenTunnels;
 
 use crate::balance::backend::Backend;
 use crate::balance::pool::{Pool, Tried};
@@ -37,22 +37,22 @@ use crate::upstream::{self, ConnectionPool, Outgoing, SendError, Sender};
 
 /// What the proxy knows of the client connection a request came on.
 #[derive(Debug, Clone)]
-pub struct ConnInfo {
-    pub peer: SocketAddr,
+pub(crate) struct ConnInfo {
+    pub(crate) peer: SocketAddr,
     /// `peer`'s address as a header value (`X-Forwarded-For`), made once per connection.
-    pub peer_value: HeaderValue,
+    pub(crate) peer_value: HeaderValue,
     /// The connection is TLS (`X-Forwarded-Proto: https`).
-    pub https: bool,
+    pub(crate) https: bool,
     /// The listener only redirects to https.
-    pub redirect_https: bool,
+    pub(crate) redirect_https: bool,
 }
 
 /// The proxy service shared by every connection of every listener.
-pub struct Proxy {
-    pub snapshot: Arc<ArcSwap<Snapshot>>,
-    pub metrics: Arc<Metrics>,
+pub(crate) struct Proxy {
+    pub(crate) snapshot: Arc<ArcSwap<Snapshot>>,
+    pub(crate) metrics: Arc<Metrics>,
     /// Upgraded connections (WebSocket) open now.
-    pub tunnels: Arc<OpenTunnels>,
+    pub(crate) tunnels: Arc<OpenTunnels>,
 }
 
 /// How one attempt ended, when it did not give a response to pass on.
@@ -64,7 +64,7 @@ enum Failure {
 }
 
 impl Proxy {
-    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(snapshot: Arc<ArcSwap<Snapshot>>, metrics: Arc<Metrics>) -> Self {
         let tunnels = Arc::new(OpenTunnels::new(metrics.upgraded_connections.clone()));
         Self {
             snapshot,
@@ -76,7 +76,7 @@ impl Proxy {
     /// Serves one client request, in phases: admit it (checks, route, limits), pick a backend, prepare the
     /// request for the upstream — all at once, before the returned future is first polled — then forward it
     /// (attempts, retries) and answer. The future holds only what forwarding needs, so it stays small.
-    pub fn handle(
+    pub(crate) fn handle(
         &self,
         req: Request<Incoming>,
         conn: ConnInfo,
@@ -310,7 +310,7 @@ impl Proxy {
 
 impl Proxy {
     /// The answer of a `redirect_https` listener: 308 to the same host (without its port) and target.
-    pub fn redirect_https(&self, req: &Request<Incoming>) -> Response<ProxyBody> {
+    pub(crate) fn redirect_https(&self, req: &Request<Incoming>) -> Response<ProxyBody> {
         let metrics = &self.snapshot.load().no_route_metrics;
         let host = request_host(req).map(crate::router::normalize_host);
         let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
@@ -775,7 +775,7 @@ fn request_host<B>(req: &Request<B>) -> Option<&str> {
 }
 
 /// A short plain-text response.
-pub fn plain(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
+pub(crate) fn plain(status: StatusCode, text: &'static str) -> Response<ProxyBody> {
     let mut resp = Response::new(ProxyBody::local(text));
     *resp.status_mut() = status;
     resp.headers_mut().insert(

@@ -28,14 +28,14 @@ use crate::observe::access_log::Pending;
 
 /// The upgraded connections open now: what shutdown waits for (and what `switchyard_upgraded_connections`
 /// shows).
-pub struct OpenTunnels {
+pub(crate) struct OpenTunnels {
     count: std::sync::atomic::AtomicUsize,
     all_closed: tokio::sync::Notify,
     gauge: prometheus::IntGauge,
 }
 
 impl OpenTunnels {
-    pub fn new(gauge: prometheus::IntGauge) -> Self {
+    pub(crate) fn new(gauge: prometheus::IntGauge) -> Self {
         Self {
             count: std::sync::atomic::AtomicUsize::new(0),
             all_closed: tokio::sync::Notify::new(),
@@ -50,7 +50,7 @@ impl OpenTunnels {
     }
 
     /// Returns once no tunnel is open.
-    pub async fn all_closed(&self) {
+    pub(crate) async fn all_closed(&self) {
         loop {
             let closed = self.all_closed.notified();
             if self.count.load(Ordering::Acquire) == 0 {

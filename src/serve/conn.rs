@@ -25,8 +25,8 @@ use tokio::time::{Instant, Sleep};
 /// The error a timed-out read reports; `header` tells a slow request head from an idle connection.
 #[derive(Debug, thiserror::Error)]
 #[error("{}", if *.header { "request head not received in time" } else { "idle keep-alive connection closed" })]
-pub struct ReadTimeout {
-    pub header: bool,
+pub(crate) struct ReadTimeout {
+    pub(crate) header: bool,
 }
 
 /// One client connection's timing state.
@@ -71,7 +71,7 @@ impl ConnClock {
     }
 
     /// The connection now carries an upgraded protocol: no more HTTP deadlines.
-    pub fn upgraded(&self) {
+    pub(crate) fn upgraded(&self) {
         self.upgraded.store(true, Ordering::Relaxed);
     }
 
@@ -121,7 +121,7 @@ pub struct RequestGuard(Arc<ConnClock>, bool);
 
 impl RequestGuard {
     /// Was this request's framing ambiguous (`Content-Length` with `Transfer-Encoding`, or twice)?
-    pub fn ambiguous_framing(&self) -> bool {
+    pub(crate) fn ambiguous_framing(&self) -> bool {
         self.1
     }
 }
@@ -141,9 +141,10 @@ impl Drop for RequestGuard {
 }
 
 /// A response body that holds its request's [`RequestGuard`] until it is done.
-pub struct GuardedBody<B> {
-    pub inner: B,
-    pub guard: RequestGuard,
+pub(crate) struct GuardedBody<B> {
+    pub(crate) inner: B,
+    /// Held, not read: released when the body is done.
+    pub(crate) _guard: RequestGuard,
 }
 
 impl<B: Body + Unpin> Body for GuardedBody<B> {

@@ -29,7 +29,7 @@ use crate::config::Limits;
 use crate::observe::metrics::Metrics;
 use crate::proxy::{ConnInfo, Proxy, ProxyBody};
 use crate::socket::Tcp;
-pub use crate::tls::ListenerMode;
+pub(crate) use crate::tls::ListenerMode;
 use crate::tls::ListenerTls;
 use conn::{ConnClock, GuardedBody, ReadTimeout, TimedIo};
 
@@ -37,15 +37,15 @@ use conn::{ConnClock, GuardedBody, ReadTimeout, TimedIo};
 #[derive(Debug, thiserror::Error)]
 #[error("cannot listen on {address} ({field}): {source}")]
 pub struct BindError {
-    pub address: SocketAddr,
-    pub field: String,
+    pub(crate) address: SocketAddr,
+    pub(crate) field: String,
     #[source]
-    pub source: io::Error,
+    pub(crate) source: io::Error,
 }
 
 /// Binds a listening socket; with `reuse_port`, other processes (a newer switchyard) may bind the same address
 /// and the kernel spreads new connections over all of them.
-pub async fn bind(
+pub(crate) async fn bind(
     address: SocketAddr,
     field: &str,
     reuse_port: bool,
@@ -73,17 +73,17 @@ pub async fn bind(
 }
 
 /// One listener's accept loop, and the lever to stop it.
-pub struct ListenerTask {
+pub(crate) struct ListenerTask {
     /// The address as configured (port 0 stays 0): what reloads compare.
-    pub configured: SocketAddr,
-    pub bound: SocketAddr,
+    pub(crate) configured: SocketAddr,
+    pub(crate) bound: SocketAddr,
     stop: watch::Sender<Option<Duration>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl ListenerTask {
     /// A proxy listener: the proxy's handler, with its snapshot's `[limits]`, on every worker runtime.
-    pub fn proxy(
+    pub(crate) fn proxy(
         configured: SocketAddr,
         tcp: TcpListener,
         proxy: &Arc<Proxy>,
@@ -114,7 +114,7 @@ impl ListenerTask {
 
     /// Starts accepting on `tcp` with `handler` (on each of `workers`, or on the current runtime), under the
     /// limits and connection count of `limits_from`'s snapshot and metrics (none for the admin listener).
-    pub fn spawn<H, F>(
+    pub(crate) fn spawn<H, F>(
         configured: SocketAddr,
         tcp: TcpListener,
         mode: ModeSource,
@@ -176,7 +176,7 @@ impl ListenerTask {
     }
 
     /// Stops accepting and drains the connections (idle ones close at once) for up to `drain`.
-    pub fn stop(self, drain: Duration) -> JoinHandle<()> {
+    pub(crate) fn stop(self, drain: Duration) -> JoinHandle<()> {
         let _ = self.stop.send(Some(drain));
         let tasks = self.tasks;
         tokio::spawn(async move {
@@ -209,7 +209,7 @@ enum Versions {
 
 /// Where a listener finds what it speaks.
 #[derive(Clone)]
-pub enum ModeSource {
+pub(crate) enum ModeSource {
     /// Always the same (the admin listener).
     Fixed(Arc<ListenerMode>),
     /// The mode published for this configured address in the current snapshot (proxy listeners): a reload
@@ -331,7 +331,10 @@ where
                         // The socket now carries a tunnel, with its own idle timeout.
                         clock.upgraded();
                     }
-                    Ok::<_, Infallible>(resp.map(|inner| GuardedBody { inner, guard }))
+                    Ok::<_, Infallible>(resp.map(|inner| GuardedBody {
+                        inner,
+                        _guard: guard,
+                    }))
                 }
             });
             let served = match mode.tls() {

@@ -23,19 +23,19 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
-pub mod request_body;
+pub(crate) mod request_body;
 
 use crate::config::MAX_RESPONSE_HEADER_BYTES;
 use crate::config::{Protocol, Timeouts};
 use crate::socket::Tcp;
 use crate::tls::UpstreamTlsSettings;
-pub use request_body::RequestBody;
+pub(crate) use request_body::RequestBody;
 
 /// Idle connections kept per backend; more are closed when their response ends.
 const MAX_IDLE: usize = 256;
 
 /// A connection's request handle.
-pub enum Sender {
+pub(crate) enum Sender {
     H1(http1::SendRequest<RequestBody>),
     H2(http2::SendRequest<RequestBody>),
 }
@@ -56,7 +56,7 @@ impl Sender {
     }
 
     /// Sends a request; a request that was never written comes back with the error.
-    pub async fn try_send(
+    pub(crate) async fn try_send(
         &mut self,
         req: Outgoing,
     ) -> Result<http::Response<Incoming>, (hyper::Error, Option<Outgoing>)> {
@@ -73,16 +73,16 @@ impl Sender {
 
 /// How a pool reaches its backends: the protocol, and for `https`/`h2` the TLS client settings.
 #[derive(Clone)]
-pub struct UpstreamKind {
-    pub protocol: Protocol,
-    pub tls_settings: Option<UpstreamTlsSettings>,
+pub(crate) struct UpstreamKind {
+    pub(crate) protocol: Protocol,
+    pub(crate) tls_settings: Option<UpstreamTlsSettings>,
     /// Built once per pool; `None` for plain protocols (or when the CA file could not be read, logged).
-    pub connector: Option<TlsConnector>,
+    pub(crate) connector: Option<TlsConnector>,
 }
 
 impl UpstreamKind {
     /// The kind for a pool's settings; reads the CA file for TLS protocols.
-    pub fn new(protocol: Protocol, tls: Option<&UpstreamTlsSettings>) -> Self {
+    pub(crate) fn new(protocol: Protocol, tls: Option<&UpstreamTlsSettings>) -> Self {
         let connector = protocol.is_tls().then(|| {
             let alpn: &[&[u8]] = if protocol.is_http2() {
                 &[b"h2"]
@@ -106,7 +106,7 @@ impl UpstreamKind {
     }
 
     /// Was this kind built from these settings?
-    pub fn built_from(&self, protocol: Protocol, tls: Option<&UpstreamTlsSettings>) -> bool {
+    pub(crate) fn built_from(&self, protocol: Protocol, tls: Option<&UpstreamTlsSettings>) -> bool {
         let tls = protocol.is_tls().then(|| tls.cloned().unwrap_or_default());
         self.protocol == protocol && self.tls_settings == tls
     }
@@ -121,8 +121,8 @@ struct Idle {
 
 /// One pool's upstream connections: a [`ConnectionPool`] per backend, in the order of the pool's backends, and
 /// the protocol and TLS client they share.
-pub struct PoolConnections {
-    pub kind: UpstreamKind,
+pub(crate) struct PoolConnections {
+    pub(crate) kind: UpstreamKind,
     backends: Box<[Arc<ConnectionPool>]>,
 }
 
@@ -130,7 +130,7 @@ impl PoolConnections {
     /// The connections for `backends` (address, and the counter of connections opened to it) reached as
     /// `protocol` with `tls`. What `previous` had is kept when the protocol and TLS settings stay: the TLS
     /// client (no CA file or system roots read again), and each address's idle connections.
-    pub fn new<'a>(
+    pub(crate) fn new<'a>(
         protocol: Protocol,
         tls: Option<&UpstreamTlsSettings>,
         backends: impl Iterator<Item = (&'a str, IntCounter)>,
@@ -155,7 +155,7 @@ impl PoolConnections {
 
     /// The connections of the pool's backend number `i`.
     #[inline]
-    pub fn get(&self, i: usize) -> Option<&Arc<ConnectionPool>> {
+    pub(crate) fn get(&self, i: usize) -> Option<&Arc<ConnectionPool>> {
         self.backends.get(i)
     }
 }
@@ -169,20 +169,20 @@ thread_local! {
 }
 
 /// Declares how many runtimes serve requests (before any pool is built).
-pub fn set_runtime_count(n: usize) {
+pub(crate) fn set_runtime_count(n: usize) {
     RUNTIMES.store(n.max(1), Ordering::Relaxed);
 }
 
 /// Marks the current thread as the runtime with this index (0: the control runtime).
-pub fn set_runtime_index(i: usize) {
+pub(crate) fn set_runtime_index(i: usize) {
     RUNTIME_INDEX.with(|c| c.set(i));
 }
 
 /// One backend's connections.
-pub struct ConnectionPool {
+pub(crate) struct ConnectionPool {
     address: String,
     resolved: Option<SocketAddr>,
-    pub kind: UpstreamKind,
+    pub(crate) kind: UpstreamKind,
     server_name: Option<ServerName<'static>>,
     /// HTTP/1.1: idle connections. HTTP/2: at most one, the shared connection (never taken out).
     idle: Box<[Mutex<Vec<Idle>>]>,
@@ -193,7 +193,7 @@ pub struct ConnectionPool {
 }
 
 impl ConnectionPool {
-    pub fn new(address: &str, opened: IntCounter, kind: UpstreamKind) -> Self {
+    pub(crate) fn new(address: &str, opened: IntCounter, kind: UpstreamKind) -> Self {
         let server_name = kind
             .tls_settings
             .as_ref()
@@ -211,13 +211,8 @@ impl ConnectionPool {
         }
     }
 
-    pub fn protocol(&self) -> Protocol {
+    pub(crate) fn protocol(&self) -> Protocol {
         self.kind.protocol
-    }
-
-    /// The backend address these connections go to.
-    pub fn address(&self) -> &str {
-        &self.address
     }
 
     /// This thread's idle list.
@@ -228,7 +223,7 @@ impl ConnectionPool {
 
     /// The most recently used idle connection that is still open and ready, and idle for less than `max_idle`
     /// (and what the backend allows), if any.
-    pub fn checkout(&self, now: Instant, max_idle: Duration) -> Option<Sender> {
+    pub(crate) fn checkout(&self, now: Instant, max_idle: Duration) -> Option<Sender> {
         let mut idle = self.idle().lock().unwrap_or_else(|p| p.into_inner());
         if self.kind.protocol.is_http2() {
             while let Some(c) = idle.last() {
@@ -250,7 +245,7 @@ impl ConnectionPool {
     }
 
     /// Returns a connection whose response has ended; `cap` is how long the backend keeps it open.
-    pub fn checkin(&self, sender: Sender, now: Instant, cap: Duration) {
+    pub(crate) fn checkin(&self, sender: Sender, now: Instant, cap: Duration) {
         if sender.is_closed() || matches!(sender, Sender::H2(_)) || cap.is_zero() {
             return;
         }
@@ -265,7 +260,7 @@ impl ConnectionPool {
     }
 
     /// Opens a new connection within `timeout` (for HTTP/2, it becomes the shared one).
-    pub async fn connect(&self, timeout: Duration) -> io::Result<Sender> {
+    pub(crate) async fn connect(&self, timeout: Duration) -> io::Result<Sender> {
         let sender = self.open(timeout).await?;
         self.opened.inc();
         if let Sender::H2(s) = &sender {
@@ -281,7 +276,7 @@ impl ConnectionPool {
     }
 
     /// Opens a connection of its own (health checks), not counted and not shared.
-    pub async fn open(&self, timeout: Duration) -> io::Result<Sender> {
+    pub(crate) async fn open(&self, timeout: Duration) -> io::Result<Sender> {
         let connecting = async {
             let tcp = match self.resolved {
                 Some(addr) => TcpStream::connect(addr).await?,
@@ -349,7 +344,7 @@ where
 
 /// A request on its way to a backend. Boxed: it passes through several nested futures (retries, timeout,
 /// pool, connection) and stays one pointer in each instead of a few hundred bytes moved with every one.
-pub type Outgoing = Box<Request<RequestBody>>;
+pub(crate) type Outgoing = Box<Request<RequestBody>>;
 
 /// Sends `req` on a pooled connection (unless `fresh`), or on a new one when none is idle (or the idle ones
 /// turn out closed).
@@ -357,7 +352,7 @@ pub type Outgoing = Box<Request<RequestBody>>;
 /// Errors: [`SendError::Connect`] when the request was never sent, [`SendError::Stale`] when a reused HTTP/1.1
 /// connection closed before any answer (the backend's keep-alive race: safe to send a replayable request again
 /// on a new connection), [`SendError::Sent`] otherwise.
-pub async fn send(
+pub(crate) async fn send(
     pool: &ConnectionPool,
     mut req: Outgoing,
     now: Instant,
@@ -431,7 +426,7 @@ fn closed_unanswered(e: &hyper::Error) -> bool {
 /// How long a backend keeps a connection open after this response, from its `Keep-Alive` header: `timeout=N`
 /// less a margin (half of it, at most a second), so the proxy lets go first; zero when `max` says this was
 /// the last request. `Duration::MAX` when it says nothing.
-pub fn keep_alive_cap(headers: &http::HeaderMap) -> Duration {
+pub(crate) fn keep_alive_cap(headers: &http::HeaderMap) -> Duration {
     let Some(value) = headers.get("keep-alive").and_then(|v| v.to_str().ok()) else {
         return Duration::MAX;
     };
@@ -453,7 +448,7 @@ pub fn keep_alive_cap(headers: &http::HeaderMap) -> Duration {
     cap
 }
 
-pub enum SendError {
+pub(crate) enum SendError {
     /// Nothing was sent; the request comes back.
     Connect(io::Error, Outgoing),
     /// A reused connection closed before any answer: the backend had let it go as the request went out.

@@ -18,14 +18,14 @@ use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
 /// The body of a request on its way to a backend.
-pub enum RequestBody {
+pub(crate) enum RequestBody {
     Empty,
     Client(Box<ClientBody>),
 }
 
 /// What the client did wrong with its request body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum ClientFault {
+pub(crate) enum ClientFault {
     #[error("the request body's framing is malformed")]
     Malformed,
     #[error("the client closed the connection before its request body ended")]
@@ -38,7 +38,7 @@ pub enum ClientFault {
 
 impl ClientFault {
     /// The `reason` label of `switchyard_rejected_requests_total`.
-    pub fn reason(self) -> &'static str {
+    pub(crate) fn reason(self) -> &'static str {
         match self {
             Self::Malformed => "body_malformed",
             Self::Aborted => "client_aborted",
@@ -69,7 +69,7 @@ impl ClientFault {
 
 /// One request body's progress, shared by the body (which the upstream connection polls) and the proxy.
 #[derive(Debug)]
-pub struct BodyWatch {
+pub(crate) struct BodyWatch {
     epoch: Instant,
     fault: AtomicU8,
     /// Milliseconds after `epoch` when the body last gave bytes (or ended).
@@ -80,7 +80,7 @@ pub struct BodyWatch {
 }
 
 impl BodyWatch {
-    pub fn new(epoch: Instant) -> Arc<Self> {
+    pub(crate) fn new(epoch: Instant) -> Arc<Self> {
         Arc::new(Self {
             epoch,
             fault: AtomicU8::new(0),
@@ -91,7 +91,7 @@ impl BodyWatch {
     }
 
     /// The client's fault, if the body failed because of the client.
-    pub fn fault(&self) -> Option<ClientFault> {
+    pub(crate) fn fault(&self) -> Option<ClientFault> {
         ClientFault::from_code(self.fault.load(Ordering::Acquire))
     }
 
@@ -115,7 +115,7 @@ impl BodyWatch {
     /// When the upstream's answer is due, `timeout` after the request was sent: while the client is still
     /// sending, the clock waits for it (its own stall timeout applies); once the body has ended, or while the
     /// backend is not reading it, it runs from the body's last bytes.
-    pub fn answer_due(&self, timeout: Duration, now: Instant) -> Instant {
+    pub(crate) fn answer_due(&self, timeout: Duration, now: Instant) -> Instant {
         if !self.ended.load(Ordering::Relaxed) && self.waiting_on_client.load(Ordering::Relaxed) {
             return now + timeout;
         }
@@ -124,10 +124,10 @@ impl BodyWatch {
 }
 
 /// A client's request body, counted (access log), capped and watched.
-pub struct ClientBody {
+pub(crate) struct ClientBody {
     body: Incoming,
     /// Body bytes read so far, for the access log.
-    pub count: Option<Arc<AtomicU64>>,
+    pub(crate) count: Option<Arc<AtomicU64>>,
     /// Bytes still allowed by `limits.max_request_body_bytes`.
     remaining: u64,
     stall_timeout: Duration,
@@ -142,7 +142,7 @@ pub struct ClientBody {
 }
 
 impl ClientBody {
-    pub fn new(
+    pub(crate) fn new(
         body: Incoming,
         count: Option<Arc<AtomicU64>>,
         limit: Option<u64>,

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use super::{get, metric, try_get};
+use super::try_get;
 
 pub struct Proc(pub Child, pub Option<std::path::PathBuf>);
 
@@ -90,29 +90,6 @@ pub async fn spawn(dir: &std::path::Path, make: impl Fn(u16, u16) -> String) -> 
     (proc, port, admin)
 }
 
-pub async fn reload_count(admin: u16, result: &str) -> f64 {
-    let (_, _, text) = get(([127, 0, 0, 1], admin).into(), "/metrics", None).await;
-    metric(
-        &text,
-        &format!("switchyard_config_reloads_total{{result=\"{result}\"}}"),
-    )
-    .unwrap_or(0.0)
-}
-
-/// Polls the admin listener at `admin` until the series equals `want` (10 s at most).
-pub async fn metric_eventually(admin: u16, series: &str, want: f64) -> bool {
-    super::eventually(Duration::from_secs(10), || async {
-        metric_at(admin, series).await == want
-    })
-    .await
-}
-
-/// A metric's value on the admin listener at `admin` (0 when the series is not there).
-pub async fn metric_at(admin: u16, series: &str) -> f64 {
-    let (_, _, text) = get(([127, 0, 0, 1], admin).into(), "/metrics", None).await;
-    metric(&text, series).unwrap_or(0.0)
-}
-
 /// A config for [`spawn`]: the listener and admin ports it found, one pool `p` with one backend.
 pub fn config_for(port: u16, admin: u16, backend: SocketAddr) -> String {
     format!(
@@ -140,22 +117,6 @@ pub fn binary_pool_config(port: u16, admin: u16, backends: &[SocketAddr], extra:
          [[routes]]\npool = \"p\"\n[pools.p]\nbackends = [{}]\n{extra}\n",
         list.join(", ")
     )
-}
-
-/// An admin endpoint's JSON answer.
-pub async fn admin_json(admin: u16, path: &str) -> serde_json::Value {
-    let (_, _, body) = get(([127, 0, 0, 1], admin).into(), path, None).await;
-    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
-}
-
-/// The backends of pool `p` whose circuit is in `state`, from `/api/pools`.
-pub async fn circuits(admin: u16, state: &str) -> usize {
-    let pools = admin_json(admin, "/api/pools").await;
-    pools["pools"]["p"]["backends"]
-        .as_array()
-        .map_or(0, |list| {
-            list.iter().filter(|b| b["circuit"] == state).count()
-        })
 }
 
 /// The binary running one pool `p` over `backends` (`extra` lines under `[pools.p]`), in a folder of its own.

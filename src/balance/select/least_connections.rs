@@ -20,12 +20,16 @@ pub struct LeastConnections {
 }
 
 impl LeastConnections {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
     #[inline]
-    pub fn pick(&self, backends: &[Arc<Backend>], usable: impl Fn(usize) -> bool) -> Option<usize> {
+    pub(crate) fn pick(
+        &self,
+        backends: &[Arc<Backend>],
+        usable: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
         let n = backends.len();
         if n == 0 {
             return None;
@@ -59,7 +63,7 @@ impl LeastConnections {
 }
 
 /// Pools larger than this pick by two random choices instead of a full scan.
-pub const EXACT_UP_TO: usize = 32;
+pub(crate) const EXACT_UP_TO: usize = 32;
 
 /// The less loaded of two distinct usable backends drawn at random; `None` when a few draws find fewer than two.
 #[inline]

@@ -26,17 +26,11 @@ pub trait Selector: Send + Sync + std::fmt::Debug {
 /// The backends a selector may choose from: all of a pool's, with the pool's rule for which are usable now.
 /// A concrete type (not a closure behind a pointer) so that each algorithm's scan inlines the check.
 pub struct Candidates<'a> {
-    pub backends: &'a [Arc<Backend>],
+    pub(crate) backends: &'a [Arc<Backend>],
     rule: Rule<'a>,
 }
 
 enum Rule<'a> {
-    /// Available now (drain, health unless `ignore_health`, breaker, request cap) and not tried yet.
-    Available {
-        now: Instant,
-        ignore_health: bool,
-        tried: &'a Tried,
-    },
     /// Allowed by drain and health, circuit open, not tried yet: for an early trial.
     OpenForTrial {
         ignore_health: bool,
@@ -47,21 +41,7 @@ enum Rule<'a> {
 }
 
 impl<'a> Candidates<'a> {
-    pub fn available(
-        backends: &'a [Arc<Backend>],
-        now: Instant,
-        ignore_health: bool,
-        tried: &'a Tried,
-    ) -> Self {
-        let rule = Rule::Available {
-            now,
-            ignore_health,
-            tried,
-        };
-        Self { backends, rule }
-    }
-
-    pub fn open_for_trial(
+    pub(crate) fn open_for_trial(
         backends: &'a [Arc<Backend>],
         ignore_health: bool,
         tried: &'a Tried,
@@ -80,43 +60,17 @@ impl<'a> Candidates<'a> {
         }
     }
 
-    /// Runs `algorithm`'s scan with the rule made concrete, so the check inlines into its loop.
+    /// Runs `algorithm`'s scan with this rule (the common pick, "available now", goes through
+    /// [`Registered::pick_available`] instead, with its check inlined).
     #[inline(always)]
-    pub fn scan_with<S: Scan>(&self, algorithm: &S) -> Option<usize> {
-        let backends = self.backends;
-        match &self.rule {
-            Rule::Available {
-                now,
-                ignore_health,
-                tried,
-            } if tried.is_empty() => {
-                algorithm.scan(backends, |i| backends[i].is_available(*now, *ignore_health))
-            }
-            Rule::Available {
-                now,
-                ignore_health,
-                tried,
-            } => algorithm.scan(backends, |i| {
-                !tried.contains(i) && backends[i].is_available(*now, *ignore_health)
-            }),
-            Rule::OpenForTrial { .. } | Rule::Given(_) => {
-                algorithm.scan(backends, |i| self.usable(i))
-            }
-        }
+    pub(crate) fn scan_with<S: Scan>(&self, algorithm: &S) -> Option<usize> {
+        algorithm.scan(self.backends, |i| self.usable(i))
     }
 
     /// May backend `i` be chosen?
     #[inline(always)]
-    pub fn usable(&self, i: usize) -> bool {
+    pub(crate) fn usable(&self, i: usize) -> bool {
         match &self.rule {
-            Rule::Available {
-                now,
-                ignore_health,
-                tried,
-            } => {
-                (tried.is_empty() || !tried.contains(i))
-                    && self.backends[i].is_available(*now, *ignore_health)
-            }
             Rule::OpenForTrial {
                 ignore_health,
                 tried,
@@ -138,23 +92,23 @@ pub struct Tried {
 
 impl Tried {
     #[inline]
-    pub fn contains(&self, i: usize) -> bool {
+    pub(crate) fn contains(&self, i: usize) -> bool {
         self.list[..self.len].contains(&(i as u32))
     }
 
     #[inline]
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// No room to note another backend: the request picks no more (it could not avoid repeating one).
     #[inline]
-    pub fn is_full(&self) -> bool {
+    pub(crate) fn is_full(&self) -> bool {
         self.len == self.list.len()
     }
 
     #[inline]
-    pub fn push(&mut self, i: usize) {
+    pub(crate) fn push(&mut self, i: usize) {
         if self.len < self.list.len() {
             self.list[self.len] = i as u32;
             self.len += 1;
@@ -173,7 +127,7 @@ pub enum Registered {
 impl Registered {
     /// The common pick, without building [`Candidates`]: available now and not tried yet.
     #[inline(always)]
-    pub fn pick_available(
+    pub(crate) fn pick_available(
         &self,
         backends: &[Arc<Backend>],
         now: Instant,
@@ -228,7 +182,7 @@ pub fn build(algorithm: Algorithm, backends: &[Arc<Backend>]) -> Registered {
 
 /// An algorithm's scan over the backends with a concrete `usable` check; [`Candidates::scan_with`] calls it
 /// with the pool's rule.
-pub trait Scan {
+pub(crate) trait Scan {
     fn scan(&self, backends: &[Arc<Backend>], usable: impl Fn(usize) -> bool) -> Option<usize>;
 }
 

@@ -53,7 +53,7 @@ impl RoundRobin {
 }
 
 /// One period of NGINX's smooth weighted round-robin over `weights`.
-pub fn smooth_sequence(weights: &[u32]) -> Vec<u32> {
+pub(crate) fn smooth_sequence(weights: &[u32]) -> Vec<u32> {
     let divisor = weights
         .iter()
         .copied()

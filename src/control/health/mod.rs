@@ -11,13 +11,13 @@ use http::{Request, header};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
-pub use rise_fall::{Flip, RiseFall};
+pub(crate) use rise_fall::{Flip, RiseFall};
 
 use crate::balance::backend::Backend;
 use crate::router::Snapshot;
 use crate::upstream::{ConnectionPool, RequestBody};
 
-pub use crate::config::{CheckKind, HealthCheckSettings, StatusRanges};
+pub(crate) use crate::config::{CheckKind, HealthCheckSettings};
 
 /// A health-check task and what it was started with; aborted when dropped.
 struct HealthTask {
@@ -35,14 +35,14 @@ impl Drop for HealthTask {
 
 /// The health-check tasks: one per backend of every pool with a `health_check`, kept in step with the snapshot.
 #[derive(Default)]
-pub struct Checks {
+pub(crate) struct Checks {
     tasks: HashMap<(String, String), HealthTask>,
 }
 
 impl Checks {
     /// Starts, keeps or stops tasks so that exactly the backends of `snapshot` with checks have one. A backend
     /// whose checks were removed is marked healthy: nothing may keep it out any more.
-    pub fn reconcile(&mut self, snapshot: &Snapshot) {
+    pub(crate) fn reconcile(&mut self, snapshot: &Snapshot) {
         let mut old = std::mem::take(&mut self.tasks);
         for pool in snapshot.pools.values() {
             let upstream = snapshot.upstreams.get(&pool.name);
@@ -83,7 +83,7 @@ impl Checks {
     }
 
     /// Stops every check (shutdown).
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.tasks.clear();
     }
 }
@@ -200,7 +200,7 @@ async fn check_once(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::config::StatusRanges;
     use http::StatusCode;
 
     #[test]

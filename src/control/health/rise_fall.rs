@@ -3,13 +3,13 @@
 
 /// A flip of a backend's health.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flip {
+pub(crate) enum Flip {
     Up,
     Down,
 }
 
 #[derive(Debug, Clone)]
-pub struct RiseFall {
+pub(crate) struct RiseFall {
     healthy: bool,
     streak: u32,
     rise: u32,
@@ -18,7 +18,7 @@ pub struct RiseFall {
 
 impl RiseFall {
     /// Backends start healthy.
-    pub fn new(rise: u32, fall: u32) -> Self {
+    pub(crate) fn new(rise: u32, fall: u32) -> Self {
         Self {
             healthy: true,
             streak: 0,
@@ -28,19 +28,20 @@ impl RiseFall {
     }
 
     /// Starts from a known state (a backend carried over a reload keeps its health).
-    pub fn with_state(rise: u32, fall: u32, healthy: bool) -> Self {
+    pub(crate) fn with_state(rise: u32, fall: u32, healthy: bool) -> Self {
         Self {
             healthy,
             ..Self::new(rise, fall)
         }
     }
 
-    pub fn is_healthy(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_healthy(&self) -> bool {
         self.healthy
     }
 
     /// Records one check; returns the flip it causes, if any.
-    pub fn record(&mut self, ok: bool) -> Option<Flip> {
+    pub(crate) fn record(&mut self, ok: bool) -> Option<Flip> {
         if ok == self.healthy {
             // A result that agrees with the current state breaks any streak toward the other state.
             self.streak = 0;
