@@ -489,9 +489,10 @@ async fn killing_and_restarting_a_backend_under_load_loses_no_get() {
     .await;
     let addr = server.listen_addrs[0];
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut clients = Vec::new();
     for _ in 0..4 {
-        let stop = stop.clone();
+        let (stop, served) = (stop.clone(), served.clone());
         clients.push(tokio::spawn(async move {
             let (mut ok, mut failed) = (0usize, 0usize);
             let client = client();
@@ -501,7 +502,10 @@ async fn killing_and_restarting_a_backend_under_load_loses_no_get() {
                     .body(full(""))
                     .unwrap();
                 match client.request(req).await {
-                    Ok(r) if r.status() == 200 => ok += 1,
+                    Ok(r) if r.status() == 200 => {
+                        ok += 1;
+                        served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
                     _ => failed += 1,
                 }
             }
@@ -512,7 +516,9 @@ async fn killing_and_restarting_a_backend_under_load_loses_no_get() {
         "switchyard_upstream_errors_total{{backend=\"{}\",kind=\"connect\",pool=\"p\"}}",
         b.addr
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The clients are under way: some requests served.
+    let served_now = || served.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(eventually(DEADLINE, || async { served_now() >= 50 }).await);
     let killed_at = Instant::now();
     b.kill();
     // Wait until the health checks have taken it out, then note when it was last tried.
@@ -524,7 +530,9 @@ async fn killing_and_restarting_a_backend_under_load_loses_no_get() {
     );
     let out_after = killed_at.elapsed();
     let tried = metric_now(&server, &errors).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // 200 more requests served after it went out, none of them tried on it.
+    let mark = served_now();
+    assert!(eventually(DEADLINE, || async { served_now() >= mark + 200 }).await);
     assert_eq!(
         metric_now(&server, &errors).await,
         tried,
