@@ -1,6 +1,7 @@
 //! The admin listener: `/healthz`, `/metrics` and the `/api` endpoints. It reads the same snapshot and
 //! per-backend atomics as the data path and never blocks it.
 
+use crate::balance::adaptive::{instant_of, stamp};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -38,6 +39,7 @@ pub(crate) async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<
         }
         ("/metrics", &Method::GET | &Method::HEAD) => {
             refresh_breakers(shared);
+            refresh_balancing(shared);
             with_type(
                 ProxyBody::owned(shared.metrics.render()),
                 "text/plain; version=0.0.4; charset=utf-8",
@@ -147,6 +149,32 @@ fn refresh_breakers(shared: &Shared) {
     }
 }
 
+/// Sets the gauges read from the backends' own state: latency estimates, effective weights, queue lengths.
+fn refresh_balancing(shared: &Shared) {
+    let now = Instant::now();
+    let now_ns = stamp(now);
+    let m = &shared.metrics.balancing;
+    for pool in shared.snapshot.load().pools.values() {
+        for b in &pool.backends {
+            let labels = [pool.name.as_str(), b.address.as_str()];
+            m.latency_ewma_seconds
+                .with_label_values(&labels)
+                .set(b.latency.estimate(now_ns) / 1e9);
+            m.effective_weight
+                .with_label_values(&labels)
+                .set(b.effective_weight(now));
+        }
+        m.queue_waiting
+            .with_label_values(&[pool.name.as_str()])
+            .set(pool.state.queue.waiting() as i64);
+    }
+}
+
+/// A time kept as a balancing stamp, as wall-clock RFC 3339.
+fn stamp_rfc3339(stamp_ns: u64, now: Instant, wall: SystemTime) -> String {
+    rfc3339(wall + instant_of(stamp_ns, now).saturating_duration_since(now))
+}
+
 fn rfc3339(at: SystemTime) -> String {
     humantime::format_rfc3339_millis(at).to_string()
 }
@@ -167,7 +195,17 @@ pub(crate) fn pools_json(shared: &Shared) -> Value {
                 .map(|b| {
                     let (state, failures, open_until) = b.breaker.snapshot();
                     let last_error = b.last_check_error();
+                    let now_ns = stamp(now);
+                    let ejected_until = b
+                        .outlier
+                        .ejected_until()
+                        .filter(|&t| t > now_ns)
+                        .map(|t| stamp_rfc3339(t, now, wall));
                     json!({
+                        "latency_ewma_ms": (b.latency.estimate(now_ns) / 1e3).round() / 1e3,
+                        "effective_weight": (b.effective_weight(now) * 1e3).round() / 1e3,
+                        "slow_start_ends_at": b.ramp.ends_at(now_ns).map(|t| stamp_rfc3339(t, now, wall)),
+                        "ejected_until": ejected_until,
                         "address": b.address,
                         "source": b.source().as_str(),
                         "weight": b.weight(),
@@ -190,6 +228,7 @@ pub(crate) fn pools_json(shared: &Shared) -> Value {
                     "health_checks": pool.health_check.is_some(),
                     "panic": pool.in_panic(),
                     "circuit_breaker_capped": pool.breaker_capped(),
+                    "queue_waiting": pool.state.queue.waiting(),
                     "backends": backends,
                 }),
             )

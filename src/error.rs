@@ -16,6 +16,10 @@ pub(crate) enum ProxyError {
     MethodNotAllowed,
     #[error("no backend available")]
     NoBackend,
+    #[error("every backend is at max_active_requests and the queue is full")]
+    QueueFull,
+    #[error("no backend came under max_active_requests within the queue's timeout")]
+    QueueTimeout,
     #[error("could not connect to the backend")]
     Connect(#[source] std::io::Error),
     #[error("the backend did not answer in time")]
@@ -49,7 +53,9 @@ impl ProxyError {
             Self::Client(ClientFault::TooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::NoBackend => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoBackend | Self::QueueFull | Self::QueueTimeout => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Connect(_) | Self::Protocol(_) | Self::UpgradeUnsupported => {
                 StatusCode::BAD_GATEWAY
             }
@@ -67,6 +73,12 @@ impl ProxyError {
                 "switchyard: CONNECT is not supported; switchyard is not a forward proxy\n"
             }
             Self::NoBackend => "switchyard: no backend available\n",
+            Self::QueueFull => {
+                "switchyard: queue full (every backend is at max_active_requests and queue.max_waiting requests wait)\n"
+            }
+            Self::QueueTimeout => {
+                "switchyard: queue timeout (no backend came under max_active_requests within queue.timeout)\n"
+            }
             Self::Connect(_) => "switchyard: could not connect to the backend\n",
             Self::Timeout => "switchyard: the backend did not answer in time\n",
             Self::Protocol(_) => "switchyard: the backend's answer was not valid HTTP\n",
@@ -105,6 +117,27 @@ impl ProxyError {
         }
     }
 
+    /// Why the proxy answered itself, for the access log's `reason`.
+    pub(crate) fn code(&self) -> &'static str {
+        match self {
+            Self::NoRoute => "no_route",
+            Self::BadRequest => "malformed",
+            Self::BodyTooLarge => "body_too_large",
+            Self::MethodNotAllowed => "connect_method",
+            Self::NoBackend => "no_backend",
+            Self::QueueFull => "queue_full",
+            Self::QueueTimeout => "queue_timeout",
+            Self::Connect(_) => "connect",
+            Self::Timeout => "timeout",
+            Self::Protocol(_) => "protocol",
+            Self::UpgradeUnsupported => "upgrade_unsupported",
+            Self::BadHost | Self::AuthorityMismatch => "bad_host",
+            Self::UnsupportedTransferCoding => "unsupported_transfer_coding",
+            Self::ResponseHeadTooLarge => "response_head_too_large",
+            Self::Client(fault) => fault.reason(),
+        }
+    }
+
     /// May a replayable request go to another backend after this failure? Only for what a backend did that
     /// another may not do: it did not connect, did not answer in time, broke the exchange.
     pub(crate) fn may_retry(&self) -> bool {
@@ -138,6 +171,8 @@ impl ProxyError {
             | Self::BodyTooLarge
             | Self::MethodNotAllowed
             | Self::NoBackend
+            | Self::QueueFull
+            | Self::QueueTimeout
             | Self::UpgradeUnsupported
             | Self::BadHost
             | Self::AuthorityMismatch

@@ -6,12 +6,14 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwapOption;
 use tokio::time::Instant;
 
+use crate::balance::adaptive::{Latency, Outlier, Ramp, stamp};
 use crate::balance::breaker::{BreakerSettings, CircuitBreaker, State, Transition};
+use crate::balance::pool::PoolState;
 use crate::observe::metrics::BackendMetrics;
 
 /// The last failed health check: why, and when.
@@ -28,7 +30,11 @@ const DRAINING: u64 = 1 << 33;
 const BREAKER: u64 = 1 << 34;
 /// `max_active_requests` is set.
 const CAPPED: u64 = 1 << 35;
-const FLAGS: u64 = DOWN | DRAINING | BREAKER | CAPPED;
+/// Ejected by outlier detection (until a time [`Outlier`] keeps).
+const EJECTED: u64 = 1 << 36;
+const FLAGS: u64 = DOWN | DRAINING | BREAKER | CAPPED | EJECTED;
+/// A slow-start ramp is under way (not a gate: the backend is available, with less weight).
+const RAMPING: u64 = 1 << 37;
 
 fn inverse(weight: u32) -> u32 {
     u32::try_from((1u64 << 32) / u64::from(weight.max(1))).unwrap_or(u32::MAX)
@@ -55,6 +61,13 @@ pub struct Backend {
     /// Removed from the config: the last request to end wakes [`Self::idle`]'s waiter.
     retiring: std::sync::atomic::AtomicBool,
     no_requests: tokio::sync::Notify,
+    /// Of `active`, the upgraded connections (WebSocket tunnels): long-lived, they say nothing of load.
+    tunnels: AtomicUsize,
+    pub(crate) latency: Latency,
+    pub(crate) ramp: Ramp,
+    pub(crate) outlier: Outlier,
+    /// What the backend's pool shares across rebuilds (its members, its queue); set once by the pool.
+    pool_state: std::sync::OnceLock<Arc<PoolState>>,
 }
 
 impl Backend {
@@ -85,7 +98,20 @@ impl Backend {
             from_dns: std::sync::atomic::AtomicBool::new(false),
             retiring: std::sync::atomic::AtomicBool::new(false),
             no_requests: tokio::sync::Notify::new(),
+            tunnels: AtomicUsize::new(0),
+            latency: Latency::new(Duration::from_secs(10), Duration::from_millis(30)),
+            ramp: Ramp::default(),
+            outlier: Outlier::default(),
+            pool_state: std::sync::OnceLock::new(),
         }
+    }
+
+    pub(crate) fn join(&self, state: &Arc<PoolState>) {
+        let _ = self.pool_state.set(Arc::clone(state));
+    }
+
+    pub(crate) fn pool_state(&self) -> Option<&Arc<PoolState>> {
+        self.pool_state.get()
     }
 
     /// Where the backend came from (`/api/pools`); kept up to date across reloads and DNS changes.
@@ -117,8 +143,93 @@ impl Backend {
     fn is_available_slow(&self, gate: u64, now: Instant, ignore_health: bool) -> bool {
         gate & DRAINING == 0
             && (ignore_health || gate & DOWN == 0)
+            && (ignore_health || gate & EJECTED == 0 || !self.outlier.is_ejected(stamp(now)))
             && (gate & CAPPED == 0 || self.under_cap())
             && (gate & BREAKER == 0 || self.breaker.would_admit(now))
+    }
+
+    /// Available but for its request cap: a backend a queued request may wait for.
+    pub(crate) fn is_busy(&self, now: Instant, ignore_health: bool) -> bool {
+        let gate = self.gate.load(Ordering::Relaxed);
+        gate & CAPPED != 0
+            && !self.under_cap()
+            && gate & DRAINING == 0
+            && (ignore_health || gate & DOWN == 0)
+            && (ignore_health || gate & EJECTED == 0 || !self.outlier.is_ejected(stamp(now)))
+            && (gate & BREAKER == 0 || self.breaker.would_admit(now))
+    }
+
+    /// Out of rotation by its breaker or by outlier ejection (what the pool's caps count).
+    pub(crate) fn is_taken_out(&self, now_ns: u64) -> bool {
+        self.breaker.state() != State::Closed
+            || (self.flag(EJECTED) && self.outlier.is_ejected(now_ns))
+    }
+
+    /// The share of its weight the backend has now: below 1 while it ramps up after (re)joining.
+    #[inline]
+    pub(crate) fn weight_factor(&self, now: Instant) -> f64 {
+        if !self.flag(RAMPING) {
+            return 1.0;
+        }
+        self.ramp_factor(now)
+    }
+
+    #[cold]
+    fn ramp_factor(&self, now: Instant) -> f64 {
+        match self.ramp.factor(stamp(now)) {
+            Some(f) => f,
+            None => {
+                self.set_flag(RAMPING, false);
+                1.0
+            }
+        }
+    }
+
+    /// Its weight now, fractional while ramping.
+    pub(crate) fn effective_weight(&self, now: Instant) -> f64 {
+        f64::from(self.weight()) * self.weight_factor(now)
+    }
+
+    /// Starts its slow-start ramp at `at` (a time ahead for an ejected backend's return). Only when slow start
+    /// is on and another backend of the pool is usable: a backend alone gets all the traffic there is anyway.
+    pub(crate) fn begin_ramp(&self, now: Instant, at_ns: u64) {
+        if !self.ramp.is_configured() {
+            return;
+        }
+        let others = self
+            .pool_state()
+            .is_some_and(|s| s.others_usable(self, now));
+        if others && self.ramp.begin(at_ns) {
+            self.set_flag(RAMPING, true);
+        } else {
+            self.ramp.cancel();
+            self.set_flag(RAMPING, false);
+        }
+    }
+
+    /// Counts an open tunnel (its request stays in flight) until the guard drops.
+    pub(crate) fn open_tunnel(self: &Arc<Self>) -> OpenTunnel {
+        self.tunnels.fetch_add(1, Ordering::Relaxed);
+        OpenTunnel(Arc::clone(self))
+    }
+
+    /// Peak-EWMA's cost: latency estimate × (requests in flight, tunnels aside, + 1) / effective weight.
+    #[inline]
+    pub(crate) fn ewma_cost(&self, now: Instant, now_ns: u64) -> f64 {
+        let active = self.active.load(Ordering::Relaxed);
+        let load = active.saturating_sub(self.tunnels.load(Ordering::Relaxed)) as f64 + 1.0;
+        self.latency.estimate(now_ns) * load
+            / (f64::from(self.weight().max(1)) * self.weight_factor(now))
+    }
+
+    /// Marks the backend ejected until `until_ns` (its [`Outlier`] holds the time).
+    pub(crate) fn set_ejected(&self, ejected: bool) {
+        self.set_flag(EJECTED, ejected);
+        self.metrics.set_ejected(ejected);
+    }
+
+    pub(crate) fn is_ejected(&self, now: Instant) -> bool {
+        self.flag(EJECTED) && self.outlier.is_ejected(stamp(now))
     }
 
     fn set_flag(&self, flag: u64, on: bool) {
@@ -144,11 +255,16 @@ impl Backend {
         (self.gate.load(Ordering::Relaxed) & WEIGHT) as u32
     }
 
-    /// `(requests in flight + 1) / weight`, scaled by 2^32: least-connections' measure of load.
+    /// `(requests in flight + 1) / weight`, scaled by 2^32: least-connections' measure of load (the weight
+    /// the effective one while ramping).
     #[inline]
-    pub(crate) fn load_score(&self) -> u64 {
-        (self.active.load(Ordering::Relaxed) as u64 + 1)
-            * u64::from(self.inverse_weight.load(Ordering::Relaxed))
+    pub(crate) fn load_score(&self, now: Instant) -> u64 {
+        let score = (self.active.load(Ordering::Relaxed) as u64 + 1)
+            * u64::from(self.inverse_weight.load(Ordering::Relaxed));
+        if self.gate.load(Ordering::Relaxed) & RAMPING == 0 {
+            return score;
+        }
+        (score as f64 / self.ramp_factor(now)) as u64
     }
 
     pub(crate) fn set_weight(&self, weight: u32) {
@@ -173,19 +289,31 @@ impl Backend {
         self.flag(DRAINING)
     }
 
-    /// Stops (or resumes) new requests to this backend; requests in flight finish either way.
+    /// Stops (or resumes) new requests to this backend; requests in flight finish either way. Resumed, it
+    /// ramps up again (slow start).
     pub(crate) fn set_draining(&self, draining: bool) {
+        let was = self.flag(DRAINING);
         self.set_flag(DRAINING, draining);
+        if was && !draining {
+            let now = Instant::now();
+            self.begin_ramp(now, stamp(now));
+        }
     }
 
     pub(crate) fn is_healthy(&self) -> bool {
         !self.flag(DOWN)
     }
 
-    /// Takes the backend out of (or back into) rotation; the health checker's lever.
+    /// Takes the backend out of (or back into) rotation; the health checker's lever. Back in, it ramps up
+    /// again (slow start).
     pub fn set_healthy(&self, healthy: bool) {
+        let was_down = self.flag(DOWN);
         self.set_flag(DOWN, !healthy);
         self.metrics.set_up(healthy);
+        if was_down && healthy {
+            let now = Instant::now();
+            self.begin_ramp(now, stamp(now));
+        }
     }
 
     pub(crate) fn last_check_error(&self) -> Option<Arc<CheckError>> {
@@ -339,6 +467,15 @@ impl InFlight {
     }
 }
 
+/// An upgraded connection open on a backend; dropping it ends the count.
+pub(crate) struct OpenTunnel(Arc<Backend>);
+
+impl Drop for OpenTunnel {
+    fn drop(&mut self) {
+        self.0.tunnels.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         let before = self.0.active.fetch_sub(1, Ordering::SeqCst);
@@ -347,6 +484,11 @@ impl Drop for InFlight {
         }
         if before == 1 && self.0.retiring.load(Ordering::SeqCst) {
             self.0.no_requests.notify_waiters();
+        }
+        if self.0.flag(CAPPED) {
+            if let Some(state) = self.0.pool_state() {
+                state.queue.slot_freed();
+            }
         }
     }
 }

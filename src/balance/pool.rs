@@ -2,18 +2,25 @@
 //! retries and their budget, panic mode).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use prometheus::IntCounter;
 use tokio::time::Instant;
 
+use crate::balance::adaptive::{instant_of, stamp};
 use crate::balance::backend::Backend;
 use crate::balance::breaker::State;
+use crate::balance::queue::{Queue, QueueRejection};
 use crate::balance::retry::{RetryBudget, RetrySettings};
 pub use crate::balance::select::Tried;
 use crate::balance::select::{self, Candidates, Selector};
 use crate::config::UpstreamTlsSettings;
-use crate::config::{Algorithm, HealthCheckSettings, PoolSettings, Protocol, Timeouts};
+use crate::config::{
+    Algorithm, HealthCheckSettings, OutlierSettings, PoolSettings, Protocol, QueueSettings,
+    Timeouts,
+};
 use crate::observe::metrics::{BackendMetrics, Metrics};
 
 pub struct Pool {
@@ -33,16 +40,65 @@ pub struct Pool {
     max_open_percent: u32,
     /// Breakers that would have opened but were held closed by the cap.
     breaker_capped: IntCounter,
-    /// Failures are recorded one at a time, so two backends cannot both pass the cap's count and open together.
-    /// Shared with the pools that replace this one on reloads and DNS changes: requests still in flight on an
-    /// older snapshot record their failures under the same lock.
-    recording_failure: Arc<std::sync::Mutex<()>>,
+    /// What the pools of this name share across reloads and DNS changes.
+    pub(crate) state: Arc<PoolState>,
+    outlier_detection: Option<OutlierSettings>,
+    pub(crate) queue: Option<QueueSettings>,
+    queue_full: IntCounter,
+    queue_timeout: IntCounter,
     pub(crate) panic_threshold: f64,
     /// A larger response head is refused (502).
     pub(crate) max_response_header_bytes: usize,
     pub(crate) health_check: Option<HealthCheckSettings>,
     /// Label handles for answers the proxy gives itself for this pool (`backend="none"`).
     pub(crate) local_metrics: BackendMetrics,
+}
+
+/// What a pool shares with the pools that replace it (same name) on reloads and DNS changes, and what its
+/// backends reach through it: requests still in flight on an older snapshot see the same state.
+#[derive(Debug, Default)]
+pub(crate) struct PoolState {
+    /// Failures are recorded one at a time, so two backends cannot both pass a cap's count and go out together.
+    recording_failure: std::sync::Mutex<()>,
+    /// The current members (weak: a backend holds this state).
+    members: ArcSwap<Vec<Weak<Backend>>>,
+    pub(crate) queue: Queue,
+}
+
+impl PoolState {
+    /// Is a backend of the pool other than `this` usable now (not draining, healthy, not out, under its cap)?
+    pub(crate) fn others_usable(&self, this: &Backend, now: Instant) -> bool {
+        self.members
+            .load()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .any(|b| {
+                !std::ptr::eq(&*b, this) && (b.is_available(now, false) || b.is_busy(now, false))
+            })
+    }
+}
+
+/// Why a request got no backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unavailable {
+    /// None usable.
+    NoBackend,
+    Queue(QueueRejection),
+}
+
+/// Hands a backend its pool's settings for the latency estimate, slow start and outlier detection.
+fn adapt(backend: &Backend, settings: &PoolSettings) {
+    backend
+        .latency
+        .set_settings(settings.peak_ewma.decay, settings.peak_ewma.default_rtt);
+    match settings.slow_start {
+        Some(s) => backend.ramp.set_settings(s.window, s.min_weight_percent),
+        None => backend.ramp.set_settings(Duration::ZERO, 0),
+    }
+    if settings.outlier_detection.is_none() && backend.outlier.ejected_until().is_some() {
+        backend.outlier.clear();
+        backend.set_ejected(false);
+    }
 }
 
 impl Pool {
@@ -60,29 +116,46 @@ impl Pool {
             .filter(reached_alike)
             .map(|p| p.backends.iter().map(|b| (b.address.as_str(), b)).collect())
             .unwrap_or_default();
+        let state = previous.map_or_else(Default::default, |p| Arc::clone(&p.state));
+        let mut added = Vec::new();
         let backends = settings
             .backends
             .iter()
-            .map(|b| match old.get(b.address.as_str()) {
-                Some(kept) => {
-                    kept.set_source(b.source);
-                    kept.set_weight(b.weight);
-                    kept.set_breaker_settings(settings.breaker);
-                    Arc::clone(kept)
-                }
-                _ => {
-                    let backend = Backend::new(
-                        name,
-                        &b.address,
-                        b.weight,
-                        settings.breaker,
-                        metrics.for_backend(name, &b.address),
-                    );
-                    backend.set_source(b.source);
-                    Arc::new(backend)
-                }
+            .map(|b| {
+                let backend = match old.get(b.address.as_str()) {
+                    Some(kept) => {
+                        kept.set_weight(b.weight);
+                        kept.set_breaker_settings(settings.breaker);
+                        Arc::clone(kept)
+                    }
+                    _ => {
+                        let backend = Arc::new(Backend::new(
+                            name,
+                            &b.address,
+                            b.weight,
+                            settings.breaker,
+                            metrics.for_backend(name, &b.address),
+                        ));
+                        backend.join(&state);
+                        added.push(Arc::clone(&backend));
+                        backend
+                    }
+                };
+                backend.set_source(b.source);
+                adapt(&backend, settings);
+                backend
             })
             .collect::<Vec<_>>();
+        state
+            .members
+            .store(Arc::new(backends.iter().map(Arc::downgrade).collect()));
+        // A backend new to a running pool ramps up; at process start (no previous pool) all start together.
+        if previous.is_some() {
+            let now = Instant::now();
+            for b in &added {
+                b.begin_ramp(now, stamp(now));
+            }
+        }
         Self {
             name: name.to_owned(),
             algorithm: settings.algorithm,
@@ -99,10 +172,17 @@ impl Pool {
             breaker_capped: metrics
                 .circuit_breaker_capped_total
                 .with_label_values(&[name]),
-            recording_failure: previous.map_or_else(
-                || Arc::new(std::sync::Mutex::new(())),
-                |p| Arc::clone(&p.recording_failure),
-            ),
+            state,
+            outlier_detection: settings.outlier_detection,
+            queue: settings.queue,
+            queue_full: metrics
+                .balancing
+                .queue_rejections_total
+                .with_label_values(&[name, "full"]),
+            queue_timeout: metrics
+                .balancing
+                .queue_rejections_total
+                .with_label_values(&[name, "timeout"]),
             panic_threshold: settings.panic_threshold,
             max_response_header_bytes: settings.max_response_header_bytes,
             health_check: settings.health_check.clone(),
@@ -160,21 +240,135 @@ impl Pool {
         None
     }
 
-    /// Records a successful attempt on `backend`.
+    /// Records a successful attempt on `backend`; `latency` (to the response head) feeds its estimate, for
+    /// ordinary exchanges only (not upgrades).
     #[inline]
-    pub(crate) fn record_success(&self, backend: &Backend) {
+    pub(crate) fn record_success(
+        &self,
+        backend: &Backend,
+        now: Instant,
+        latency: Option<Duration>,
+    ) {
+        let now_ns = stamp(now);
+        if let Some(latency) = latency {
+            backend.latency.observe(now_ns, latency);
+        }
+        if let Some(o) = &self.outlier_detection {
+            backend
+                .outlier
+                .count(now_ns, false, o.interval.as_nanos() as u64);
+        }
         backend.record_success();
     }
 
     /// Records a failed attempt on `backend` (something the backend did: refused, timed out, broke the
-    /// exchange, answered 5xx). Its circuit opens only within the pool's cap.
-    pub(crate) fn record_failure(&self, backend: &Backend, what: &dyn std::fmt::Display) {
+    /// exchange, answered 5xx), `took` after it began. Its circuit opens, and outlier detection ejects it, only
+    /// within the pool's caps.
+    pub(crate) fn record_failure(
+        &self,
+        backend: &Arc<Backend>,
+        what: &dyn std::fmt::Display,
+        now: Instant,
+        took: Duration,
+    ) {
+        let now_ns = stamp(now);
+        backend.latency.penalize(now_ns, took);
         let _one_at_a_time = self
+            .state
             .recording_failure
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if backend.record_failure(what, || self.may_eject(backend)) {
+        if backend.record_failure(what, || self.may_eject(backend, self.max_open_percent)) {
             self.breaker_capped.inc();
+        }
+        if let Some(o) = &self.outlier_detection {
+            let (requests, failures) =
+                backend
+                    .outlier
+                    .count(now_ns, true, o.interval.as_nanos() as u64);
+            if requests >= o.min_requests
+                && u64::from(failures) * 100
+                    >= u64::from(o.failure_percentage) * u64::from(requests)
+                && !backend.is_ejected(now)
+                && self.may_eject(backend, o.max_ejection_percent)
+            {
+                self.eject(backend, o, now, requests, failures);
+            }
+        }
+    }
+
+    /// Takes `backend` out of rotation for its ejection time; a timer brings it back (with slow start).
+    fn eject(
+        &self,
+        backend: &Arc<Backend>,
+        o: &OutlierSettings,
+        now: Instant,
+        requests: u32,
+        failures: u32,
+    ) {
+        let now_ns = stamp(now);
+        let until = backend
+            .outlier
+            .eject(now_ns, o.base_ejection_time, o.max_ejection_time);
+        backend.set_ejected(true);
+        backend.metrics.ejections.inc();
+        backend.ramp.cancel();
+        backend.begin_ramp(now, until);
+        let back_at = instant_of(until, now);
+        tracing::warn!(pool = %self.name, backend = %backend.address, requests, failures,
+            ejected_for = %humantime::format_duration(Duration::from_millis((back_at - now).as_millis() as u64)),
+            "outlier ejected: failure rate at or above failure_percentage");
+        let backend = Arc::clone(backend);
+        tokio::spawn(async move {
+            tokio::time::sleep_until(back_at).await;
+            if backend.outlier.end(until) {
+                backend.set_ejected(false);
+                tracing::info!(pool = %backend.pool, backend = %backend.address,
+                    "outlier returned: ejection time over");
+            }
+        });
+    }
+
+    /// Waits in the pool's queue for a backend under its request cap, when every usable backend is at its cap.
+    /// `Err` when the pool has no queue or something other than the caps keeps the backends out (no backend),
+    /// when the queue is full, or when the wait runs out.
+    pub(crate) async fn wait_for_backend(&self, tried: &mut Tried) -> Result<usize, Unavailable> {
+        let Some(settings) = self.queue else {
+            return Err(Unavailable::NoBackend);
+        };
+        let queue = &self.state.queue;
+        let now = Instant::now();
+        let ignore_health = self.in_panic();
+        if !self.backends.iter().any(|b| b.is_busy(now, ignore_health)) {
+            return Err(Unavailable::NoBackend);
+        }
+        let Some(place) = queue.enter(settings.max_waiting as usize) else {
+            self.queue_full.inc();
+            return Err(Unavailable::Queue(QueueRejection::Full));
+        };
+        let deadline = now + settings.timeout;
+        loop {
+            let freed = place.next_slot();
+            let mut freed = std::pin::pin!(freed);
+            freed.as_mut().enable();
+            let now = Instant::now();
+            if let Some(i) = self.pick(now, tried) {
+                return Ok(i);
+            }
+            if !self
+                .backends
+                .iter()
+                .any(|b| b.is_busy(now, self.in_panic()))
+            {
+                return Err(Unavailable::NoBackend);
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                self.queue_timeout.inc();
+                return Err(Unavailable::Queue(QueueRejection::Timeout));
+            }
+            // A backend refused by its breaker in a pick stays in `tried`; one freed by its cap may be tried
+            // again.
+            *tried = Tried::default();
         }
     }
 
@@ -183,23 +377,24 @@ impl Pool {
         self.breaker_capped.get()
     }
 
-    /// May `candidate` be taken out of rotation (its circuit opened; later, outlier ejection)? Only while,
-    /// counting it as out, at most `max_open_percent` of the pool is out, and another backend stays usable
-    /// (not out, not draining, healthy or the pool in panic mode).
-    pub(crate) fn may_eject(&self, candidate: &Backend) -> bool {
+    /// May `candidate` be taken out of rotation (its circuit opened, or outlier detection ejects it)? Only
+    /// while, counting it as out, at most `percent` of the pool is out (by breaker or ejection), and another
+    /// backend stays usable (not out, not draining, healthy or the pool in panic mode).
+    pub(crate) fn may_eject(&self, candidate: &Backend, percent: u32) -> bool {
         let ignore_health = self.in_panic();
+        let now_ns = stamp(Instant::now());
         let (mut out, mut usable) = (1usize, 0usize);
         for b in &self.backends {
             if std::ptr::eq(&**b, candidate) {
                 continue;
             }
-            if b.breaker.state() != State::Closed {
+            if b.is_taken_out(now_ns) {
                 out += 1;
             } else if !b.is_draining() && (ignore_health || b.is_healthy()) {
                 usable += 1;
             }
         }
-        usable > 0 && out * 100 <= self.max_open_percent as usize * self.backends.len()
+        usable > 0 && out * 100 <= percent as usize * self.backends.len()
     }
 
     /// Is the healthy share of the pool below `panic_threshold`, so health checks are ignored?

@@ -131,6 +131,42 @@ pub(crate) struct Pool {
     pub(crate) protocol: Option<String>,
     pub(crate) tls: Option<UpstreamTls>,
     pub(crate) discovery: Option<Discovery>,
+    pub(crate) peak_ewma: Option<PeakEwma>,
+    pub(crate) slow_start: Option<SlowStart>,
+    pub(crate) outlier_detection: Option<OutlierDetection>,
+    pub(crate) queue: Option<Queue>,
+}
+
+/// `[pools.NAME.peak_ewma]`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct PeakEwma {
+    pub(crate) decay: Option<String>,
+    pub(crate) default_rtt: Option<String>,
+}
+
+/// `[pools.NAME.slow_start]`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct SlowStart {
+    pub(crate) window: Option<String>,
+    pub(crate) min_weight_percent: Option<i64>,
+}
+
+/// `[pools.NAME.outlier_detection]`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct OutlierDetection {
+    pub(crate) interval: Option<String>,
+    pub(crate) failure_percentage: Option<i64>,
+    pub(crate) min_requests: Option<i64>,
+    pub(crate) max_ejection_percent: Option<i64>,
+    pub(crate) base_ejection_time: Option<String>,
+    pub(crate) max_ejection_time: Option<String>,
+}
+
+/// `[pools.NAME.queue]`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Queue {
+    pub(crate) max_waiting: Option<i64>,
+    pub(crate) timeout: Option<String>,
 }
 
 /// A number written either way in TOML (`0`, `0.5`).

@@ -166,15 +166,17 @@ pub(crate) struct RouteSettings {
 pub enum Algorithm {
     RoundRobin,
     LeastConnections,
+    PeakEwma,
 }
 
 impl Algorithm {
-    pub(crate) const ALLOWED: [&'static str; 2] = ["round_robin", "least_connections"];
+    pub(crate) const ALLOWED: [&'static str; 3] = ["round_robin", "least_connections", "peak_ewma"];
 
     pub(crate) fn parse(name: &str) -> Option<Self> {
         match name {
             "round_robin" => Some(Self::RoundRobin),
             "least_connections" => Some(Self::LeastConnections),
+            "peak_ewma" => Some(Self::PeakEwma),
             _ => None,
         }
     }
@@ -183,6 +185,7 @@ impl Algorithm {
         match self {
             Self::RoundRobin => "round_robin",
             Self::LeastConnections => "least_connections",
+            Self::PeakEwma => "peak_ewma",
         }
     }
 }
@@ -204,6 +207,58 @@ pub struct PoolSettings {
     /// For `https` and `h2`.
     pub(crate) tls: Option<UpstreamTlsSettings>,
     pub(crate) discovery: Option<DiscoverySettings>,
+    /// `[pools.NAME.peak_ewma]`: the latency estimate every backend keeps (shown for every algorithm).
+    pub(crate) peak_ewma: PeakEwmaSettings,
+    /// `None`: no ramp.
+    pub(crate) slow_start: Option<SlowStartSettings>,
+    /// `None`: no passive ejection beyond the circuit breaker.
+    pub(crate) outlier_detection: Option<OutlierSettings>,
+    /// `None`: a request finding every backend at `max_active_requests` gets 503 at once.
+    pub(crate) queue: Option<QueueSettings>,
+}
+
+/// `[pools.NAME.peak_ewma]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct PeakEwmaSettings {
+    /// How fast the latency estimate forgets.
+    pub(crate) decay: Duration,
+    /// The estimate of a backend with no samples yet.
+    pub(crate) default_rtt: Duration,
+}
+
+impl Default for PeakEwmaSettings {
+    fn default() -> Self {
+        Self {
+            decay: Duration::from_secs(10),
+            default_rtt: Duration::from_millis(30),
+        }
+    }
+}
+
+/// `[pools.NAME.slow_start]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct SlowStartSettings {
+    pub(crate) window: Duration,
+    /// The ramp's floor, in percent of the backend's weight.
+    pub(crate) min_weight_percent: u32,
+}
+
+/// `[pools.NAME.outlier_detection]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct OutlierSettings {
+    pub(crate) interval: Duration,
+    pub(crate) failure_percentage: u32,
+    pub(crate) min_requests: u32,
+    pub(crate) max_ejection_percent: u32,
+    pub(crate) base_ejection_time: Duration,
+    pub(crate) max_ejection_time: Duration,
+}
+
+/// `[pools.NAME.queue]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct QueueSettings {
+    pub(crate) max_waiting: u32,
+    pub(crate) timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -4,6 +4,8 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+mod balancing;
+
 use super::diag::{FieldPath, Locator, Problem};
 use super::model;
 use super::settings::*;
@@ -632,7 +634,24 @@ impl Checker<'_, '_> {
                 0.0
             }
         };
+        let peak_ewma = self.peak_ewma(field.key("peak_ewma"), pool.peak_ewma.as_ref());
+        let slow_start = pool
+            .slow_start
+            .as_ref()
+            .map(|s| self.slow_start(field.key("slow_start"), s));
+        let outlier_detection = pool
+            .outlier_detection
+            .as_ref()
+            .map(|o| self.outlier_detection(field.key("outlier_detection"), o));
+        let queue = pool
+            .queue
+            .as_ref()
+            .map(|q| self.queue(field.key("queue"), q, &breaker));
         PoolSettings {
+            peak_ewma,
+            slow_start,
+            outlier_detection,
+            queue,
             algorithm,
             backends,
             timeouts,

@@ -33,6 +33,8 @@ pub(crate) struct Entry {
     pub(crate) duration: Duration,
     pub(crate) bytes_in: u64,
     pub(crate) bytes_out: u64,
+    /// Why the proxy answered itself (`queue_full`, `no_backend`, …); empty when an upstream answered.
+    pub(crate) reason: &'static str,
 }
 
 #[derive(Serialize)]
@@ -49,6 +51,8 @@ struct JsonLine<'a> {
     duration_ms: f64,
     bytes_in: u64,
     bytes_out: u64,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    reason: &'a str,
 }
 
 impl Entry {
@@ -70,6 +74,7 @@ impl Entry {
                     duration_ms,
                     bytes_in: self.bytes_in,
                     bytes_out: self.bytes_out,
+                    reason: self.reason,
                 };
                 if serde_json::to_writer(&mut *out, &line).is_ok() {
                     out.push(b'\n');
@@ -79,7 +84,7 @@ impl Entry {
                 use std::io::Write;
                 let _ = writeln!(
                     out,
-                    "{time} {} \"{} {}{}\" {} pool={} backend={} attempts={} duration_ms={duration_ms} bytes_in={} bytes_out={}",
+                    "{time} {} \"{} {}{}\" {} pool={} backend={} attempts={} duration_ms={duration_ms} bytes_in={} bytes_out={}{}{}",
                     self.client,
                     self.method,
                     if self.host.is_empty() {
@@ -94,6 +99,12 @@ impl Entry {
                     self.attempts,
                     self.bytes_in,
                     self.bytes_out,
+                    if self.reason.is_empty() {
+                        ""
+                    } else {
+                        " reason="
+                    },
+                    self.reason,
                 );
             }
         }
@@ -194,6 +205,7 @@ pub(crate) struct Pending {
     pub(crate) backend: String,
     pub(crate) attempts: u32,
     pub(crate) status: u16,
+    pub(crate) reason: &'static str,
 }
 
 impl Pending {
@@ -212,6 +224,7 @@ impl Pending {
             duration,
             bytes_in: self.bytes_in.load(Ordering::Relaxed),
             bytes_out,
+            reason: self.reason,
         };
         self.log.record(entry);
     }
@@ -235,6 +248,7 @@ mod tests {
             duration: Duration::from_micros(1500),
             bytes_in: 0,
             bytes_out: 42,
+            reason: "",
         }
     }
 

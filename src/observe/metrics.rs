@@ -44,9 +44,10 @@ pub struct Metrics {
     pub(crate) upgraded_connections: IntGauge,
     pub(crate) discovery_lookups_total: IntCounterVec,
     pub(crate) discovery_backends: IntGaugeVec,
+    pub(crate) balancing: super::balancing::BalancingMetrics,
 }
 
-fn must<T>(result: prometheus::Result<T>) -> T {
+pub(crate) fn must<T>(result: prometheus::Result<T>) -> T {
     match result {
         Ok(v) => v,
         // Only reachable with a malformed metric name or a name registered twice: a programming error.
@@ -254,7 +255,9 @@ impl Metrics {
         must(registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         )));
+        let balancing = super::balancing::BalancingMetrics::register(&registry);
         Self {
+            balancing,
             registry,
             requests_total,
             request_duration_seconds,
@@ -349,6 +352,15 @@ impl Metrics {
                 .upstream_reused_connection_retries_total
                 .with_label_values(&labels),
             other_codes: Default::default(),
+            ejected: Some({
+                let g = self.balancing.ejected.with_label_values(&labels);
+                g.set(0);
+                g
+            }),
+            ejections: self
+                .balancing
+                .outlier_ejections_total
+                .with_label_values(&labels),
         }
     }
 
@@ -371,6 +383,8 @@ impl Metrics {
             connections_opened: unregistered(),
             reused_connection_retries: unregistered(),
             other_codes: Default::default(),
+            ejected: None,
+            ejections: unregistered(),
         }
     }
 }
@@ -419,6 +433,9 @@ pub struct BackendMetrics {
     pub(crate) connections_opened: IntCounter,
     pub(crate) reused_connection_retries: IntCounter,
     other_codes: std::sync::Mutex<Vec<u16>>,
+    /// `None` for the proxy's own answers.
+    ejected: Option<IntGauge>,
+    pub(crate) ejections: IntCounter,
 }
 
 impl BackendMetrics {
@@ -454,6 +471,7 @@ impl BackendMetrics {
     pub(crate) fn remove_series(&self, metrics: &Metrics) {
         let (pool, backend) = (self.pool.as_str(), self.backend.as_str());
         let labels = [pool, backend];
+        metrics.balancing.remove_backend(pool, backend);
         let _ = metrics
             .request_duration_seconds
             .remove_label_values(&labels);
@@ -500,6 +518,12 @@ impl BackendMetrics {
         self.errors
             .with_label_values(&[&self.pool, &self.backend, kind])
             .inc();
+    }
+
+    pub(crate) fn set_ejected(&self, ejected: bool) {
+        if let Some(g) = &self.ejected {
+            g.set(i64::from(ejected));
+        }
     }
 
     pub(crate) fn set_up(&self, up: bool) {

@@ -2,4 +2,5 @@
 //! written to by the data path without blocking it and read by the admin listener and the log writer.
 
 pub(crate) mod access_log;
+pub(crate) mod balancing;
 pub mod metrics;

@@ -24,7 +24,8 @@ pub(crate) use body::{Completion, ProxyBody};
 pub(crate) use tunnel::OpenTunnels;
 
 use crate::balance::backend::Backend;
-use crate::balance::pool::{Pool, Tried};
+use crate::balance::pool::{Pool, Tried, Unavailable};
+use crate::balance::queue::QueueRejection;
 use crate::balance::retry;
 use crate::config::Limits;
 use crate::config::Protocol;
@@ -102,7 +103,9 @@ impl Proxy {
         let upgrade = headers::is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
         let mut tried = Tried::default();
         let first = match admitted.pick_first(upgrade.is_some(), started, &mut tried) {
-            Ok(i) => i,
+            Ok(i) => Some(i as u32),
+            // Every usable backend at its request cap: the request waits in the pool's queue (in `forward`).
+            Err(ProxyError::NoBackend) if admitted.target.pool.queue.is_some() => None,
             Err(e) => return Err(Box::new(self.refuse(&e, admitted, 0))),
         };
         match admitted.prepare(req, conn, upgrade.is_some(), started) {
@@ -115,7 +118,9 @@ impl Proxy {
                 upgrade,
             }),
             Err((e, admitted)) => {
-                admitted.target.pool.backends[first].breaker.cancel_trial();
+                if let Some(b) = first.and_then(|i| admitted.target.pool.backends.get(i as usize)) {
+                    b.breaker.cancel_trial();
+                }
                 Err(Box::new(self.refuse(&e, *admitted, 0)))
             }
         }
@@ -185,6 +190,21 @@ impl Proxy {
         } = ready;
         let target = Arc::clone(&admitted.target);
         let pool = &*target.pool;
+        let first = match first {
+            Some(first) => first as usize,
+            // Boxed: the rare wait should not make every request's future larger.
+            None => match Box::pin(pool.wait_for_backend(&mut tried)).await {
+                Ok(i) => i,
+                Err(why) => {
+                    let e = match why {
+                        Unavailable::NoBackend => ProxyError::NoBackend,
+                        Unavailable::Queue(QueueRejection::Full) => ProxyError::QueueFull,
+                        Unavailable::Queue(QueueRejection::Timeout) => ProxyError::QueueTimeout,
+                    };
+                    return self.refuse(&e, admitted, 0);
+                }
+            },
+        };
         // A body-less idempotent request can be sent again: on a new connection when a reused one turns out
         // closed, and to another backend when the pool's retry policy allows.
         let replayable =
@@ -205,6 +225,7 @@ impl Proxy {
                 replay: copy.as_ref(),
                 started,
                 attempt_started,
+                upgrade: upgrade.is_some(),
             };
             let attempts = retries + 1;
             let (failure, back) = match exchange.attempt(req).await {
@@ -294,6 +315,9 @@ impl Proxy {
             tracing::debug!(%error, reason, "request refused");
         }
         let status = error.status();
+        if let Some(l) = log.as_deref_mut() {
+            l.reason = error.code();
+        }
         record::answered(metrics, status, log.as_deref_mut(), None, attempts);
         let elapsed = started.elapsed();
         let body = error.reason().len() as u64;
@@ -337,8 +361,9 @@ impl Proxy {
 /// A request ready for its first attempt.
 struct Ready {
     admitted: Admitted,
-    /// The backend picked for the first attempt.
-    first: usize,
+    /// The backend picked for the first attempt; `None`: to wait for one in the pool's queue. (`u32`: the
+    /// request's future stays small.)
+    first: Option<u32>,
     /// The backends tried (or refused by their breaker) so far.
     tried: Tried,
     req: Outgoing,
@@ -443,6 +468,8 @@ struct Exchange<'a> {
     replay: Option<&'a Outgoing>,
     started: Instant,
     attempt_started: Instant,
+    /// An upgrade (WebSocket): its exchange says nothing of the backend's latency.
+    upgrade: bool,
 }
 
 impl Exchange<'_> {
@@ -455,7 +482,7 @@ impl Exchange<'_> {
     ) -> Result<(Response<Incoming>, Completion), (Failure, Option<Outgoing>)> {
         let (pool, backend) = (self.pool, self.backend);
         let in_flight = backend.begin();
-        let mut outcome = OutcomeGuard::new(pool, backend);
+        let mut outcome = OutcomeGuard::new(pool, backend, &self.attempt_started, !self.upgrade);
         let error = match self.send(req).await {
             Some(Ok((resp, sender))) if head_size(&resp) <= pool.max_response_header_bytes => {
                 let status = resp.status();
@@ -557,25 +584,32 @@ fn log_failure(backend: &Backend, error: &ProxyError) {
 /// went away, or broke its body), releases the half-open trial it holds so the breaker cannot stay stuck.
 struct OutcomeGuard<'a> {
     attempt: Option<(&'a Pool, &'a Arc<Backend>)>,
+    /// When the attempt began, and whether its time to the response head is a latency sample (not for upgrades).
+    started: &'a Instant,
+    sample: bool,
     /// The attempt began with the circuit half-open, so it is the one trial the breaker let through (it was
     /// admitted just before). An attempt admitted while closed holds no trial and must not release another's.
     trial: bool,
 }
 
 impl<'a> OutcomeGuard<'a> {
-    fn new(pool: &'a Pool, backend: &'a Arc<Backend>) -> Self {
+    fn new(pool: &'a Pool, backend: &'a Arc<Backend>, started: &'a Instant, sample: bool) -> Self {
         Self {
             attempt: Some((pool, backend)),
+            started,
+            sample,
             trial: backend.breaker.state() == crate::balance::breaker::State::HalfOpen,
         }
     }
 
     fn record(&mut self, ok: bool, what: &dyn std::fmt::Display) {
         if let Some((pool, backend)) = self.attempt.take() {
+            let now = Instant::now();
+            let took = now.saturating_duration_since(*self.started);
             if ok {
-                pool.record_success(backend);
+                pool.record_success(backend, now, self.sample.then_some(took));
             } else {
-                pool.record_failure(backend, what);
+                pool.record_failure(backend, what, now, took);
             }
         }
     }
@@ -762,6 +796,7 @@ fn pending(log: &Arc<AccessLog>, req: &Request<Incoming>, peer: SocketAddr) -> P
         backend: NONE.to_owned(),
         attempts: 0,
         status: 0,
+        reason: "",
     }
 }
 
@@ -838,11 +873,16 @@ mod outcome_guard {
             protocol: Default::default(),
             tls: None,
             discovery: None,
+            peak_ewma: Default::default(),
+            slow_start: None,
+            outlier_detection: None,
+            queue: None,
         };
         let pool = Pool::new("p", &settings, &Metrics::new(), None);
         let backend = &pool.backends[0];
+        let started = Instant::now();
         // Admitted while closed: holds no trial.
-        let guard = OutcomeGuard::new(&pool, backend);
+        let guard = OutcomeGuard::new(&pool, backend, &started, true);
         for _ in 0..5 {
             backend.breaker.on_failure(Instant::now(), "500");
         }
@@ -857,7 +897,7 @@ mod outcome_guard {
             "the other request's trial is still in flight"
         );
         // The trial holder abandoning its attempt does release it.
-        let trial = OutcomeGuard::new(&pool, backend);
+        let trial = OutcomeGuard::new(&pool, backend, &started, true);
         drop(trial);
         assert!(backend.breaker.would_admit(Instant::now()));
     }

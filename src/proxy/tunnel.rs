@@ -107,7 +107,7 @@ pub(super) fn open(
                 return;
             }
         };
-        let open = tunnels.enter();
+        let open = (tunnels.enter(), done.in_flight.backend().open_tunnel());
         let to_client = relay(client, upstream, idle_timeout).await;
         drop(open);
         finish(done, to_client);

@@ -5,6 +5,7 @@
 //! `config::Algorithm`, its variant in [`Registered`] and one line in [`build`].
 
 mod least_connections;
+mod peak_ewma;
 mod round_robin;
 
 use std::sync::Arc;
@@ -12,6 +13,8 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 pub use least_connections::LeastConnections;
+pub(crate) use least_connections::splitmix64;
+pub use peak_ewma::PeakEwma;
 pub use round_robin::RoundRobin;
 
 use super::backend::Backend;
@@ -27,6 +30,7 @@ pub trait Selector: Send + Sync + std::fmt::Debug {
 /// A concrete type (not a closure behind a pointer) so that each algorithm's scan inlines the check.
 pub struct Candidates<'a> {
     pub(crate) backends: &'a [Arc<Backend>],
+    now: Instant,
     rule: Rule<'a>,
 }
 
@@ -50,12 +54,17 @@ impl<'a> Candidates<'a> {
             ignore_health,
             tried,
         };
-        Self { backends, rule }
+        Self {
+            backends,
+            now: Instant::now(),
+            rule,
+        }
     }
 
     pub fn given(backends: &'a [Arc<Backend>], usable: &'a dyn Fn(usize) -> bool) -> Self {
         Self {
             backends,
+            now: Instant::now(),
             rule: Rule::Given(usable),
         }
     }
@@ -64,7 +73,7 @@ impl<'a> Candidates<'a> {
     /// [`Registered::pick_available`] instead, with its check inlined).
     #[inline(always)]
     pub(crate) fn scan_with<S: Scan>(&self, algorithm: &S) -> Option<usize> {
-        algorithm.scan(self.backends, |i| self.usable(i))
+        algorithm.scan(self.backends, self.now, |i| self.usable(i))
     }
 
     /// May backend `i` be chosen?
@@ -122,6 +131,7 @@ impl Tried {
 pub enum Registered {
     RoundRobin(RoundRobin),
     LeastConnections(LeastConnections),
+    PeakEwma(PeakEwma),
 }
 
 impl Registered {
@@ -137,6 +147,7 @@ impl Registered {
         match self {
             Self::RoundRobin(s) => scan_available(s, backends, now, ignore_health, tried),
             Self::LeastConnections(s) => scan_available(s, backends, now, ignore_health, tried),
+            Self::PeakEwma(s) => scan_available(s, backends, now, ignore_health, tried),
         }
     }
 }
@@ -150,9 +161,11 @@ fn scan_available<S: Scan>(
     tried: &Tried,
 ) -> Option<usize> {
     if tried.is_empty() {
-        algorithm.scan(backends, |i| backends[i].is_available(now, ignore_health))
+        algorithm.scan(backends, now, |i| {
+            backends[i].is_available(now, ignore_health)
+        })
     } else {
-        algorithm.scan(backends, |i| {
+        algorithm.scan(backends, now, |i| {
             !tried.contains(i) && backends[i].is_available(now, ignore_health)
         })
     }
@@ -164,6 +177,7 @@ impl Selector for Registered {
         match self {
             Self::RoundRobin(s) => Selector::pick(s, candidates),
             Self::LeastConnections(s) => Selector::pick(s, candidates),
+            Self::PeakEwma(s) => Selector::pick(s, candidates),
         }
     }
 }
@@ -177,19 +191,38 @@ pub fn build(algorithm: Algorithm, backends: &[Arc<Backend>]) -> Registered {
             Registered::RoundRobin(RoundRobin::new(&weights))
         }
         Algorithm::LeastConnections => Registered::LeastConnections(LeastConnections::new()),
+        Algorithm::PeakEwma => Registered::PeakEwma(PeakEwma::new()),
     }
 }
 
 /// An algorithm's scan over the backends with a concrete `usable` check; [`Candidates::scan_with`] calls it
 /// with the pool's rule.
 pub(crate) trait Scan {
-    fn scan(&self, backends: &[Arc<Backend>], usable: impl Fn(usize) -> bool) -> Option<usize>;
+    fn scan(
+        &self,
+        backends: &[Arc<Backend>],
+        now: Instant,
+        usable: impl Fn(usize) -> bool,
+    ) -> Option<usize>;
 }
 
 impl Scan for RoundRobin {
+    /// A ramping backend (slow start) keeps its turn with the chance its weight factor gives, so its share is
+    /// that of its effective weight; if that leaves nothing, the turn is taken without the ramp.
     #[inline(always)]
-    fn scan(&self, backends: &[Arc<Backend>], usable: impl Fn(usize) -> bool) -> Option<usize> {
-        RoundRobin::pick(self, backends.len(), usable)
+    fn scan(
+        &self,
+        backends: &[Arc<Backend>],
+        now: Instant,
+        usable: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        RoundRobin::pick(self, backends.len(), |i| {
+            usable(i) && {
+                let f = backends[i].weight_factor(now);
+                f >= 1.0 || crate::balance::adaptive::chance() < f
+            }
+        })
+        .or_else(|| RoundRobin::pick(self, backends.len(), usable))
     }
 }
 
@@ -202,8 +235,32 @@ impl Selector for RoundRobin {
 
 impl Scan for LeastConnections {
     #[inline(always)]
-    fn scan(&self, backends: &[Arc<Backend>], usable: impl Fn(usize) -> bool) -> Option<usize> {
-        LeastConnections::pick(self, backends, usable)
+    fn scan(
+        &self,
+        backends: &[Arc<Backend>],
+        now: Instant,
+        usable: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        LeastConnections::pick(self, backends, now, usable)
+    }
+}
+
+impl Scan for PeakEwma {
+    #[inline(always)]
+    fn scan(
+        &self,
+        backends: &[Arc<Backend>],
+        now: Instant,
+        usable: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        PeakEwma::pick(self, backends, now, usable)
+    }
+}
+
+impl Selector for PeakEwma {
+    #[inline]
+    fn pick(&self, c: &Candidates<'_>) -> Option<usize> {
+        c.scan_with(self)
     }
 }
 

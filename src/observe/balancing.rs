@@ -1,0 +1,87 @@
+//! The collectors of adaptive balancing: latency estimates, effective weights, outlier ejections and queues.
+//! The gauges of estimates and weights are set when `/metrics` is read (from the backends' own state), so the
+//! request path pays nothing for them.
+
+use prometheus::{GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+
+use super::metrics::must;
+
+pub(crate) struct BalancingMetrics {
+    pub(crate) latency_ewma_seconds: GaugeVec,
+    pub(crate) effective_weight: GaugeVec,
+    pub(crate) outlier_ejections_total: IntCounterVec,
+    pub(crate) ejected: IntGaugeVec,
+    pub(crate) queue_waiting: IntGaugeVec,
+    pub(crate) queue_rejections_total: IntCounterVec,
+}
+
+const BACKEND: &[&str] = &["pool", "backend"];
+
+impl BalancingMetrics {
+    pub(crate) fn register(registry: &Registry) -> Self {
+        let m = Self {
+            latency_ewma_seconds: must(GaugeVec::new(
+                Opts::new(
+                    "switchyard_backend_latency_ewma_seconds",
+                    "The backend's peak-EWMA latency estimate (time to the response head), as peak_ewma balances on it.",
+                ),
+                BACKEND,
+            )),
+            effective_weight: must(GaugeVec::new(
+                Opts::new(
+                    "switchyard_backend_effective_weight",
+                    "The backend's weight now: below its configured weight while it ramps up (slow_start).",
+                ),
+                BACKEND,
+            )),
+            outlier_ejections_total: must(IntCounterVec::new(
+                Opts::new(
+                    "switchyard_outlier_ejections_total",
+                    "Times outlier detection ejected the backend for its failure rate.",
+                ),
+                BACKEND,
+            )),
+            ejected: must(IntGaugeVec::new(
+                Opts::new(
+                    "switchyard_backend_ejected",
+                    "1 while outlier detection keeps the backend out of rotation.",
+                ),
+                BACKEND,
+            )),
+            queue_waiting: must(IntGaugeVec::new(
+                Opts::new(
+                    "switchyard_queue_waiting",
+                    "Requests waiting in the pool's queue for a backend under max_active_requests.",
+                ),
+                &["pool"],
+            )),
+            queue_rejections_total: must(IntCounterVec::new(
+                Opts::new(
+                    "switchyard_queue_rejections_total",
+                    "Requests refused 503 by the pool's queue: full (max_waiting) or timeout.",
+                ),
+                &["pool", "reason"],
+            )),
+        };
+        for c in [
+            Box::new(m.latency_ewma_seconds.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.effective_weight.clone()),
+            Box::new(m.outlier_ejections_total.clone()),
+            Box::new(m.ejected.clone()),
+            Box::new(m.queue_waiting.clone()),
+            Box::new(m.queue_rejections_total.clone()),
+        ] {
+            must(registry.register(c));
+        }
+        m
+    }
+
+    /// Deletes a removed backend's series.
+    pub(crate) fn remove_backend(&self, pool: &str, backend: &str) {
+        let labels = [pool, backend];
+        let _ = self.latency_ewma_seconds.remove_label_values(&labels);
+        let _ = self.effective_weight.remove_label_values(&labels);
+        let _ = self.outlier_ejections_total.remove_label_values(&labels);
+        let _ = self.ejected.remove_label_values(&labels);
+    }
+}
