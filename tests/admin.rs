@@ -152,9 +152,10 @@ backends = [{{ address = "{a}" }}, {{ address = "{b}", weight = 3 }}]
     let backend = |addr: std::net::SocketAddr, weight: u32| {
         serde_json::json!({"address": addr.to_string(), "source": "static", "weight": weight, "healthy": true, "circuit": "closed",
             "circuit_held_closed": false, "active_requests": 0, "draining": false, "consecutive_failures": 0, "half_open_at": null, "last_check_error": null,
-            "last_check_error_at": null})
+            "last_check_error_at": null, "latency_ewma_ms": 30.0, "effective_weight": f64::from(weight),
+            "slow_start_ends_at": null, "ejected_until": null})
     };
     let want = serde_json::json!({"pools": {"api": {"algorithm": "least_connections", "health_checks": false,
-        "panic": false, "circuit_breaker_capped": 0, "backends": [backend(a, 1), backend(b, 3)]}}});
+        "panic": false, "circuit_breaker_capped": 0, "queue_waiting": 0, "backends": [backend(a, 1), backend(b, 3)]}}});
     assert_eq!(v, want);
 }

@@ -336,7 +336,7 @@ backends = [{{ address = "{}" }}]
         .lines()
         .filter_map(|l| l.trim().strip_prefix("expr: "))
         .collect();
-    assert_eq!(exprs.len(), 7);
+    assert_eq!(exprs.len(), 8);
     for expr in &exprs {
         query(prom, expr).await;
     }
@@ -352,7 +352,7 @@ backends = [{{ address = "{}" }}]
                 .flatten()
                 .flat_map(|g| g["rules"].as_array().into_iter().flatten())
                 .collect();
-            let all_ok = rules.len() == 7 && rules.iter().all(|r| r["health"] == "ok");
+            let all_ok = rules.len() == 8 && rules.iter().all(|r| r["health"] == "ok");
             let down_pending = rules.iter().any(|r| {
                 r["name"] == "SwitchyardBackendDown"
                     && r["alerts"]
