@@ -10,7 +10,7 @@ use switchyard::balance::pool::{Pool, Tried};
 use switchyard::config::{self, Algorithm};
 use switchyard::observe::metrics::Metrics;
 
-fn pool(algorithm: Algorithm, n: usize, metrics: &Metrics) -> Pool {
+fn pool(algorithm: Algorithm, n: usize, extra: &str, metrics: &Metrics) -> Pool {
     let backends: Vec<String> = (0..n)
         .map(|i| {
             format!(
@@ -24,7 +24,7 @@ fn pool(algorithm: Algorithm, n: usize, metrics: &Metrics) -> Pool {
     let text = format!(
         "[[listeners]]\naddress = \"127.0.0.1:0\"\n[admin]\naddress = \"127.0.0.1:0\"\n\
          [[routes]]\npath_prefix = \"/\"\npool = \"bench\"\n\
-         [pools.bench]\nalgorithm = \"{}\"\nbackends = [{}]\n",
+         [pools.bench]\nalgorithm = \"{}\"\nbackends = [{}]\n{extra}\n",
         algorithm.as_str(),
         backends.join(", ")
     );
@@ -41,12 +41,24 @@ fn pick(c: &mut Criterion) {
     let _guard = runtime.enter();
     let metrics = Metrics::new();
     let mut group = c.benchmark_group("pick");
-    for algorithm in [Algorithm::RoundRobin, Algorithm::LeastConnections] {
+    let slow_start = "[pools.bench.slow_start]\nwindow = \"30s\"";
+    for (algorithm, extra) in [
+        (Algorithm::RoundRobin, ""),
+        (Algorithm::LeastConnections, ""),
+        (Algorithm::PeakEwma, ""),
+        (Algorithm::RoundRobin, slow_start),
+        (Algorithm::LeastConnections, slow_start),
+    ] {
+        let name = format!(
+            "{}{}",
+            algorithm.as_str(),
+            if extra.is_empty() { "" } else { "+slow_start" }
+        );
         for n in [2usize, 16, 256] {
-            let pool = pool(algorithm, n, &metrics);
+            let pool = pool(algorithm, n, extra, &metrics);
             // Some requests in flight, so least-connections has real comparisons to make.
             let _busy: Vec<_> = pool.backends.iter().step_by(3).map(|b| b.begin()).collect();
-            group.bench_with_input(BenchmarkId::new(algorithm.as_str(), n), &pool, |b, pool| {
+            group.bench_with_input(BenchmarkId::new(&name, n), &pool, |b, pool| {
                 // The proxy reads the clock once per request, before the pick; so does this.
                 let now = tokio::time::Instant::now();
                 b.iter(|| {

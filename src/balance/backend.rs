@@ -138,6 +138,14 @@ impl Backend {
         gate & FLAGS == 0 || self.is_available_slow(gate, now, ignore_health)
     }
 
+    /// Does this pick stand? Always, unless the backend ramps up (slow start): then with the chance of its
+    /// weight factor.
+    #[inline(always)]
+    pub(crate) fn keeps_turn(&self, now: Instant) -> bool {
+        self.gate.load(Ordering::Relaxed) & RAMPING == 0
+            || crate::balance::adaptive::chance() < self.ramp_factor(now)
+    }
+
     #[cold]
     #[inline(never)]
     fn is_available_slow(&self, gate: u64, now: Instant, ignore_health: bool) -> bool {

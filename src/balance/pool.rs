@@ -200,10 +200,13 @@ impl Pool {
         let backends = &self.backends;
         let ignore_health = self.in_panic();
         // A half-open backend may be claimed by a concurrent request between the check and the claim.
-        for _ in 0..4 {
+        for round in 0..4 {
             let i = self
                 .selector
                 .pick_available(backends, now, ignore_health, tried)?;
+            if round < 3 && self.selector.ramps_by_chance() && !backends[i].keeps_turn(now) {
+                continue;
+            }
             tried.push(i);
             if backends[i].admit(now) {
                 return Some(i);

@@ -135,6 +135,13 @@ pub enum Registered {
 }
 
 impl Registered {
+    /// The algorithm cannot weigh a ramping backend (slow start) itself: the pool skips it by chance instead,
+    /// so it keeps its turn with the probability of its weight factor and its share is its effective weight's.
+    #[inline(always)]
+    pub(crate) fn ramps_by_chance(&self) -> bool {
+        matches!(self, Self::RoundRobin(_))
+    }
+
     /// The common pick, without building [`Candidates`]: available now and not tried yet.
     #[inline(always)]
     pub(crate) fn pick_available(
@@ -154,6 +161,17 @@ impl Registered {
 
 #[inline(always)]
 fn scan_available<S: Scan>(
+    algorithm: &S,
+    backends: &[Arc<Backend>],
+    now: Instant,
+    ignore_health: bool,
+    tried: &Tried,
+) -> Option<usize> {
+    scan_plain(algorithm, backends, now, ignore_health, tried)
+}
+
+#[inline(always)]
+fn scan_plain<S: Scan>(
     algorithm: &S,
     backends: &[Arc<Backend>],
     now: Instant,
@@ -207,22 +225,14 @@ pub(crate) trait Scan {
 }
 
 impl Scan for RoundRobin {
-    /// A ramping backend (slow start) keeps its turn with the chance its weight factor gives, so its share is
-    /// that of its effective weight; if that leaves nothing, the turn is taken without the ramp.
     #[inline(always)]
     fn scan(
         &self,
         backends: &[Arc<Backend>],
-        now: Instant,
+        _now: Instant,
         usable: impl Fn(usize) -> bool,
     ) -> Option<usize> {
-        RoundRobin::pick(self, backends.len(), |i| {
-            usable(i) && {
-                let f = backends[i].weight_factor(now);
-                f >= 1.0 || crate::balance::adaptive::chance() < f
-            }
-        })
-        .or_else(|| RoundRobin::pick(self, backends.len(), usable))
+        RoundRobin::pick(self, backends.len(), usable)
     }
 }
 

@@ -33,12 +33,22 @@ impl PeakEwma {
         usable: impl Fn(usize) -> bool,
     ) -> Option<usize> {
         let n = backends.len();
+        let now_ns = stamp(now);
         match n {
             0 => return None,
             1 => return usable(0).then_some(0),
+            2 => {
+                return match (usable(0), usable(1)) {
+                    (true, true) => Some(usize::from(
+                        backends[1].ewma_cost(now, now_ns) < backends[0].ewma_cost(now, now_ns),
+                    )),
+                    (true, false) => Some(0),
+                    (false, true) => Some(1),
+                    (false, false) => None,
+                };
+            }
             _ => {}
         }
-        let now_ns = stamp(now);
         let mut state = self.next.fetch_add(1, Ordering::Relaxed) as u64;
         let mut found = [usize::MAX; 2];
         let mut count = 0;
