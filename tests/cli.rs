@@ -70,7 +70,7 @@ fn validate_lists_every_error_with_file_line_column_field_and_value() {
             "{file}:16:1: routes[2]: another route already has host \"a.example.com\" and path_prefix \"/\""
         ),
         format!(
-            "{file}:22:13: pools.web.algorithm: unknown algorithm \"fastest\"; allowed values: \"round_robin\", \"least_connections\""
+            "{file}:22:13: pools.web.algorithm: unknown algorithm \"fastest\"; allowed values: \"round_robin\", \"least_connections\", \"peak_ewma\""
         ),
         format!(
             "{file}:24:42: pools.web.backends[0].weight: weight 0 is out of range; allowed values: 1 to 1000"

@@ -48,8 +48,9 @@ fn load_f64(a: &AtomicU64) -> f64 {
 
 /// A backend's peak-sensitive moving average of response-head latency. A sample above the estimate replaces
 /// it at once; lower ones blend in with a weight that grows with the time since the last sample
-/// (`1 - e^(-Δt/decay)`). Between samples the estimate read for a pick decays toward zero, so a backend that
-/// got no traffic for a while is tried again and can show that it has recovered.
+/// (`1 - e^(-Δt/decay)`). Between samples the estimate decays toward zero, twice as fast (`e^(-2Δt/decay)`),
+/// so a backend that lost its traffic by a slow spell is tried again within about
+/// `decay × ln(its latency / the others') / 2`, and one fast answer then brings it back.
 #[derive(Debug)]
 pub(crate) struct Latency {
     /// Nanoseconds, as f64 bits.
@@ -72,6 +73,14 @@ impl Latency {
         l
     }
 
+    /// Starts the estimate at `default_rtt` as of `now_ns`, decaying from there like any estimate: a backend
+    /// that joins a pool of faster ones is tried once its default has decayed to their cost.
+    pub(crate) fn start(&self, now_ns: u64) {
+        let default = self.default_ns.load(Ordering::Relaxed) as f64;
+        self.estimate.store(default.to_bits(), Ordering::Relaxed);
+        self.updated.store(now_ns.max(1), Ordering::Relaxed);
+    }
+
     pub(crate) fn set_settings(&self, decay: Duration, default_rtt: Duration) {
         self.decay_ns
             .store((decay.as_nanos() as u64).max(1), Ordering::Relaxed);
@@ -87,7 +96,7 @@ impl Latency {
             return self.default_ns.load(Ordering::Relaxed) as f64;
         }
         let elapsed = now_ns.saturating_sub(updated) as f64;
-        load_f64(&self.estimate) * (-elapsed / self.decay_ns.load(Ordering::Relaxed) as f64).exp()
+        load_f64(&self.estimate) * idle_decay(elapsed, self.decay_ns.load(Ordering::Relaxed) as f64)
     }
 
     /// Feeds one response's time to its head.
@@ -109,14 +118,17 @@ impl Latency {
     fn feed(&self, now_ns: u64, sample: f64) {
         let updated = self.updated.swap(now_ns.max(1), Ordering::Relaxed);
         let decay = self.decay_ns.load(Ordering::Relaxed) as f64;
+        let elapsed = now_ns.saturating_sub(updated) as f64;
         let keep = if updated == 0 {
             0.0
         } else {
-            (-(now_ns.saturating_sub(updated) as f64) / decay).exp()
+            (-elapsed / decay).exp()
         };
+        let idle = idle_decay(elapsed, decay);
         let mut current = self.estimate.load(Ordering::Relaxed);
         loop {
-            let old = f64::from_bits(current);
+            // The estimate as a pick saw it just now.
+            let old = f64::from_bits(current) * idle;
             let next = if sample > old || updated == 0 {
                 sample
             } else {
@@ -133,6 +145,12 @@ impl Latency {
             }
         }
     }
+}
+
+/// How much of the estimate is left after `elapsed` without a sample.
+#[inline]
+fn idle_decay(elapsed: f64, decay: f64) -> f64 {
+    (-2.0 * elapsed / decay).exp()
 }
 
 /// Slow start: after a backend (re)joins, its share grows linearly from `min_weight_percent` of its weight to
@@ -305,12 +323,12 @@ mod tests {
         // A lower sample 10 ms later barely moves it: decay is 10 s.
         l.observe(12 * MS, Duration::from_millis(2));
         assert!(l.estimate(12 * MS) > 49.0 * MS as f64);
-        // Ten seconds on, a low sample weighs e^-1 against the old estimate.
+        // Ten seconds on, the estimate has decayed to 50·e^-2 and a low sample weighs 1 - e^-1 against that.
         let later = 12 * MS + 10_000 * MS;
         l.observe(later, Duration::from_millis(2));
         let e = l.estimate(later) / MS as f64;
         assert!(
-            (e - (50.0 * (-1f64).exp() + 2.0 * (1.0 - (-1f64).exp()))).abs() < 0.5,
+            (e - (50.0 * (-3f64).exp() + 2.0 * (1.0 - (-1f64).exp()))).abs() < 0.5,
             "{e}"
         );
     }

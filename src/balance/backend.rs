@@ -221,13 +221,12 @@ impl Backend {
         OpenTunnel(Arc::clone(self))
     }
 
-    /// Peak-EWMA's cost: latency estimate × (requests in flight, tunnels aside, + 1) / effective weight.
+    /// Peak-EWMA's cost: latency estimate × (requests in flight, tunnels aside, + 1) / weight.
     #[inline]
-    pub(crate) fn ewma_cost(&self, now: Instant, now_ns: u64) -> f64 {
+    pub(crate) fn ewma_cost(&self, now_ns: u64) -> f64 {
         let active = self.active.load(Ordering::Relaxed);
         let load = active.saturating_sub(self.tunnels.load(Ordering::Relaxed)) as f64 + 1.0;
-        self.latency.estimate(now_ns) * load
-            / (f64::from(self.weight().max(1)) * self.weight_factor(now))
+        self.latency.estimate(now_ns) * load / f64::from(self.weight().max(1))
     }
 
     /// Marks the backend ejected until `until_ns` (its [`Outlier`] holds the time).
@@ -263,16 +262,11 @@ impl Backend {
         (self.gate.load(Ordering::Relaxed) & WEIGHT) as u32
     }
 
-    /// `(requests in flight + 1) / weight`, scaled by 2^32: least-connections' measure of load (the weight
-    /// the effective one while ramping).
+    /// `(requests in flight + 1) / weight`, scaled by 2^32: least-connections' measure of load.
     #[inline]
-    pub(crate) fn load_score(&self, now: Instant) -> u64 {
-        let score = (self.active.load(Ordering::Relaxed) as u64 + 1)
-            * u64::from(self.inverse_weight.load(Ordering::Relaxed));
-        if self.gate.load(Ordering::Relaxed) & RAMPING == 0 {
-            return score;
-        }
-        (score as f64 / self.ramp_factor(now)) as u64
+    pub(crate) fn load_score(&self) -> u64 {
+        (self.active.load(Ordering::Relaxed) as u64 + 1)
+            * u64::from(self.inverse_weight.load(Ordering::Relaxed))
     }
 
     pub(crate) fn set_weight(&self, weight: u32) {

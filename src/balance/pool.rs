@@ -149,9 +149,12 @@ impl Pool {
         state
             .members
             .store(Arc::new(backends.iter().map(Arc::downgrade).collect()));
+        let now = Instant::now();
+        for b in &added {
+            b.latency.start(stamp(now));
+        }
         // A backend new to a running pool ramps up; at process start (no previous pool) all start together.
         if previous.is_some() {
-            let now = Instant::now();
             for b in &added {
                 b.begin_ramp(now, stamp(now));
             }
@@ -204,7 +207,9 @@ impl Pool {
             let i = self
                 .selector
                 .pick_available(backends, now, ignore_health, tried)?;
-            if round < 3 && self.selector.ramps_by_chance() && !backends[i].keeps_turn(now) {
+            // A ramping backend (slow start) keeps its turn with the chance of its weight factor, so its share
+            // is its effective weight's, whatever the algorithm and the load.
+            if round < 3 && !backends[i].keeps_turn(now) {
                 continue;
             }
             tried.push(i);

@@ -12,8 +12,6 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::time::Instant;
-
 use crate::balance::backend::Backend;
 
 #[derive(Debug, Default)]
@@ -30,7 +28,6 @@ impl LeastConnections {
     pub(crate) fn pick(
         &self,
         backends: &[Arc<Backend>],
-        now: Instant,
         usable: impl Fn(usize) -> bool,
     ) -> Option<usize> {
         let n = backends.len();
@@ -39,7 +36,7 @@ impl LeastConnections {
         }
         let ticket = self.next.fetch_add(1, Ordering::Relaxed);
         if n > EXACT_UP_TO {
-            if let Some(i) = two_choices(backends, now, ticket, &usable) {
+            if let Some(i) = two_choices(backends, ticket, &usable) {
                 return Some(i);
             }
         }
@@ -55,7 +52,7 @@ impl LeastConnections {
             if !usable(i) {
                 continue;
             }
-            let score = b.load_score(now);
+            let score = b.load_score();
             // Strictly lower: the first of equals after the rotating start wins, so ties go round-robin.
             if score < best_score || best == usize::MAX {
                 (best, best_score) = (i, score);
@@ -72,7 +69,6 @@ pub(crate) const EXACT_UP_TO: usize = 32;
 #[inline]
 fn two_choices(
     backends: &[Arc<Backend>],
-    now: Instant,
     ticket: usize,
     usable: &impl Fn(usize) -> bool,
 ) -> Option<usize> {
@@ -87,13 +83,11 @@ fn two_choices(
             count += 1;
             if count == 2 {
                 let (a, b) = (found[0], found[1]);
-                return Some(
-                    if backends[b].load_score(now) < backends[a].load_score(now) {
-                        b
-                    } else {
-                        a
-                    },
-                );
+                return Some(if backends[b].load_score() < backends[a].load_score() {
+                    b
+                } else {
+                    a
+                });
             }
         }
     }
@@ -140,7 +134,7 @@ mod tests {
         let _b = bs[1].begin();
         let lc = LeastConnections::new();
         for _ in 0..5 {
-            assert_eq!(lc.pick(&bs, Instant::now(), |_| true), Some(2));
+            assert_eq!(lc.pick(&bs, |_| true), Some(2));
         }
     }
 
@@ -151,22 +145,20 @@ mod tests {
         let lc = LeastConnections::new();
         let mut seen = std::collections::HashSet::new();
         for _ in 0..2000 {
-            let i = lc.pick(&bs, Instant::now(), |_| true).unwrap();
+            let i = lc.pick(&bs, |_| true).unwrap();
             assert_ne!(i, 7, "the loaded backend won a two-way choice");
             seen.insert(i);
         }
         assert!(seen.len() >= 95, "only {} backends ever picked", seen.len());
         // Mostly unavailable: the random draws fall back to a scan and still find the one usable backend.
-        assert_eq!(lc.pick(&bs, Instant::now(), |i| i == 42), Some(42));
+        assert_eq!(lc.pick(&bs, |i| i == 42), Some(42));
     }
 
     #[test]
     fn ties_rotate() {
         let bs = backends(&[1, 1, 1]);
         let lc = LeastConnections::new();
-        let picks: Vec<_> = (0..6)
-            .map(|_| lc.pick(&bs, Instant::now(), |_| true).unwrap())
-            .collect();
+        let picks: Vec<_> = (0..6).map(|_| lc.pick(&bs, |_| true).unwrap()).collect();
         assert_eq!(picks, vec![0, 1, 2, 0, 1, 2]);
     }
 
@@ -176,10 +168,10 @@ mod tests {
         let lc = LeastConnections::new();
         // (0+1)/1 vs (2+1)/3: a tie; with three in flight on the heavy one it must lose.
         let _g: Vec<_> = (0..3).map(|_| bs[1].begin()).collect();
-        assert_eq!(lc.pick(&bs, Instant::now(), |_| true), Some(0));
+        assert_eq!(lc.pick(&bs, |_| true), Some(0));
         let _h = bs[0].begin();
         // (1+1)/1 = 2 vs (3+1)/3 = 1.33: the heavy one.
-        assert_eq!(lc.pick(&bs, Instant::now(), |_| true), Some(1));
+        assert_eq!(lc.pick(&bs, |_| true), Some(1));
     }
 
     #[test]
@@ -187,7 +179,7 @@ mod tests {
         let bs = backends(&[1, 1]);
         let lc = LeastConnections::new();
         let _g = bs[1].begin();
-        assert_eq!(lc.pick(&bs, Instant::now(), |i| i == 1), Some(1));
-        assert_eq!(lc.pick(&bs, Instant::now(), |_| false), None);
+        assert_eq!(lc.pick(&bs, |i| i == 1), Some(1));
+        assert_eq!(lc.pick(&bs, |_| false), None);
     }
 }

@@ -135,13 +135,6 @@ pub enum Registered {
 }
 
 impl Registered {
-    /// The algorithm cannot weigh a ramping backend (slow start) itself: the pool skips it by chance instead,
-    /// so it keeps its turn with the probability of its weight factor and its share is its effective weight's.
-    #[inline(always)]
-    pub(crate) fn ramps_by_chance(&self) -> bool {
-        matches!(self, Self::RoundRobin(_))
-    }
-
     /// The common pick, without building [`Candidates`]: available now and not tried yet.
     #[inline(always)]
     pub(crate) fn pick_available(
@@ -248,10 +241,10 @@ impl Scan for LeastConnections {
     fn scan(
         &self,
         backends: &[Arc<Backend>],
-        now: Instant,
+        _now: Instant,
         usable: impl Fn(usize) -> bool,
     ) -> Option<usize> {
-        LeastConnections::pick(self, backends, now, usable)
+        LeastConnections::pick(self, backends, usable)
     }
 }
 

@@ -1,5 +1,5 @@
 //! Peak-EWMA (linkerd's and Finagle's balancer): the cheaper of two usable backends drawn at random, where a
-//! backend's cost is its peak-sensitive latency estimate × (requests in flight + 1) / its effective weight.
+//! backend's cost is its peak-sensitive latency estimate × (requests in flight + 1) / its weight.
 //!
 //! A slow backend's estimate jumps at its first slow answer, so it loses traffic within a few requests; with
 //! little traffic its estimate decays toward zero between samples, so it is tried again and wins its share back
@@ -40,7 +40,7 @@ impl PeakEwma {
             2 => {
                 return match (usable(0), usable(1)) {
                     (true, true) => Some(usize::from(
-                        backends[1].ewma_cost(now, now_ns) < backends[0].ewma_cost(now, now_ns),
+                        backends[1].ewma_cost(now_ns) < backends[0].ewma_cost(now_ns),
                     )),
                     (true, false) => Some(0),
                     (false, true) => Some(1),
@@ -59,8 +59,7 @@ impl PeakEwma {
                 count += 1;
                 if count == 2 {
                     let (a, b) = (found[0], found[1]);
-                    let cheaper_b =
-                        backends[b].ewma_cost(now, now_ns) < backends[a].ewma_cost(now, now_ns);
+                    let cheaper_b = backends[b].ewma_cost(now_ns) < backends[a].ewma_cost(now_ns);
                     return Some(if cheaper_b { b } else { a });
                 }
             }
@@ -68,7 +67,7 @@ impl PeakEwma {
         // Few usable backends: the cheapest of those there are, by a scan.
         let mut best: Option<(usize, f64)> = None;
         for i in (0..n).filter(|&i| usable(i)) {
-            let cost = backends[i].ewma_cost(now, now_ns);
+            let cost = backends[i].ewma_cost(now_ns);
             if best.is_none_or(|(_, c)| cost < c) {
                 best = Some((i, cost));
             }
