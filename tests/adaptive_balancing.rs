@@ -274,6 +274,35 @@ async fn slow_start_ramps_a_backend_added_by_reload_but_none_at_start() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_start_holds_the_floor_under_least_connections_at_low_load() {
+    // One request at a time: every backend idle at each pick, so least-connections alone would give a ramping
+    // backend its full turn; the ramp keeps it to its effective weight, and never to nothing.
+    let (a, _) = tunable("a", 0).await;
+    let (b, _) = tunable("b", 0).await;
+    let (c, _) = tunable("c", 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchyard.toml");
+    let text = |list: &[SocketAddr]| {
+        slow_start_config(list, "").replace(
+            "[pools.p]\n",
+            "[pools.p]\nalgorithm = \"least_connections\"\n",
+        )
+    };
+    std::fs::write(&path, text(&[a, b])).unwrap();
+    let config = switchyard::config::load(&path).unwrap();
+    let server = Server::start_with_file(config, path.clone()).await.unwrap();
+    write_atomically(&path, text(&[a, b, c]));
+    server
+        .reload(switchyard::control::Trigger::Admin)
+        .await
+        .unwrap();
+    let early = shares(&server, 90).await;
+    let got = early.get("c").copied().unwrap_or(0);
+    assert!((1..25).contains(&got), "{early:?}");
+    ramps_then_ends(&server, c).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_start_after_health_checks_bring_a_backend_back_and_after_a_drain_ends() {
     let x = controlled("x", 200).await;
     let y = controlled("y", 200).await;

@@ -151,7 +151,11 @@ backends = [{{ address = "{a}" }}, {{ address = "{b}", weight = 3 }}]
     let mut v: serde_json::Value = serde_json::from_str(&body).unwrap();
     // The latency estimate starts at default_rtt (30 ms) and decays while no samples come.
     for b in v["pools"]["api"]["backends"].as_array_mut().unwrap() {
-        let ms = b.as_object_mut().unwrap().remove("latency_ewma_ms").unwrap();
+        let ms = b
+            .as_object_mut()
+            .unwrap()
+            .remove("latency_ewma_ms")
+            .unwrap();
         assert!(ms.as_f64().is_some_and(|ms| ms > 0.0 && ms <= 30.0), "{ms}");
     }
     let backend = |addr: std::net::SocketAddr, weight: u32| {

@@ -73,11 +73,13 @@ impl Latency {
         l
     }
 
-    /// Starts the estimate at `default_rtt` as of `now_ns`, decaying from there like any estimate: a backend
-    /// that joins a pool of faster ones is tried once its default has decayed to their cost.
-    pub(crate) fn start(&self, now_ns: u64) {
+    /// Starts the estimate as of `now_ns` at `default_rtt`, or at `peers` (nanoseconds: what the pool's other
+    /// backends show now) when that is lower, decaying from there like any estimate. A backend joining a running
+    /// pool is taken to be like its peers, so it gets its share (within its ramp) at once.
+    pub(crate) fn start(&self, now_ns: u64, peers: Option<f64>) {
         let default = self.default_ns.load(Ordering::Relaxed) as f64;
-        self.estimate.store(default.to_bits(), Ordering::Relaxed);
+        let initial = peers.map_or(default, |p| p.min(default));
+        self.estimate.store(initial.to_bits(), Ordering::Relaxed);
         self.updated.store(now_ns.max(1), Ordering::Relaxed);
     }
 

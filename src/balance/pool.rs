@@ -150,13 +150,20 @@ impl Pool {
             .members
             .store(Arc::new(backends.iter().map(Arc::downgrade).collect()));
         let now = Instant::now();
+        let now_ns = stamp(now);
+        let kept: Vec<f64> = backends
+            .iter()
+            .filter(|b| !added.iter().any(|a| Arc::ptr_eq(a, b)))
+            .map(|b| b.latency.estimate(now_ns))
+            .collect();
+        let peers = (!kept.is_empty()).then(|| kept.iter().sum::<f64>() / kept.len() as f64);
         for b in &added {
-            b.latency.start(stamp(now));
+            b.latency.start(now_ns, peers);
         }
         // A backend new to a running pool ramps up; at process start (no previous pool) all start together.
         if previous.is_some() {
             for b in &added {
-                b.begin_ramp(now, stamp(now));
+                b.begin_ramp(now, now_ns);
             }
         }
         Self {
