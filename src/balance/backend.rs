@@ -188,8 +188,20 @@ impl Backend {
             Some(f) => f,
             None => {
                 self.set_flag(RAMPING, false);
+                // A ramp begun just now (between the two lines above) keeps its flag.
+                if self.ramp.factor(stamp(now)).is_some() {
+                    self.set_flag(RAMPING, true);
+                }
                 1.0
             }
+        }
+    }
+
+    /// The backend may take requests again (back up, re-enabled, back from ejection, circuit closed): requests
+    /// waiting in its pool's queue try again.
+    fn room_made(&self) {
+        if let Some(state) = self.pool_state() {
+            state.queue.wake_all();
         }
     }
 
@@ -299,6 +311,7 @@ impl Backend {
         if was && !draining {
             let now = Instant::now();
             self.begin_ramp(now, stamp(now));
+            self.room_made();
         }
     }
 
@@ -315,6 +328,7 @@ impl Backend {
         if was_down && healthy {
             let now = Instant::now();
             self.begin_ramp(now, stamp(now));
+            self.room_made();
         }
     }
 
@@ -422,7 +436,8 @@ impl Backend {
                 tracing::info!(pool = %self.pool, backend = %self.address, reason = %t.reason, "circuit half-open")
             }
             State::Closed => {
-                tracing::info!(pool = %self.pool, backend = %self.address, reason = %t.reason, "circuit closed")
+                tracing::info!(pool = %self.pool, backend = %self.address, reason = %t.reason, "circuit closed");
+                self.room_made();
             }
         }
     }

@@ -98,6 +98,8 @@ fn adapt(backend: &Backend, settings: &PoolSettings) {
     if settings.outlier_detection.is_none() && backend.outlier.ejected_until().is_some() {
         backend.outlier.clear();
         backend.set_ejected(false);
+        tracing::info!(pool = %backend.pool, backend = %backend.address,
+            "outlier returned: outlier_detection removed from the pool");
     }
 }
 
@@ -149,6 +151,8 @@ impl Pool {
         state
             .members
             .store(Arc::new(backends.iter().map(Arc::downgrade).collect()));
+        // Requests waiting in the queue may find room among new backends or new caps.
+        state.queue.wake_all();
         let now = Instant::now();
         let now_ns = stamp(now);
         let kept: Vec<f64> = backends
@@ -160,8 +164,9 @@ impl Pool {
         for b in &added {
             b.latency.start(now_ns, peers);
         }
-        // A backend new to a running pool ramps up; at process start (no previous pool) all start together.
-        if previous.is_some() {
+        // A backend new to a running pool ramps up; at process start (no previous pool), or when every backend
+        // is new (reached another way), all start together.
+        if previous.is_some() && added.len() < backends.len() {
             for b in &added {
                 b.begin_ramp(now, now_ns);
             }
@@ -209,22 +214,29 @@ impl Pool {
         }
         let backends = &self.backends;
         let ignore_health = self.in_panic();
+        let mut passed_over = None;
         // A half-open backend may be claimed by a concurrent request between the check and the claim.
-        for round in 0..4 {
-            let i = self
+        for _ in 0..8 {
+            let Some(i) = self
                 .selector
-                .pick_available(backends, now, ignore_health, tried)?;
-            // A ramping backend (slow start) keeps its turn with the chance of its weight factor, so its share
-            // is its effective weight's, whatever the algorithm and the load.
-            if round < 3 && !backends[i].keeps_turn(now) {
+                .pick_available(backends, now, ignore_health, tried)
+            else {
+                break;
+            };
+            tried.push(i);
+            // A ramping backend (slow start) keeps its turn only with the chance of its weight factor, whatever
+            // the algorithm and the load. Passed over, it is out of this request's picks, so an algorithm that
+            // favours it (least-connections, when it is the idlest) cannot hand it the turn straight back.
+            if !backends[i].keeps_turn(now) {
+                passed_over.get_or_insert(i);
                 continue;
             }
-            tried.push(i);
             if backends[i].admit(now) {
                 return Some(i);
             }
         }
-        None
+        // Nobody else: the backend passed over takes the turn after all.
+        passed_over.filter(|&i| backends[i].admit(now))
     }
 
     /// Picks for a request that found no available backend: when every backend health and drain allow has
@@ -333,58 +345,85 @@ impl Pool {
         tracing::warn!(pool = %self.name, backend = %backend.address, requests, failures,
             ejected_for = %humantime::format_duration(Duration::from_millis((back_at - now).as_millis() as u64)),
             "outlier ejected: failure rate at or above failure_percentage");
-        let backend = Arc::clone(backend);
+        let (backend, state) = (Arc::clone(backend), Arc::clone(&self.state));
         tokio::spawn(async move {
             tokio::time::sleep_until(back_at).await;
-            if backend.outlier.end(until) {
-                backend.set_ejected(false);
+            // Under the failure lock: a failure recorded meanwhile cannot eject it again half-way through.
+            let ended = {
+                let _one_at_a_time = state
+                    .recording_failure
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                let ended = backend.outlier.end(until);
+                if ended {
+                    backend.set_ejected(false);
+                }
+                ended
+            };
+            if ended {
                 tracing::info!(pool = %backend.pool, backend = %backend.address,
                     "outlier returned: ejection time over");
+                state.queue.wake_all();
             }
         });
     }
 
-    /// Waits in the pool's queue for a backend under its request cap, when every usable backend is at its cap.
-    /// `Err` when the pool has no queue or something other than the caps keeps the backends out (no backend),
-    /// when the queue is full, or when the wait runs out.
+    /// Waits in the pool's queue for a backend under its request cap, when every usable backend is at its cap
+    /// (or others wait already: first come, first served). `Err` when the pool has no queue or something other
+    /// than the caps keeps the backends out (no backend), when the queue is full, or when the wait runs out.
     pub(crate) async fn wait_for_backend(&self, tried: &mut Tried) -> Result<usize, Unavailable> {
         let Some(settings) = self.queue else {
             return Err(Unavailable::NoBackend);
         };
         let queue = &self.state.queue;
         let now = Instant::now();
-        let ignore_health = self.in_panic();
-        if !self.backends.iter().any(|b| b.is_busy(now, ignore_health)) {
-            return Err(Unavailable::NoBackend);
+        if !self.any_busy(now) {
+            *tried = Tried::default();
+            return self.pick(now, tried).ok_or(Unavailable::NoBackend);
         }
-        let Some(place) = queue.enter(settings.max_waiting as usize) else {
+        let Some(mut place) = queue.enter(settings.max_waiting as usize) else {
             self.queue_full.inc();
             return Err(Unavailable::Queue(QueueRejection::Full));
         };
         let deadline = now + settings.timeout;
+        let mut woken = false;
         loop {
-            let freed = place.next_slot();
-            let mut freed = std::pin::pin!(freed);
-            freed.as_mut().enable();
-            let now = Instant::now();
-            if let Some(i) = self.pick(now, tried) {
-                return Ok(i);
+            place.line_up(woken);
+            // Alone in the line, a slot freed just before it lined up is its own; after a wake-up, the slot
+            // is its turn. Otherwise the ones ahead go first.
+            if woken || queue.waiting() == 1 {
+                let now = Instant::now();
+                *tried = Tried::default();
+                if let Some(i) = self.pick(now, tried) {
+                    return Ok(i);
+                }
+                if !self.any_busy(now) {
+                    // Nothing to wait for any more (the busy backends went out): the others find out too.
+                    queue.wake_all();
+                    return Err(Unavailable::NoBackend);
+                }
             }
-            if !self
-                .backends
-                .iter()
-                .any(|b| b.is_busy(now, self.in_panic()))
+            if tokio::time::timeout_at(deadline, place.woken())
+                .await
+                .is_err()
             {
-                return Err(Unavailable::NoBackend);
-            }
-            if tokio::time::timeout_at(deadline, freed).await.is_err() {
                 self.queue_timeout.inc();
                 return Err(Unavailable::Queue(QueueRejection::Timeout));
             }
-            // A backend refused by its breaker in a pick stays in `tried`; one freed by its cap may be tried
-            // again.
-            *tried = Tried::default();
+            woken = true;
         }
+    }
+
+    /// Is a backend available but for its request cap (so a queued request may wait for it)?
+    fn any_busy(&self, now: Instant) -> bool {
+        let ignore_health = self.in_panic();
+        self.backends.iter().any(|b| b.is_busy(now, ignore_health))
+    }
+
+    /// Must a new request wait in the queue, behind others that wait already?
+    #[inline]
+    pub(crate) fn queue_ahead(&self) -> bool {
+        self.queue.is_some() && self.state.queue.waiting() > 0
     }
 
     /// How many times the cap has held a circuit closed (since the pool's series began).
@@ -399,8 +438,10 @@ impl Pool {
         let ignore_health = self.in_panic();
         let now_ns = stamp(Instant::now());
         let (mut out, mut usable) = (1usize, 0usize);
-        for b in &self.backends {
-            if std::ptr::eq(&**b, candidate) {
+        // The pool's members now (a request on an older snapshot may record this failure).
+        let members = self.state.members.load();
+        for b in members.iter().filter_map(Weak::upgrade) {
+            if std::ptr::eq(&*b, candidate) {
                 continue;
             }
             if b.is_taken_out(now_ns) {
@@ -409,7 +450,7 @@ impl Pool {
                 usable += 1;
             }
         }
-        usable > 0 && out * 100 <= percent as usize * self.backends.len()
+        usable > 0 && out * 100 <= percent as usize * members.len()
     }
 
     /// Is the healthy share of the pool below `panic_threshold`, so health checks are ignored?

@@ -190,11 +190,16 @@ impl Proxy {
         } = ready;
         let target = Arc::clone(&admitted.target);
         let pool = &*target.pool;
+        let mut attempt_started = started;
         let first = match first {
             Some(first) => first as usize,
             // Boxed: the rare wait should not make every request's future larger.
             None => match Box::pin(pool.wait_for_backend(&mut tried)).await {
-                Ok(i) => i,
+                Ok(i) => {
+                    // The wait is not the backend's time: its latency and the request timeout start now.
+                    attempt_started = Instant::now();
+                    i
+                }
                 Err(why) => {
                     let e = match why {
                         Unavailable::NoBackend => ProxyError::NoBackend,
@@ -209,7 +214,7 @@ impl Proxy {
         // closed, and to another backend when the pool's retry policy allows.
         let replayable =
             matches!(req.body(), RequestBody::Empty) && retry::is_idempotent(req.method());
-        let (mut index, mut retries, mut attempt_started) = (first, 0u32, started);
+        let (mut index, mut retries) = (first, 0u32);
         loop {
             let copy = replayable.then(|| copy_request(&req));
             let (Some(backend), Some(connections)) =
@@ -396,6 +401,10 @@ impl Admitted {
             return Err(ProxyError::UpgradeUnsupported);
         }
         pool.budget.record_request(started);
+        if pool.queue_ahead() {
+            // Others wait for a slot already: this request gets in line behind them.
+            return Err(ProxyError::NoBackend);
+        }
         pool.pick(started, tried)
             .or_else(|| pool.pick_early_trial(tried))
             .ok_or(ProxyError::NoBackend)

@@ -5,7 +5,27 @@ use std::time::Duration;
 use super::{Checker, FieldPath, model};
 use crate::config::settings::*;
 
+/// The longest duration these sections accept: a day (longer is a typo, and would overflow the clock's sums).
+const LONGEST: Duration = Duration::from_secs(24 * 3600);
+
 impl Checker<'_, '_> {
+    /// A duration, positive and at most [`LONGEST`].
+    fn span(&mut self, field: FieldPath, value: Option<&str>, default: Duration) -> Duration {
+        let d = self.duration(field.clone(), value, default);
+        if d > LONGEST {
+            self.err(
+                field,
+                format!(
+                    "{} is too long; at most {}",
+                    humantime::format_duration(d),
+                    humantime::format_duration(LONGEST)
+                ),
+            );
+            return default;
+        }
+        d
+    }
+
     pub(super) fn peak_ewma(
         &mut self,
         field: FieldPath,
@@ -14,8 +34,8 @@ impl Checker<'_, '_> {
         let d = PeakEwmaSettings::default();
         let Some(p) = p else { return d };
         PeakEwmaSettings {
-            decay: self.duration(field.key("decay"), p.decay.as_deref(), d.decay),
-            default_rtt: self.duration(
+            decay: self.span(field.key("decay"), p.decay.as_deref(), d.decay),
+            default_rtt: self.span(
                 field.key("default_rtt"),
                 p.default_rtt.as_deref(),
                 d.default_rtt,
@@ -29,7 +49,7 @@ impl Checker<'_, '_> {
         s: &model::SlowStart,
     ) -> SlowStartSettings {
         SlowStartSettings {
-            window: self.duration(
+            window: self.span(
                 field.key("window"),
                 s.window.as_deref(),
                 Duration::from_secs(30),
@@ -49,12 +69,12 @@ impl Checker<'_, '_> {
         field: FieldPath,
         o: &model::OutlierDetection,
     ) -> OutlierSettings {
-        let base_ejection_time = self.duration(
+        let base_ejection_time = self.span(
             field.key("base_ejection_time"),
             o.base_ejection_time.as_deref(),
             Duration::from_secs(30),
         );
-        let max_ejection_time = self.duration(
+        let max_ejection_time = self.span(
             field.key("max_ejection_time"),
             o.max_ejection_time.as_deref(),
             Duration::from_secs(300).max(base_ejection_time),
@@ -70,7 +90,7 @@ impl Checker<'_, '_> {
             );
         }
         OutlierSettings {
-            interval: self.duration(
+            interval: self.span(
                 field.key("interval"),
                 o.interval.as_deref(),
                 Duration::from_secs(10),
@@ -111,7 +131,7 @@ impl Checker<'_, '_> {
         }
         QueueSettings {
             max_waiting: self.int(field.key("max_waiting"), q.max_waiting, 100, 1, 1_000_000),
-            timeout: self.duration(
+            timeout: self.span(
                 field.key("timeout"),
                 q.timeout.as_deref(),
                 Duration::from_secs(1),
