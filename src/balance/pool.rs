@@ -214,29 +214,38 @@ impl Pool {
         }
         let backends = &self.backends;
         let ignore_health = self.in_panic();
-        let mut passed_over = None;
+        let mut passed_over = usize::MAX;
         // A half-open backend may be claimed by a concurrent request between the check and the claim.
-        for _ in 0..8 {
+        for _ in 0..4 {
             let Some(i) = self
                 .selector
                 .pick_available(backends, now, ignore_health, tried)
             else {
-                break;
+                return self.take_passed_over(passed_over, now);
             };
             tried.push(i);
             // A ramping backend (slow start) keeps its turn only with the chance of its weight factor, whatever
             // the algorithm and the load. Passed over, it is out of this request's picks, so an algorithm that
             // favours it (least-connections, when it is the idlest) cannot hand it the turn straight back.
-            if !backends[i].keeps_turn(now) {
-                passed_over.get_or_insert(i);
-                continue;
-            }
-            if backends[i].admit(now) {
-                return Some(i);
+            if backends[i].keeps_turn(now) {
+                if backends[i].admit(now) {
+                    return Some(i);
+                }
+            } else if passed_over == usize::MAX {
+                passed_over = i;
             }
         }
-        // Nobody else: the backend passed over takes the turn after all.
-        passed_over.filter(|&i| backends[i].admit(now))
+        self.take_passed_over(passed_over, now)
+    }
+
+    /// Nobody else could take the turn: the ramping backend passed over takes it after all.
+    #[cold]
+    #[inline(never)]
+    fn take_passed_over(&self, passed_over: usize, now: Instant) -> Option<usize> {
+        self.backends
+            .get(passed_over)
+            .filter(|b| b.admit(now))
+            .map(|_| passed_over)
     }
 
     /// Picks for a request that found no available backend: when every backend health and drain allow has
