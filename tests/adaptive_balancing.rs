@@ -219,6 +219,21 @@ async fn a_websocket_held_open_does_not_raise_its_backends_cost() {
     drop(tunnels);
 }
 
+/// The proxy started from a file with `first`'s config, then reloaded with `then`'s (real file, real reload).
+async fn start_then_reload(first: &str, then: &str) -> (Server, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchyard.toml");
+    std::fs::write(&path, first).unwrap();
+    let config = switchyard::config::load(&path).unwrap();
+    let server = Server::start_with_file(config, path.clone()).await.unwrap();
+    write_atomically(&path, then);
+    server
+        .reload(switchyard::control::Trigger::Admin)
+        .await
+        .unwrap();
+    (server, dir)
+}
+
 fn slow_start_config(backends: &[SocketAddr], extra: &str) -> String {
     pool_config(
         backends,
@@ -282,22 +297,13 @@ async fn slow_start_holds_the_floor_under_least_connections_at_low_load() {
     let (a, _) = tunable("a", 0).await;
     let (b, _) = tunable("b", 0).await;
     let (c, _) = tunable("c", 0).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("switchyard.toml");
     let text = |list: &[SocketAddr]| {
         slow_start_config(list, "").replace(
             "[pools.p]\n",
             "[pools.p]\nalgorithm = \"least_connections\"\n",
         )
     };
-    std::fs::write(&path, text(&[a, b])).unwrap();
-    let config = switchyard::config::load(&path).unwrap();
-    let server = Server::start_with_file(config, path.clone()).await.unwrap();
-    write_atomically(&path, text(&[a, b, c]));
-    server
-        .reload(switchyard::control::Trigger::Admin)
-        .await
-        .unwrap();
+    let (server, _dir) = start_then_reload(&text(&[a, b]), &text(&[a, b, c])).await;
     let early = shares(&server, 90).await;
     let got = early.get("c").copied().unwrap_or(0);
     assert!((1..25).contains(&got), "{early:?}");
@@ -311,22 +317,13 @@ async fn slow_start_holds_a_new_backend_back_under_least_connections_under_load(
     let (a, _) = tunable("a", 5).await;
     let (b, _) = tunable("b", 5).await;
     let (c, _) = tunable("c", 5).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("switchyard.toml");
     let text = |list: &[SocketAddr]| {
         pool_config(
             list,
             "algorithm = \"least_connections\"\n[pools.p.slow_start]\nwindow = \"20s\"\nmin_weight_percent = 10\n",
         )
     };
-    std::fs::write(&path, text(&[a, b])).unwrap();
-    let config = switchyard::config::load(&path).unwrap();
-    let server = Server::start_with_file(config, path.clone()).await.unwrap();
-    write_atomically(&path, text(&[a, b, c]));
-    server
-        .reload(switchyard::control::Trigger::Admin)
-        .await
-        .unwrap();
+    let (server, _dir) = start_then_reload(&text(&[a, b]), &text(&[a, b, c])).await;
     let addr = server.listen_addrs[0];
     let clients: Vec<_> = (0..8)
         .map(|_| {

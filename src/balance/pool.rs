@@ -103,6 +103,28 @@ fn adapt(backend: &Backend, settings: &PoolSettings) {
     }
 }
 
+/// Starts the backends `added` to a pool: their latency estimate at their peers' (or `default_rtt`), and, in a
+/// running pool, their slow-start ramp. At process start (no previous pool), or when every backend is new
+/// (reached another way), all start together: no ramp.
+fn welcome(backends: &[Arc<Backend>], added: &[Arc<Backend>], running: bool) {
+    let now = Instant::now();
+    let now_ns = stamp(now);
+    let kept: Vec<f64> = backends
+        .iter()
+        .filter(|b| !added.iter().any(|a| Arc::ptr_eq(a, b)))
+        .map(|b| b.latency.estimate(now_ns))
+        .collect();
+    let peers = (!kept.is_empty()).then(|| kept.iter().sum::<f64>() / kept.len() as f64);
+    for b in added {
+        b.latency.start(now_ns, peers);
+    }
+    if running && added.len() < backends.len() {
+        for b in added {
+            b.begin_ramp(now, now_ns);
+        }
+    }
+}
+
 impl Pool {
     /// Builds a pool; backends of `previous` with the same address are reused (with the new weight and breaker
     /// settings), and so is its retry budget.
@@ -153,24 +175,7 @@ impl Pool {
             .store(Arc::new(backends.iter().map(Arc::downgrade).collect()));
         // Requests waiting in the queue may find room among new backends or new caps.
         state.queue.wake_all();
-        let now = Instant::now();
-        let now_ns = stamp(now);
-        let kept: Vec<f64> = backends
-            .iter()
-            .filter(|b| !added.iter().any(|a| Arc::ptr_eq(a, b)))
-            .map(|b| b.latency.estimate(now_ns))
-            .collect();
-        let peers = (!kept.is_empty()).then(|| kept.iter().sum::<f64>() / kept.len() as f64);
-        for b in &added {
-            b.latency.start(now_ns, peers);
-        }
-        // A backend new to a running pool ramps up; at process start (no previous pool), or when every backend
-        // is new (reached another way), all start together.
-        if previous.is_some() && added.len() < backends.len() {
-            for b in &added {
-                b.begin_ramp(now, now_ns);
-            }
-        }
+        welcome(&backends, &added, previous.is_some());
         Self {
             name: name.to_owned(),
             algorithm: settings.algorithm,

@@ -160,17 +160,6 @@ fn scan_available<S: Scan>(
     ignore_health: bool,
     tried: &Tried,
 ) -> Option<usize> {
-    scan_plain(algorithm, backends, now, ignore_health, tried)
-}
-
-#[inline(always)]
-fn scan_plain<S: Scan>(
-    algorithm: &S,
-    backends: &[Arc<Backend>],
-    now: Instant,
-    ignore_health: bool,
-    tried: &Tried,
-) -> Option<usize> {
     if tried.is_empty() {
         algorithm.scan(backends, now, |i| {
             backends[i].is_available(now, ignore_health)
