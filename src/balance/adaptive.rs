@@ -224,9 +224,9 @@ impl Ramp {
 /// A backend's requests and failures over the current `interval` of outlier detection, and its ejection.
 #[derive(Debug, Default)]
 pub(crate) struct Outlier {
-    window_started: AtomicU64,
-    /// Failures in the high 32 bits, requests in the low 32: one atomic add per request.
-    counts: AtomicU64,
+    /// The window's index (24 bits: the number of `interval`s since the epoch, wrapping), failures (20 bits)
+    /// and requests (20 bits), in one word so a count and the window's turn cannot tear apart.
+    window: AtomicU64,
     /// Ejected until then; 0: not ejected.
     ejected_until: AtomicU64,
     /// Ejections so far (each doubles the next one's time), reset after a long good spell.
@@ -234,25 +234,45 @@ pub(crate) struct Outlier {
     returned: AtomicU64,
 }
 
-const FAILURE: u64 = 1 << 32;
+/// Requests counted per window at most (the count stops there; the ratio stays meaningful).
+const MAX_COUNT: u64 = (1 << 20) - 1;
+
+fn pack(index: u64, requests: u64, failures: u64) -> u64 {
+    (index << 40) | (failures << 20) | requests
+}
+
+/// `(index, requests, failures)`.
+fn unpack(word: u64) -> (u64, u64, u64) {
+    (word >> 40, word & MAX_COUNT, (word >> 20) & MAX_COUNT)
+}
 
 impl Outlier {
-    /// Counts one request (and whether it failed) in the window `interval_ns` long; returns the window's
-    /// `(requests, failures)` after it.
+    /// Counts one request (and whether it failed) in the current window of `interval_ns` (windows follow each
+    /// other from the epoch); returns the window's `(requests, failures)` after it.
     #[inline]
     pub(crate) fn count(&self, now_ns: u64, failed: bool, interval_ns: u64) -> (u32, u32) {
-        let started = self.window_started.load(Ordering::Relaxed);
-        let add = 1 + if failed { FAILURE } else { 0 };
-        if now_ns.saturating_sub(started) >= interval_ns
-            && self
-                .window_started
-                .compare_exchange(started, now_ns, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            self.counts.store(add, Ordering::Relaxed);
-            return split(add);
+        let index = (now_ns / interval_ns.max(1)) & 0xFF_FFFF;
+        let mut current = self.window.load(Ordering::Relaxed);
+        loop {
+            let (seen, mut requests, mut failures) = unpack(current);
+            if seen != index {
+                (requests, failures) = (0, 0);
+            }
+            if requests >= MAX_COUNT {
+                return (requests as u32, failures as u32);
+            }
+            requests += 1;
+            failures += u64::from(failed);
+            match self.window.compare_exchange_weak(
+                current,
+                pack(index, requests, failures),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return (requests as u32, failures as u32),
+                Err(now) => current = now,
+            }
         }
-        split(self.counts.fetch_add(add, Ordering::Relaxed) + add)
     }
 
     /// Is the backend ejected at `now_ns`?
@@ -277,8 +297,7 @@ impl Outlier {
         let time = base.saturating_mul(1u32 << earlier.min(20)).min(max);
         let until = now_ns + time.as_nanos() as u64;
         self.ejected_until.store(until, Ordering::Relaxed);
-        self.counts.store(0, Ordering::Relaxed);
-        self.window_started.store(now_ns, Ordering::Relaxed);
+        self.window.store(0, Ordering::Relaxed);
         until
     }
 
@@ -297,12 +316,8 @@ impl Outlier {
     /// Forgets any ejection (outlier detection removed from the pool).
     pub(crate) fn clear(&self) {
         self.ejected_until.store(0, Ordering::Relaxed);
-        self.counts.store(0, Ordering::Relaxed);
+        self.window.store(0, Ordering::Relaxed);
     }
-}
-
-fn split(counts: u64) -> (u32, u32) {
-    (counts as u32, (counts >> 32) as u32)
 }
 
 #[cfg(test)]
@@ -372,8 +387,9 @@ mod tests {
         let interval = 1000 * MS;
         assert_eq!(o.count(5, false, interval), (1, 0));
         assert_eq!(o.count(6, true, interval), (2, 1));
-        // A new window starts over.
+        // The next window starts over.
         assert_eq!(o.count(5 + interval, true, interval), (1, 1));
+        assert_eq!(o.count(6 + interval, false, interval), (2, 1));
         let (base, max) = (Duration::from_secs(1), Duration::from_secs(3));
         let until = o.eject(10 * MS, base, max);
         assert_eq!(until, 1010 * MS);
@@ -386,5 +402,24 @@ mod tests {
         o.end(7100 * MS);
         // After max without an ejection, the doubling starts over.
         assert_eq!(o.eject(20_000 * MS, base, max), 21_000 * MS);
+    }
+
+    #[test]
+    fn concurrent_counts_are_never_lost() {
+        let o = std::sync::Arc::new(Outlier::default());
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let o = o.clone();
+                std::thread::spawn(move || {
+                    for n in 0..10_000u64 {
+                        o.count(5, (n + t) % 4 == 0, 1000 * MS);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(o.count(5, false, 1000 * MS), (40_001, 10_000));
     }
 }
