@@ -62,7 +62,7 @@ pub(crate) async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<
         ("/healthz" | "/metrics" | "/api/pools" | "/api/reload", _) => method_not_allowed(),
         _ => match backend_action(path) {
             Some((pool, address, action)) if method == Method::POST => {
-                drain(shared, pool, address, action)
+                set_service(shared, pool, address, action)
             }
             Some(_) => method_not_allowed(),
             None => plain(StatusCode::NOT_FOUND, "not found\n"),
@@ -91,22 +91,34 @@ fn method_not_allowed() -> Response<ProxyBody> {
     plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
 }
 
-/// `/api/pools/{pool}/backends/{address}/drain` (or `/enable`) → (pool, address, drain?).
-fn backend_action(path: &str) -> Option<(&str, &str, bool)> {
+/// What the operator does to a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Service {
+    /// No new clients; sticky clients stay (`/drain`).
+    Drain,
+    /// No requests at all, sticky clients included (`/disable`).
+    Disable,
+    /// Back in service (`/enable`).
+    Enable,
+}
+
+/// `/api/pools/{pool}/backends/{address}/drain` (or `/disable`, `/enable`) → (pool, address, action).
+fn backend_action(path: &str) -> Option<(&str, &str, Service)> {
     let rest = path.strip_prefix("/api/pools/")?;
     let (pool, rest) = rest.split_once("/backends/")?;
     let (address, action) = rest.rsplit_once('/')?;
-    let drain = match action {
-        "drain" => true,
-        "enable" => false,
+    let action = match action {
+        "drain" => Service::Drain,
+        "disable" => Service::Disable,
+        "enable" => Service::Enable,
         _ => return None,
     };
     (!pool.is_empty() && !address.is_empty() && !pool.contains('/'))
-        .then_some((pool, address, drain))
+        .then_some((pool, address, action))
 }
 
-/// Stops (or resumes) new requests to one backend.
-fn drain(shared: &Shared, pool: &str, address: &str, draining: bool) -> Response<ProxyBody> {
+/// Drains, disables or enables one backend; requests in flight finish either way.
+fn set_service(shared: &Shared, pool: &str, address: &str, action: Service) -> Response<ProxyBody> {
     let snapshot = shared.snapshot.load();
     let Some(p) = snapshot.pools.get(pool) else {
         return json_response(
@@ -120,12 +132,27 @@ fn drain(shared: &Shared, pool: &str, address: &str, draining: bool) -> Response
             &json!({ "error": format!("pool {pool:?} has no backend {address:?}") }),
         );
     };
-    if backend.is_draining() != draining {
-        backend.set_draining(draining);
-        if draining {
-            tracing::info!(pool, backend = address, "backend draining: no new requests");
-        } else {
-            tracing::info!(pool, backend = address, "backend enabled");
+    let (draining, disabled) = match action {
+        Service::Drain => (true, backend.is_disabled()),
+        Service::Disable => (backend.is_draining(), true),
+        Service::Enable => (false, false),
+    };
+    let changed = backend.is_draining() != draining || backend.is_disabled() != disabled;
+    backend.set_disabled(disabled);
+    backend.set_draining(draining);
+    if changed {
+        match action {
+            Service::Drain => tracing::info!(
+                pool,
+                backend = address,
+                "backend draining: no new clients (sticky clients stay)"
+            ),
+            Service::Disable => tracing::info!(
+                pool,
+                backend = address,
+                "backend disabled: no new requests, sticky clients included"
+            ),
+            Service::Enable => tracing::info!(pool, backend = address, "backend enabled"),
         }
     }
     json_response(
@@ -134,6 +161,7 @@ fn drain(shared: &Shared, pool: &str, address: &str, draining: bool) -> Response
             "pool": pool,
             "backend": address,
             "draining": draining,
+            "disabled": disabled,
             "active_requests": backend.active_requests(),
         }),
     )
@@ -210,6 +238,7 @@ pub(crate) fn pools_json(shared: &Shared) -> Value {
                         "source": b.source().as_str(),
                         "weight": b.weight(),
                         "draining": b.is_draining(),
+                        "disabled": b.is_disabled(),
                         "healthy": b.is_healthy(),
                         "circuit": state.as_str(),
                         "circuit_held_closed": b.breaker.is_held_closed(),
@@ -229,6 +258,12 @@ pub(crate) fn pools_json(shared: &Shared) -> Value {
                     "panic": pool.in_panic(),
                     "circuit_breaker_capped": pool.breaker_capped(),
                     "queue_waiting": pool.state.queue.waiting(),
+                    "hash": pool.hash_key.as_ref().map(|key| json!({
+                        "key": key.describe(),
+                        "table_size": pool.hash.table_size,
+                        "balance_factor": pool.hash.balance_factor,
+                    })),
+                    "sticky_cookie": pool.sticky.as_ref().map(|s| s.cookie.as_str()),
                     "backends": backends,
                 }),
             )

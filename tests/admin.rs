@@ -160,11 +160,12 @@ backends = [{{ address = "{a}" }}, {{ address = "{b}", weight = 3 }}]
     }
     let backend = |addr: std::net::SocketAddr, weight: u32| {
         serde_json::json!({"address": addr.to_string(), "source": "static", "weight": weight, "healthy": true, "circuit": "closed",
-            "circuit_held_closed": false, "active_requests": 0, "draining": false, "consecutive_failures": 0, "half_open_at": null, "last_check_error": null,
+            "circuit_held_closed": false, "active_requests": 0, "draining": false, "disabled": false, "consecutive_failures": 0, "half_open_at": null, "last_check_error": null,
             "last_check_error_at": null, "effective_weight": f64::from(weight),
             "slow_start_ends_at": null, "ejected_until": null})
     };
     let want = serde_json::json!({"pools": {"api": {"algorithm": "least_connections", "health_checks": false,
-        "panic": false, "circuit_breaker_capped": 0, "queue_waiting": 0, "backends": [backend(a, 1), backend(b, 3)]}}});
+        "panic": false, "circuit_breaker_capped": 0, "queue_waiting": 0, "hash": null, "sticky_cookie": null,
+        "backends": [backend(a, 1), backend(b, 3)]}}});
     assert_eq!(v, want);
 }

@@ -184,9 +184,14 @@ unhealthy_threshold = 2
 [pools.web.circuit_breaker]
 failure_threshold = 2
 open_duration = "1m"
+[pools.web.sticky]
+cookie = "sy_web"
 
 [pools.api]
+algorithm = "consistent_hash"
 backends = [{{ address = "{}" }}]
+[pools.api.hash]
+key = "path"
 "#,
         cert_file.display(),
         key_file.display(),

@@ -31,6 +31,13 @@ fn backends(weights: &[u32], metrics: &Metrics) -> Vec<Arc<Backend>> {
         .collect()
 }
 
+const ALGORITHMS: [Algorithm; 4] = [
+    Algorithm::RoundRobin,
+    Algorithm::LeastConnections,
+    Algorithm::PeakEwma,
+    Algorithm::ConsistentHash,
+];
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(200))]
 
@@ -39,18 +46,18 @@ proptest! {
         weights in prop::collection::vec(1u32..=20, 1..24),
         usable_mask in prop::collection::vec(any::<bool>(), 24),
         in_flight in prop::collection::vec(0usize..5, 24),
-        least in any::<bool>(),
+        which in 0usize..4,
+        key in any::<u64>(),
         picks in 1usize..50,
     ) {
         let metrics = Metrics::new();
         let bs = backends(&weights, &metrics);
         let _guards: Vec<_> = bs.iter().zip(&in_flight).flat_map(|(b, &n)| (0..n).map(|_| b.begin())).collect();
-        let algorithm = if least { Algorithm::LeastConnections } else { Algorithm::RoundRobin };
-        let selector = select::build(algorithm, &bs);
+        let selector = select::build(ALGORITHMS[which], &bs);
         let usable = |i: usize| usable_mask[i];
         let any_usable = (0..bs.len()).any(usable);
         for _ in 0..picks {
-            match selector.pick(&Candidates::given(&bs, &usable)) {
+            match selector.pick(&Candidates::given(&bs, &usable).with_key(key)) {
                 Some(i) => prop_assert!(usable(i), "picked unusable {}", i),
                 None => prop_assert!(!any_usable, "found nothing though some were usable"),
             }
@@ -62,7 +69,8 @@ proptest! {
         n in 33usize..300,
         usable_seed in any::<u64>(),
         usable_share in 0u32..=100,
-        least in any::<bool>(),
+        which in 0usize..4,
+        key in any::<u64>(),
         picks in 1usize..40,
     ) {
         let metrics = Metrics::new();
@@ -71,12 +79,11 @@ proptest! {
         let usable_mask: Vec<bool> = (0..n)
             .map(|i| (usable_seed.rotate_left(i as u32 % 64) ^ i as u64) % 100 < u64::from(usable_share))
             .collect();
-        let algorithm = if least { Algorithm::LeastConnections } else { Algorithm::RoundRobin };
-        let selector = select::build(algorithm, &bs);
+        let selector = select::build(ALGORITHMS[which], &bs);
         let usable = |i: usize| usable_mask[i];
         let any_usable = usable_mask.iter().any(|&u| u);
         for _ in 0..picks {
-            match selector.pick(&Candidates::given(&bs, &usable)) {
+            match selector.pick(&Candidates::given(&bs, &usable).with_key(key)) {
                 Some(i) => prop_assert!(usable(i), "picked unusable {}", i),
                 None => prop_assert!(!any_usable, "found nothing though some were usable"),
             }

@@ -32,7 +32,9 @@ const BREAKER: u64 = 1 << 34;
 const CAPPED: u64 = 1 << 35;
 /// Ejected by outlier detection (until a time [`Outlier`] keeps).
 const EJECTED: u64 = 1 << 36;
-const FLAGS: u64 = DOWN | DRAINING | BREAKER | CAPPED | EJECTED;
+/// Taken out by the operator: unlike a draining backend, it serves not even its sticky clients.
+const DISABLED: u64 = 1 << 38;
+const FLAGS: u64 = DOWN | DRAINING | BREAKER | CAPPED | EJECTED | DISABLED;
 /// A slow-start ramp is under way (not a gate: the backend is available, with less weight).
 const RAMPING: u64 = 1 << 37;
 
@@ -149,7 +151,19 @@ impl Backend {
     #[cold]
     #[inline(never)]
     fn is_available_slow(&self, gate: u64, now: Instant, ignore_health: bool) -> bool {
-        gate & DRAINING == 0
+        gate & DRAINING == 0 && self.serves_its_own(gate, now, ignore_health)
+    }
+
+    /// May a client whose sticky cookie names this backend be sent to it? As [`Self::is_available`], but a
+    /// draining backend keeps its own clients.
+    #[inline]
+    pub(crate) fn is_available_to_its_own(&self, now: Instant, ignore_health: bool) -> bool {
+        let gate = self.gate.load(Ordering::Relaxed);
+        gate & FLAGS == 0 || self.serves_its_own(gate, now, ignore_health)
+    }
+
+    fn serves_its_own(&self, gate: u64, now: Instant, ignore_health: bool) -> bool {
+        gate & DISABLED == 0
             && (ignore_health || gate & DOWN == 0)
             && (ignore_health || gate & EJECTED == 0 || !self.outlier.is_ejected(stamp(now)))
             && (gate & CAPPED == 0 || self.under_cap())
@@ -161,7 +175,7 @@ impl Backend {
         let gate = self.gate.load(Ordering::Relaxed);
         gate & CAPPED != 0
             && !self.under_cap()
-            && gate & DRAINING == 0
+            && gate & (DRAINING | DISABLED) == 0
             && (ignore_health || gate & DOWN == 0)
             && (ignore_health || gate & EJECTED == 0 || !self.outlier.is_ejected(stamp(now)))
             && (gate & BREAKER == 0 || self.breaker.would_admit(now))
@@ -303,12 +317,33 @@ impl Backend {
         self.flag(DRAINING)
     }
 
+    pub(crate) fn is_disabled(&self) -> bool {
+        self.flag(DISABLED)
+    }
+
+    /// Draining or disabled: no new clients.
+    pub(crate) fn is_out_of_service(&self) -> bool {
+        self.gate.load(Ordering::Relaxed) & (DRAINING | DISABLED) != 0
+    }
+
+    /// Takes the backend out for everyone, sticky clients included (or puts it back); requests in flight
+    /// finish either way. Back, it ramps up again (slow start).
+    pub(crate) fn set_disabled(&self, disabled: bool) {
+        let was = self.flag(DISABLED);
+        self.set_flag(DISABLED, disabled);
+        if was && !disabled && !self.flag(DRAINING) {
+            let now = Instant::now();
+            self.begin_ramp(now, stamp(now));
+            self.room_made();
+        }
+    }
+
     /// Stops (or resumes) new requests to this backend; requests in flight finish either way. Resumed, it
     /// ramps up again (slow start).
     pub(crate) fn set_draining(&self, draining: bool) {
         let was = self.flag(DRAINING);
         self.set_flag(DRAINING, draining);
-        if was && !draining {
+        if was && !draining && !self.flag(DISABLED) {
             let now = Instant::now();
             self.begin_ramp(now, stamp(now));
             self.room_made();
@@ -405,7 +440,7 @@ impl Backend {
 
     /// Not draining, under its request cap, and its circuit not closed: a backend for an early trial.
     pub(crate) fn may_try_early(&self) -> bool {
-        !self.is_draining() && self.under_cap() && self.breaker.state() != State::Closed
+        !self.is_out_of_service() && self.under_cap() && self.breaker.state() != State::Closed
     }
 
     /// The health checks saw the backend come back: whatever opened its circuit predates that, so close it
@@ -454,13 +489,40 @@ impl Backend {
         }
     }
 
-    /// Counts a request in flight until the guard is dropped.
+    /// Counts a request in flight, when the request cap allows one more: exactly, since the count is what is
+    /// checked (two requests racing for the last slot cannot both have it). `None`: at the cap.
+    #[inline]
+    pub(crate) fn claim(self: &Arc<Self>) -> Option<InFlight> {
+        let (in_flight, before) = self.count_in();
+        let capped = self.gate.load(Ordering::Relaxed) & CAPPED != 0;
+        if capped && before >= self.max_active.load(Ordering::Relaxed) as usize {
+            // Gone again at once (a waiter woken by it finds no slot and keeps its place).
+            return None;
+        }
+        Some(in_flight)
+    }
+
+    /// Counts a request in flight until the guard is dropped (and in the pool's total, when its loads are
+    /// bounded).
     pub fn begin(self: &Arc<Self>) -> InFlight {
-        self.active.fetch_add(1, Ordering::Relaxed);
+        self.count_in().0
+    }
+
+    /// The guard, and the count before it.
+    #[inline]
+    fn count_in(self: &Arc<Self>) -> (InFlight, usize) {
+        let before = self.active.fetch_add(1, Ordering::SeqCst);
         if let Some(g) = &self.metrics.active {
             g.inc();
         }
-        InFlight(Arc::clone(self))
+        let pool_total = self
+            .pool_state()
+            .and_then(|s| s.in_flight_total())
+            .map(|total| {
+                total.fetch_add(1, Ordering::Relaxed);
+                Arc::clone(total)
+            });
+        (InFlight(Arc::clone(self), pool_total), before)
     }
 }
 
@@ -475,8 +537,8 @@ impl std::fmt::Debug for Backend {
     }
 }
 
-/// A request in flight on a backend; dropping it ends the count.
-pub struct InFlight(Arc<Backend>);
+/// A request in flight on a backend (and in its pool's total, when counted); dropping it ends the count.
+pub struct InFlight(Arc<Backend>, Option<Arc<AtomicUsize>>);
 
 impl InFlight {
     pub(crate) fn backend(&self) -> &Arc<Backend> {
@@ -495,6 +557,9 @@ impl Drop for OpenTunnel {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        if let Some(total) = &self.1 {
+            total.fetch_sub(1, Ordering::Relaxed);
+        }
         let before = self.0.active.fetch_sub(1, Ordering::SeqCst);
         if let Some(g) = &self.0.metrics.active {
             g.dec();

@@ -11,3 +11,4 @@ pub mod pool;
 pub(crate) mod queue;
 pub(crate) mod retry;
 pub mod select;
+pub(crate) mod sticky;

@@ -2,6 +2,7 @@
 //! retries and their budget, panic mode).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -10,16 +11,17 @@ use prometheus::IntCounter;
 use tokio::time::Instant;
 
 use crate::balance::adaptive::{instant_of, stamp};
-use crate::balance::backend::Backend;
+use crate::balance::backend::{Backend, InFlight};
 use crate::balance::breaker::State;
 use crate::balance::queue::{Queue, QueueRejection};
 use crate::balance::retry::{RetryBudget, RetrySettings};
 pub use crate::balance::select::Tried;
-use crate::balance::select::{self, Candidates, Selector};
+use crate::balance::select::{self, Candidates, HashSetup, Selector};
+use crate::balance::sticky::Sticky;
 use crate::config::UpstreamTlsSettings;
 use crate::config::{
-    Algorithm, HealthCheckSettings, OutlierSettings, PoolSettings, Protocol, QueueSettings,
-    Timeouts,
+    Algorithm, HashKey, HashSettings, HealthCheckSettings, OutlierSettings, PoolSettings, Protocol,
+    QueueSettings, Timeouts,
 };
 use crate::observe::metrics::{BackendMetrics, Metrics};
 
@@ -52,6 +54,10 @@ pub struct Pool {
     pub(crate) health_check: Option<HealthCheckSettings>,
     /// Label handles for answers the proxy gives itself for this pool (`backend="none"`).
     pub(crate) local_metrics: BackendMetrics,
+    /// What requests are hashed by, for `consistent_hash`.
+    pub(crate) hash_key: Option<HashKey>,
+    pub(crate) hash: HashSettings,
+    pub(crate) sticky: Option<Sticky>,
 }
 
 /// What a pool shares with the pools that replace it (same name) on reloads and DNS changes, and what its
@@ -63,9 +69,20 @@ pub(crate) struct PoolState {
     /// The current members (weak: a backend holds this state).
     members: ArcSwap<Vec<Weak<Backend>>>,
     pub(crate) queue: Queue,
+    /// Requests in flight over the pool, counted while `counting` (consistent hashing's bounded loads).
+    in_flight: Arc<AtomicUsize>,
+    counting: AtomicBool,
 }
 
 impl PoolState {
+    /// The pool's count of requests in flight, when it keeps one.
+    #[inline]
+    pub(crate) fn in_flight_total(&self) -> Option<&Arc<AtomicUsize>> {
+        self.counting
+            .load(Ordering::Relaxed)
+            .then_some(&self.in_flight)
+    }
+
     /// Is a backend of the pool other than `this` usable now (not draining, healthy, not out, under its cap)?
     pub(crate) fn others_usable(&self, this: &Backend, now: Instant) -> bool {
         self.members
@@ -176,12 +193,33 @@ impl Pool {
         // Requests waiting in the queue may find room among new backends or new caps.
         state.queue.wake_all();
         welcome(&backends, &added, previous.is_some());
+        let hashing = settings.algorithm == Algorithm::ConsistentHash;
+        let bounded = hashing && settings.hash.balance_factor > 0.0;
+        state.counting.store(bounded, Ordering::Relaxed);
+        let hash = || HashSetup {
+            table_size: settings.hash.table_size,
+            balance_factor: settings.hash.balance_factor,
+            in_flight: bounded.then(|| Arc::clone(&state.in_flight)),
+            overflow: Some(
+                metrics
+                    .balancing
+                    .hash_overflow_total
+                    .with_label_values(&[name]),
+            ),
+        };
+        let selector = select::build_with(settings.algorithm, &backends, hash);
         Self {
+            hash_key: hashing.then(|| settings.hash.key.clone()),
+            hash: settings.hash.clone(),
+            sticky: settings
+                .sticky
+                .as_ref()
+                .map(|s| Sticky::new(name, s, &backends, metrics)),
             name: name.to_owned(),
             algorithm: settings.algorithm,
             protocol: settings.protocol,
             tls: settings.tls.clone(),
-            selector: select::build(settings.algorithm, &backends),
+            selector,
             backends,
             timeouts: settings.timeouts,
             retry: settings.retry,
@@ -210,10 +248,16 @@ impl Pool {
         }
     }
 
-    /// Picks an available backend not in `tried` and claims it through its circuit breaker: its index in
-    /// `backends`, or `None` when no backend is available.
+    /// Picks an available backend not in `tried` and claims it (a slot under its request cap, and its circuit
+    /// breaker's consent): its index in `backends` and the request's count in flight there, or `None` when no
+    /// backend is available. `key` is the request's hashed key, for consistent hashing.
     #[inline]
-    pub fn pick(&self, now: Instant, tried: &mut Tried) -> Option<usize> {
+    pub fn pick(
+        &self,
+        now: Instant,
+        tried: &mut Tried,
+        key: Option<u64>,
+    ) -> Option<(usize, InFlight)> {
         if tried.is_full() {
             return None;
         }
@@ -224,7 +268,7 @@ impl Pool {
         for _ in 0..4 {
             let Some(i) = self
                 .selector
-                .pick_available(backends, now, ignore_health, tried)
+                .pick_available(backends, now, key, ignore_health, tried)
             else {
                 return self.take_passed_over(passed_over, now);
             };
@@ -233,8 +277,8 @@ impl Pool {
             // the algorithm and the load. Passed over, it is out of this request's picks, so an algorithm that
             // favours it (least-connections, when it is the idlest) cannot hand it the turn straight back.
             if backends[i].keeps_turn(now) {
-                if backends[i].admit(now) {
-                    return Some(i);
+                if let Some(claimed) = self.claim(i, now) {
+                    return Some((i, claimed));
                 }
             } else if passed_over == usize::MAX {
                 passed_over = i;
@@ -243,27 +287,48 @@ impl Pool {
         self.take_passed_over(passed_over, now)
     }
 
+    /// The backend a client's sticky cookie names, `i`, when it may serve the client (a draining one may; see
+    /// [`Backend::is_available_to_its_own`]) and its circuit breaker admits the request; `tried` notes it.
+    pub(crate) fn pick_named(&self, i: usize, now: Instant, tried: &mut Tried) -> Option<InFlight> {
+        let b = self.backends.get(i)?;
+        if !b.is_available_to_its_own(now, self.in_panic()) {
+            return None;
+        }
+        let claimed = self.claim(i, now)?;
+        tried.push(i);
+        Some(claimed)
+    }
+
+    /// A slot on backend `i` under its request cap, then its circuit breaker's consent.
+    #[inline]
+    fn claim(&self, i: usize, now: Instant) -> Option<InFlight> {
+        let b = self.backends.get(i)?;
+        let claimed = b.claim()?;
+        b.admit(now).then_some(claimed)
+    }
+
     /// Nobody else could take the turn: the ramping backend passed over takes it after all.
     #[cold]
     #[inline(never)]
-    fn take_passed_over(&self, passed_over: usize, now: Instant) -> Option<usize> {
-        self.backends
-            .get(passed_over)
-            .filter(|b| b.admit(now))
-            .map(|_| passed_over)
+    fn take_passed_over(&self, passed_over: usize, now: Instant) -> Option<(usize, InFlight)> {
+        self.claim(passed_over, now).map(|c| (passed_over, c))
     }
 
     /// Picks for a request that found no available backend: when every backend health and drain allow has
     /// its circuit open, one of them gets a trial now instead of the pool answering 503 until an open period
     /// ends (one trial per backend at a time). `None` when something else keeps the backends out.
     #[cold]
-    pub(crate) fn pick_early_trial(&self, tried: &mut Tried) -> Option<usize> {
+    pub(crate) fn pick_early_trial(
+        &self,
+        tried: &mut Tried,
+        key: Option<u64>,
+    ) -> Option<(usize, InFlight)> {
         if tried.is_full() {
             return None;
         }
         let backends = &self.backends;
         let ignore_health = self.in_panic();
-        let allowed = |b: &Backend| !b.is_draining() && (ignore_health || b.is_healthy());
+        let allowed = |b: &Backend| !b.is_out_of_service() && (ignore_health || b.is_healthy());
         if backends
             .iter()
             .any(|b| allowed(b) && b.breaker.state() == State::Closed)
@@ -271,11 +336,14 @@ impl Pool {
             return None;
         }
         for _ in 0..backends.len().min(8) {
-            let candidates = Candidates::open_for_trial(backends, ignore_health, tried);
+            let candidates = Candidates::open_for_trial(backends, ignore_health, tried, key);
             let i = self.selector.pick(&candidates)?;
             tried.push(i);
+            let Some(claimed) = backends[i].claim() else {
+                continue;
+            };
             if backends[i].admit_early() {
-                return Some(i);
+                return Some((i, claimed));
             }
         }
         None
@@ -385,7 +453,11 @@ impl Pool {
     /// Waits in the pool's queue for a backend under its request cap, when every usable backend is at its cap
     /// (or others wait already: first come, first served). `Err` when the pool has no queue or something other
     /// than the caps keeps the backends out (no backend), when the queue is full, or when the wait runs out.
-    pub(crate) async fn wait_for_backend(&self, tried: &mut Tried) -> Result<usize, Unavailable> {
+    pub(crate) async fn wait_for_backend(
+        &self,
+        tried: &mut Tried,
+        key: Option<u64>,
+    ) -> Result<(usize, InFlight), Unavailable> {
         let Some(settings) = self.queue else {
             return Err(Unavailable::NoBackend);
         };
@@ -393,7 +465,7 @@ impl Pool {
         let now = Instant::now();
         if !self.any_busy(now) {
             *tried = Tried::default();
-            return self.pick(now, tried).ok_or(Unavailable::NoBackend);
+            return self.pick(now, tried, key).ok_or(Unavailable::NoBackend);
         }
         let Some(mut place) = queue.enter(settings.max_waiting as usize) else {
             self.queue_full.inc();
@@ -408,8 +480,8 @@ impl Pool {
             if woken || queue.waiting() == 1 {
                 let now = Instant::now();
                 *tried = Tried::default();
-                if let Some(i) = self.pick(now, tried) {
-                    return Ok(i);
+                if let Some(picked) = self.pick(now, tried, key) {
+                    return Ok(picked);
                 }
                 if !self.any_busy(now) {
                     // Nothing to wait for any more (the busy backends went out): the others find out too.
@@ -460,11 +532,21 @@ impl Pool {
             }
             if b.is_taken_out(now_ns) {
                 out += 1;
-            } else if !b.is_draining() && (ignore_health || b.is_healthy()) {
+            } else if !b.is_out_of_service() && (ignore_health || b.is_healthy()) {
                 usable += 1;
             }
         }
         usable > 0 && out * 100 <= percent as usize * members.len()
+    }
+
+    /// The sticky cookie naming backend `i` (`Set-Cookie` on a plain listener), for a pool with one.
+    pub fn sticky_cookie(&self, i: usize) -> Option<&http::HeaderValue> {
+        self.sticky.as_ref()?.set_cookie(i, false)
+    }
+
+    /// The consistent-hash table (backend indexes, slot by slot), for a pool that hashes.
+    pub fn hash_table(&self) -> Option<&[u32]> {
+        self.selector.hash_table()
     }
 
     /// Is the healthy share of the pool below `panic_threshold`, so health checks are ignored?

@@ -135,6 +135,27 @@ pub(crate) struct Pool {
     pub(crate) slow_start: Option<SlowStart>,
     pub(crate) outlier_detection: Option<OutlierDetection>,
     pub(crate) queue: Option<Queue>,
+    pub(crate) hash: Option<Hash>,
+    pub(crate) sticky: Option<Sticky>,
+}
+
+/// `[pools.NAME.hash]`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Hash {
+    pub(crate) key: Option<String>,
+    pub(crate) balance_factor: Option<Number>,
+    pub(crate) table_size: Option<i64>,
+}
+
+/// `[pools.NAME.sticky]`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Sticky {
+    pub(crate) cookie: Option<String>,
+    pub(crate) max_age: Option<String>,
+    pub(crate) secure: Option<bool>,
+    pub(crate) http_only: Option<bool>,
+    pub(crate) same_site: Option<String>,
+    pub(crate) secret_file: Option<String>,
 }
 
 /// `[pools.NAME.peak_ewma]`.

@@ -167,16 +167,23 @@ pub enum Algorithm {
     RoundRobin,
     LeastConnections,
     PeakEwma,
+    ConsistentHash,
 }
 
 impl Algorithm {
-    pub(crate) const ALLOWED: [&'static str; 3] = ["round_robin", "least_connections", "peak_ewma"];
+    pub(crate) const ALLOWED: [&'static str; 4] = [
+        "round_robin",
+        "least_connections",
+        "peak_ewma",
+        "consistent_hash",
+    ];
 
     pub(crate) fn parse(name: &str) -> Option<Self> {
         match name {
             "round_robin" => Some(Self::RoundRobin),
             "least_connections" => Some(Self::LeastConnections),
             "peak_ewma" => Some(Self::PeakEwma),
+            "consistent_hash" => Some(Self::ConsistentHash),
             _ => None,
         }
     }
@@ -186,6 +193,7 @@ impl Algorithm {
             Self::RoundRobin => "round_robin",
             Self::LeastConnections => "least_connections",
             Self::PeakEwma => "peak_ewma",
+            Self::ConsistentHash => "consistent_hash",
         }
     }
 }
@@ -215,6 +223,88 @@ pub struct PoolSettings {
     pub(crate) outlier_detection: Option<OutlierSettings>,
     /// `None`: a request finding every backend at `max_active_requests` gets 503 at once.
     pub(crate) queue: Option<QueueSettings>,
+    /// `[pools.NAME.hash]`, for `consistent_hash` (defaults when the section is absent).
+    pub(crate) hash: HashSettings,
+    /// `[pools.NAME.sticky]`; `None`: no cookie.
+    pub(crate) sticky: Option<StickySettings>,
+}
+
+/// `[pools.NAME.hash]`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct HashSettings {
+    pub(crate) key: HashKey,
+    /// Bounded loads: no backend takes more than `ceil(factor × average in flight)`; 0 = off.
+    pub(crate) balance_factor: f64,
+    /// The lookup table's size, a prime.
+    pub(crate) table_size: u32,
+}
+
+impl Default for HashSettings {
+    fn default() -> Self {
+        Self {
+            key: HashKey::ClientIp,
+            balance_factor: 1.25,
+            table_size: 65537,
+        }
+    }
+}
+
+/// What a request is hashed by.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum HashKey {
+    /// The client's address: the peer's, or from `X-Forwarded-For` when the peer is a trusted proxy.
+    ClientIp,
+    Header(http::HeaderName),
+    Cookie(String),
+    Path,
+    PathAndQuery,
+}
+
+impl HashKey {
+    pub(crate) const ALLOWED: &'static str =
+        "\"client_ip\", \"header:NAME\", \"cookie:NAME\", \"path\", \"path_and_query\"";
+
+    /// As written in the config.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Self::ClientIp => "client_ip".to_owned(),
+            Self::Header(name) => format!("header:{name}"),
+            Self::Cookie(name) => format!("cookie:{name}"),
+            Self::Path => "path".to_owned(),
+            Self::PathAndQuery => "path_and_query".to_owned(),
+        }
+    }
+}
+
+/// `[pools.NAME.sticky]`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct StickySettings {
+    pub(crate) cookie: String,
+    /// `None`: a session cookie.
+    pub(crate) max_age: Option<Duration>,
+    /// `None`: on TLS listeners only.
+    pub(crate) secure: Option<bool>,
+    pub(crate) http_only: bool,
+    pub(crate) same_site: SameSite,
+    /// The HMAC key from `secret_file`; `None`: a fixed one (values stable across instances, not unforgeable).
+    pub(crate) secret: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SameSite {
+    Lax,
+    Strict,
+    None,
+}
+
+impl SameSite {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Lax => "Lax",
+            Self::Strict => "Strict",
+            Self::None => "None",
+        }
+    }
 }
 
 /// `[pools.NAME.peak_ewma]`.

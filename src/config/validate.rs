@@ -4,6 +4,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+mod affinity;
 mod balancing;
 
 use super::diag::{FieldPath, Locator, Problem};
@@ -647,7 +648,14 @@ impl Checker<'_, '_> {
             .queue
             .as_ref()
             .map(|q| self.queue(field.key("queue"), q, &breaker));
+        let hash = self.hash(field.key("hash"), pool.hash.as_ref(), algorithm);
+        let sticky = pool
+            .sticky
+            .as_ref()
+            .map(|s| self.sticky(field.key("sticky"), name, s, folder));
         PoolSettings {
+            hash,
+            sticky,
             peak_ewma,
             slow_start,
             outlier_detection,

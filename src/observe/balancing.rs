@@ -1,4 +1,5 @@
-//! The collectors of adaptive balancing: latency estimates, effective weights, outlier ejections and queues.
+//! The collectors of adaptive balancing and affinity: latency estimates, effective weights, outlier ejections,
+//! queues, consistent hashing's overflow and sticky cookies.
 //! The gauges of estimates and weights are set when `/metrics` is read (from the backends' own state), so the
 //! request path pays nothing for them.
 
@@ -13,6 +14,8 @@ pub(crate) struct BalancingMetrics {
     pub(crate) ejected: IntGaugeVec,
     pub(crate) queue_waiting: IntGaugeVec,
     pub(crate) queue_rejections_total: IntCounterVec,
+    pub(crate) hash_overflow_total: IntCounterVec,
+    pub(crate) sticky_total: IntCounterVec,
 }
 
 const BACKEND: &[&str] = &["pool", "backend"];
@@ -62,6 +65,20 @@ impl BalancingMetrics {
                 ),
                 &["pool", "reason"],
             )),
+            hash_overflow_total: must(IntCounterVec::new(
+                Opts::new(
+                    "switchyard_hash_overflow_total",
+                    "Consistent-hash picks moved off the key's backend because it was at its load bound (balance_factor).",
+                ),
+                &["pool"],
+            )),
+            sticky_total: must(IntCounterVec::new(
+                Opts::new(
+                    "switchyard_sticky_total",
+                    "Sticky-cookie outcomes: hit (followed), missing (no cookie), invalid (tampered or naming no backend of the pool), unavailable (its backend cannot serve now) per request; new per cookie set.",
+                ),
+                &["pool", "result"],
+            )),
         };
         for c in [
             Box::new(m.latency_ewma_seconds.clone()) as Box<dyn prometheus::core::Collector>,
@@ -70,6 +87,8 @@ impl BalancingMetrics {
             Box::new(m.ejected.clone()),
             Box::new(m.queue_waiting.clone()),
             Box::new(m.queue_rejections_total.clone()),
+            Box::new(m.hash_overflow_total.clone()),
+            Box::new(m.sticky_total.clone()),
         ] {
             must(registry.register(c));
         }

@@ -4,6 +4,7 @@
 //! An algorithm is one file here implementing [`Selector`] (usually through [`Scan`]), plus its config name in
 //! `config::Algorithm`, its variant in [`Registered`] and one line in [`build`].
 
+mod consistent_hash;
 mod least_connections;
 mod peak_ewma;
 mod round_robin;
@@ -12,6 +13,8 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
+pub use consistent_hash::ConsistentHash;
+pub(crate) use consistent_hash::HashSetup;
 pub use least_connections::LeastConnections;
 pub(crate) use least_connections::splitmix64;
 pub use peak_ewma::PeakEwma;
@@ -31,6 +34,8 @@ pub trait Selector: Send + Sync + std::fmt::Debug {
 pub struct Candidates<'a> {
     pub(crate) backends: &'a [Arc<Backend>],
     now: Instant,
+    /// The request's hashed key, for consistent hashing.
+    key: Option<u64>,
     rule: Rule<'a>,
 }
 
@@ -49,6 +54,7 @@ impl<'a> Candidates<'a> {
         backends: &'a [Arc<Backend>],
         ignore_health: bool,
         tried: &'a Tried,
+        key: Option<u64>,
     ) -> Self {
         let rule = Rule::OpenForTrial {
             ignore_health,
@@ -57,6 +63,7 @@ impl<'a> Candidates<'a> {
         Self {
             backends,
             now: Instant::now(),
+            key,
             rule,
         }
     }
@@ -65,7 +72,16 @@ impl<'a> Candidates<'a> {
         Self {
             backends,
             now: Instant::now(),
+            key: None,
             rule: Rule::Given(usable),
+        }
+    }
+
+    /// The same candidates for a request with hashed key `key`.
+    pub fn with_key(self, key: u64) -> Self {
+        Self {
+            key: Some(key),
+            ..self
         }
     }
 
@@ -73,7 +89,7 @@ impl<'a> Candidates<'a> {
     /// [`Registered::pick_available`] instead, with its check inlined).
     #[inline(always)]
     pub(crate) fn scan_with<S: Scan>(&self, algorithm: &S) -> Option<usize> {
-        algorithm.scan(self.backends, self.now, |i| self.usable(i))
+        algorithm.scan(self.backends, self.now, self.key, |i| self.usable(i))
     }
 
     /// May backend `i` be chosen?
@@ -132,6 +148,7 @@ pub enum Registered {
     RoundRobin(RoundRobin),
     LeastConnections(LeastConnections),
     PeakEwma(PeakEwma),
+    ConsistentHash(ConsistentHash),
 }
 
 impl Registered {
@@ -141,13 +158,24 @@ impl Registered {
         &self,
         backends: &[Arc<Backend>],
         now: Instant,
+        key: Option<u64>,
         ignore_health: bool,
         tried: &Tried,
     ) -> Option<usize> {
+        let at = (backends, now, key);
         match self {
-            Self::RoundRobin(s) => scan_available(s, backends, now, ignore_health, tried),
-            Self::LeastConnections(s) => scan_available(s, backends, now, ignore_health, tried),
-            Self::PeakEwma(s) => scan_available(s, backends, now, ignore_health, tried),
+            Self::RoundRobin(s) => scan_available(s, at, ignore_health, tried),
+            Self::LeastConnections(s) => scan_available(s, at, ignore_health, tried),
+            Self::PeakEwma(s) => scan_available(s, at, ignore_health, tried),
+            Self::ConsistentHash(s) => scan_available(s, at, ignore_health, tried),
+        }
+    }
+
+    /// The consistent-hash table, for a pool that hashes.
+    pub fn hash_table(&self) -> Option<&[u32]> {
+        match self {
+            Self::ConsistentHash(s) => Some(s.table()),
+            _ => None,
         }
     }
 }
@@ -155,17 +183,16 @@ impl Registered {
 #[inline(always)]
 fn scan_available<S: Scan>(
     algorithm: &S,
-    backends: &[Arc<Backend>],
-    now: Instant,
+    (backends, now, key): (&[Arc<Backend>], Instant, Option<u64>),
     ignore_health: bool,
     tried: &Tried,
 ) -> Option<usize> {
     if tried.is_empty() {
-        algorithm.scan(backends, now, |i| {
+        algorithm.scan(backends, now, key, |i| {
             backends[i].is_available(now, ignore_health)
         })
     } else {
-        algorithm.scan(backends, now, |i| {
+        algorithm.scan(backends, now, key, |i| {
             !tried.contains(i) && backends[i].is_available(now, ignore_health)
         })
     }
@@ -178,14 +205,23 @@ impl Selector for Registered {
             Self::RoundRobin(s) => Selector::pick(s, candidates),
             Self::LeastConnections(s) => Selector::pick(s, candidates),
             Self::PeakEwma(s) => Selector::pick(s, candidates),
+            Self::ConsistentHash(s) => Selector::pick(s, candidates),
         }
     }
 }
 
 /// The selector for `algorithm`, built for `backends` as they are (order and weights): a pool is rebuilt, with
-/// a new selector, whenever its membership or weights change (a reload, a DNS answer).
-pub fn build(algorithm: Algorithm, backends: &[Arc<Backend>]) -> Registered {
+/// a new selector, whenever its membership or weights change (a reload, a DNS answer). `hash` sets up
+/// consistent hashing (its table is built here, off the request path).
+pub(crate) fn build_with(
+    algorithm: Algorithm,
+    backends: &[Arc<Backend>],
+    hash: impl FnOnce() -> HashSetup,
+) -> Registered {
     match algorithm {
+        Algorithm::ConsistentHash => {
+            Registered::ConsistentHash(ConsistentHash::new(backends, hash()))
+        }
         Algorithm::RoundRobin => {
             let weights: Vec<u32> = backends.iter().map(|b| b.weight()).collect();
             Registered::RoundRobin(RoundRobin::new(&weights))
@@ -195,6 +231,22 @@ pub fn build(algorithm: Algorithm, backends: &[Arc<Backend>]) -> Registered {
     }
 }
 
+/// A consistent-hash table of `size` slots for `members` (address, weight): each slot's backend index (for
+/// the disruption figures and the table-build bench).
+pub fn hash_table(members: &[(&str, u32)], size: usize) -> Vec<u32> {
+    consistent_hash::fill(members, size)
+}
+
+/// [`build_with`] with consistent hashing's defaults (a table of 65,537 slots, loads not bounded).
+pub fn build(algorithm: Algorithm, backends: &[Arc<Backend>]) -> Registered {
+    build_with(algorithm, backends, || HashSetup {
+        table_size: 65537,
+        balance_factor: 0.0,
+        in_flight: None,
+        overflow: None,
+    })
+}
+
 /// An algorithm's scan over the backends with a concrete `usable` check; [`Candidates::scan_with`] calls it
 /// with the pool's rule.
 pub(crate) trait Scan {
@@ -202,6 +254,7 @@ pub(crate) trait Scan {
         &self,
         backends: &[Arc<Backend>],
         now: Instant,
+        key: Option<u64>,
         usable: impl Fn(usize) -> bool,
     ) -> Option<usize>;
 }
@@ -212,6 +265,7 @@ impl Scan for RoundRobin {
         &self,
         backends: &[Arc<Backend>],
         _now: Instant,
+        _key: Option<u64>,
         usable: impl Fn(usize) -> bool,
     ) -> Option<usize> {
         RoundRobin::pick(self, backends.len(), usable)
@@ -231,6 +285,7 @@ impl Scan for LeastConnections {
         &self,
         backends: &[Arc<Backend>],
         _now: Instant,
+        _key: Option<u64>,
         usable: impl Fn(usize) -> bool,
     ) -> Option<usize> {
         LeastConnections::pick(self, backends, usable)
@@ -243,6 +298,7 @@ impl Scan for PeakEwma {
         &self,
         backends: &[Arc<Backend>],
         now: Instant,
+        _key: Option<u64>,
         usable: impl Fn(usize) -> bool,
     ) -> Option<usize> {
         PeakEwma::pick(self, backends, now, usable)
@@ -257,6 +313,26 @@ impl Selector for PeakEwma {
 }
 
 impl Selector for LeastConnections {
+    #[inline]
+    fn pick(&self, c: &Candidates<'_>) -> Option<usize> {
+        c.scan_with(self)
+    }
+}
+
+impl Scan for ConsistentHash {
+    #[inline(always)]
+    fn scan(
+        &self,
+        backends: &[Arc<Backend>],
+        now: Instant,
+        key: Option<u64>,
+        usable: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        ConsistentHash::pick(self, backends, now, key, usable)
+    }
+}
+
+impl Selector for ConsistentHash {
     #[inline]
     fn pick(&self, c: &Candidates<'_>) -> Option<usize> {
         c.scan_with(self)
