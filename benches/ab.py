@@ -4,7 +4,11 @@
 build's ratio to the first (paired by round, median). `haproxy` may be given as a build, as a yardstick.
 
 Usage: python3 benches/ab.py BINARY_A BINARY_B [haproxy]    (env: DUR seconds per run, default 6; ROUNDS, default 4)
-Needs nginx, haproxy and wrk. Traffic stays on 127.0.0.1 (ports 18080-18089); everything started is stopped.
+A build may be given as BINARY:VARIANT to run it on another config: `peak_ewma`, `consistent_hash` (the pool's
+algorithm), `limit_instance` or `limit_global` (a rate limit that never refuses on the route; global starts a
+redis-server on 127.0.0.1:18088 for the run). The default is round_robin without limits.
+Needs nginx, haproxy and wrk (and redis-server for limit_global). Traffic stays on 127.0.0.1 (ports 18080-18089);
+everything started is stopped.
 """
 import os, subprocess, sys, time, re, signal, statistics, socket, tempfile
 D = tempfile.mkdtemp(prefix="switchyard-ab-")
@@ -45,6 +49,31 @@ backend be
     server s1 127.0.0.1:{B1}
     server s2 127.0.0.1:{B2}
 """
+REDIS = 18088
+VARIANTS = {
+    "": "",
+    "peak_ewma": 'algorithm = "peak_ewma"\n',
+    "consistent_hash": 'algorithm = "consistent_hash"\n',
+    "limit_instance": "",
+    "limit_global": "",
+}
+LIMIT = """[rate_limits.bench]
+key = "client_ip"
+rate = 10000000
+burst = 10000000
+scope = "{scope}"
+[rate_limit_store]
+redis = "redis://127.0.0.1:{redis}/0"
+"""
+def sy_config(variant):
+    """The switchyard config for a variant: the pool's algorithm, or a limit that never refuses on the route."""
+    if variant not in VARIANTS:
+        raise SystemExit(f"unknown variant {variant!r}; known: {', '.join(v for v in VARIANTS if v)}")
+    text = SY.replace('algorithm = "round_robin"\n', VARIANTS[variant] or 'algorithm = "round_robin"\n')
+    if variant.startswith("limit_"):
+        text = text.replace('pool = "bench"\n', 'pool = "bench"\nrate_limits = ["bench"]\n')
+        text += LIMIT.format(scope=variant.removeprefix("limit_"), redis=REDIS)
+    return text
 def cpu(pid):
     f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
@@ -57,15 +86,25 @@ def wait_port(p):
 def main():
     dur = int(os.environ.get("DUR", "6")); rounds = int(os.environ.get("ROUNDS", "4"))
     variants = sys.argv[1:]
-    open(f"{D}/sy.toml", "w").write(SY); open(f"{D}/ha.cfg", "w").write(HA); nginx_conf()
+    configs = {}
+    for v in variants:
+        binary, _, variant = v.partition(":")
+        configs[v] = f"{D}/sy-{len(configs)}.toml"
+        open(configs[v], "w").write(sy_config(variant))
+    open(f"{D}/ha.cfg", "w").write(HA); nginx_conf()
     ng = subprocess.Popen(["taskset", "-c", "1", "nginx", "-p", D + "/", "-e", f"{D}/ng.early", "-c", f"{D}/ng.conf"])
     wait_port(B1)
+    redis = None
+    if any(v.endswith(":limit_global") for v in variants):
+        redis = subprocess.Popen(["taskset", "-c", "1", "redis-server", "--port", str(REDIS), "--bind", "127.0.0.1",
+                                  "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+        wait_port(REDIS)
     res = {v: [] for v in variants}
     try:
         for r in range(rounds):
             order = variants if r % 2 == 0 else variants[::-1]
             for v in order:
-                argv = ["haproxy", "-f", f"{D}/ha.cfg"] if v == "haproxy" else [v, "run", "--config", f"{D}/sy.toml", "--workers", "1"]
+                argv = ["haproxy", "-f", f"{D}/ha.cfg"] if v == "haproxy" else [v.partition(":")[0], "run", "--config", configs[v], "--workers", "1"]
                 p = subprocess.Popen(["taskset", "-c", "0"] + argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 wait_port(P); time.sleep(0.5)
                 subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c50", "-d2s", f"http://127.0.0.1:{P}/"], capture_output=True)
@@ -79,11 +118,13 @@ def main():
                 try: p.wait(10)
                 except subprocess.TimeoutExpired: p.kill(); p.wait()
                 time.sleep(0.5)
-                print(f"r{r} {os.path.basename(v):16s} {rps:9.0f} req/s {n/(c1-c0):9.0f} req/CPU-s", flush=True)
+                print(f"r{r} {os.path.basename(v):30s} {rps:9.0f} req/s {n/(c1-c0):9.0f} req/CPU-s", flush=True)
     finally:
         ng.send_signal(signal.SIGQUIT); ng.wait()
+        if redis:
+            redis.terminate(); redis.wait()
     base = variants[0]
     for v in variants:
         rr = [a[0] / b[0] for a, b in zip(res[v], res[base])]; cc = [a[1] / b[1] for a, b in zip(res[v], res[base])]
-        print(f"{os.path.basename(v):16s} rps med {statistics.median(x[0] for x in res[v]):8.0f}  per-CPU med {statistics.median(x[1] for x in res[v]):8.0f}   vs {os.path.basename(base)}: rps {statistics.median(rr):.3f}x per-CPU {statistics.median(cc):.3f}x")
+        print(f"{os.path.basename(v):30s} rps med {statistics.median(x[0] for x in res[v]):8.0f}  per-CPU med {statistics.median(x[1] for x in res[v]):8.0f}   vs {os.path.basename(base)}: rps {statistics.median(rr):.3f}x per-CPU {statistics.median(cc):.3f}x")
 main()

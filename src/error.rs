@@ -20,6 +20,8 @@ pub(crate) enum ProxyError {
     QueueFull,
     #[error("no backend came under max_active_requests within the queue's timeout")]
     QueueTimeout,
+    #[error("a rate limit of the route refused the request")]
+    RateLimited,
     #[error("could not connect to the backend")]
     Connect(#[source] std::io::Error),
     #[error("the backend did not answer in time")]
@@ -53,6 +55,7 @@ impl ProxyError {
             Self::Client(ClientFault::TooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::NoBackend | Self::QueueFull | Self::QueueTimeout => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -78,6 +81,9 @@ impl ProxyError {
             }
             Self::QueueTimeout => {
                 "switchyard: queue timeout (no backend came under max_active_requests within queue.timeout)\n"
+            }
+            Self::RateLimited => {
+                "switchyard: rate limited; try again after the seconds in Retry-After\n"
             }
             Self::Connect(_) => "switchyard: could not connect to the backend\n",
             Self::Timeout => "switchyard: the backend did not answer in time\n",
@@ -127,6 +133,7 @@ impl ProxyError {
             Self::NoBackend => "no_backend",
             Self::QueueFull => "queue_full",
             Self::QueueTimeout => "queue_timeout",
+            Self::RateLimited => "rate_limited",
             Self::Connect(_) => "connect",
             Self::Timeout => "timeout",
             Self::Protocol(_) => "protocol",
@@ -173,6 +180,7 @@ impl ProxyError {
             | Self::NoBackend
             | Self::QueueFull
             | Self::QueueTimeout
+            | Self::RateLimited
             | Self::UpgradeUnsupported
             | Self::BadHost
             | Self::AuthorityMismatch

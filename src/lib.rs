@@ -4,7 +4,7 @@
 //!
 //! * the **data path** — [`serve`] accepts connections, [`proxy`] routes them ([`router`]), picks a backend
 //!   ([`balance`]) and forwards the request over [`upstream`] connections, recording what happened in
-//!   [`observe`];
+//!   [`observe`]; [`ratelimit`] refuses what a route's limits do not allow;
 //! * the **control plane** — [`config`] loads and validates the TOML file, [`control`] applies reloads and runs
 //!   health checks and DNS discovery, [`admin`] serves `/metrics` and the `/api` endpoints.
 //!
@@ -21,6 +21,7 @@ pub(crate) mod demo;
 pub(crate) mod error;
 pub mod observe;
 pub mod proxy;
+pub(crate) mod ratelimit;
 pub mod router;
 pub mod serve;
 pub mod server;

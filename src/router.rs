@@ -12,6 +12,7 @@ use crate::balance::pool::Pool;
 use crate::config::{Config, Limits};
 use crate::observe::access_log::{AccessLog, AccessLogSettings};
 use crate::observe::metrics::{BackendMetrics, Metrics, NONE};
+use crate::ratelimit::{RateLimit, store::Store};
 use crate::tls::ListenerMode;
 use crate::upstream::PoolConnections;
 
@@ -31,6 +32,9 @@ pub struct Snapshot {
     pub(crate) admin_token: Option<String>,
     /// What each proxy listener speaks, by its configured address.
     pub(crate) listeners: Vec<(SocketAddr, Arc<ListenerMode>)>,
+    /// The named rate limits and their buckets (kept across reloads while a limit's keys stay the same).
+    pub(crate) rate_limits: BTreeMap<String, Arc<RateLimit>>,
+    pub(crate) rate_limit_store: Option<Arc<Store>>,
 }
 
 impl Snapshot {
@@ -71,12 +75,29 @@ impl Snapshot {
             pools.insert(name.clone(), Arc::new(pool));
             upstreams.insert(name.clone(), Arc::new(connections));
         }
+        let (rate_limits, rate_limit_store) = rate_limits(config, metrics, previous);
         let mut table = RouteTable::default();
         for r in &config.routes {
             if let (Some(pool), Some(connections)) = (pools.get(&r.pool), upstreams.get(&r.pool)) {
+                let label = r.label();
+                let limits = r
+                    .rate_limits
+                    .iter()
+                    .filter_map(|name| rate_limits.get(name))
+                    .map(|limit| RouteLimit {
+                        limit: Arc::clone(limit),
+                        refused: metrics
+                            .rate_limits
+                            .rate_limited_total
+                            .with_label_values(&[label.as_str(), limit.name.as_str()]),
+                    })
+                    .collect();
                 let target = Arc::new(Target {
                     pool: Arc::clone(pool),
                     connections: Arc::clone(connections),
+                    label,
+                    rate_limits: limits,
+                    limits: config.limits,
                 });
                 table.add(r.host.as_deref(), &r.path_prefix, target);
             }
@@ -92,6 +113,8 @@ impl Snapshot {
             trusted_proxies: config.trusted_proxies.clone(),
             admin_token: config.admin.token.clone(),
             listeners,
+            rate_limits,
+            rate_limit_store,
         }
     }
 
@@ -104,10 +127,63 @@ impl Snapshot {
     }
 }
 
-/// Where a route sends its requests: the pool, and its backends' connections (same order).
+/// Where a route sends its requests: the pool, and its backends' connections (same order); and what the route
+/// checks first.
 pub(crate) struct Target {
     pub(crate) pool: Arc<Pool>,
     pub(crate) connections: Arc<PoolConnections>,
+    /// The route's host and path prefix (`api.example.com/api`), as metrics name it.
+    pub(crate) label: String,
+    pub(crate) rate_limits: Vec<RouteLimit>,
+    /// The snapshot's request limits (here, so a request need not carry a copy).
+    pub(crate) limits: crate::config::Limits,
+}
+
+/// A rate limit attached to a route, with the route's count of refusals.
+pub(crate) struct RouteLimit {
+    pub(crate) limit: Arc<RateLimit>,
+    pub(crate) refused: prometheus::IntCounter,
+}
+
+/// The rate limits of `config`: those of `previous` whose buckets may stay (same name, keys, scope and bound)
+/// are kept, with the new rate and burst; the store too, when its settings are unchanged.
+fn rate_limits(
+    config: &Config,
+    metrics: &Metrics,
+    previous: Option<&Snapshot>,
+) -> (BTreeMap<String, Arc<RateLimit>>, Option<Arc<Store>>) {
+    let needed = config.rate_limits.values().any(|l| l.global);
+    let store = config
+        .rate_limit_store
+        .as_ref()
+        .filter(|_| needed)
+        .map(|settings| {
+            previous
+                .and_then(|p| p.rate_limit_store.as_ref())
+                .filter(|s| s.settings == *settings)
+                .map_or_else(
+                    || Store::start(settings, metrics.rate_limits.store_errors_total.clone()),
+                    Arc::clone,
+                )
+        });
+    let limits = config
+        .rate_limits
+        .iter()
+        .map(|(name, settings)| {
+            let kept = previous
+                .and_then(|p| p.rate_limits.get(name))
+                .filter(|l| l.keeps_buckets_for(settings, store.as_ref()));
+            let limit = match kept {
+                Some(l) => {
+                    l.set_rate(settings.rate, settings.burst);
+                    Arc::clone(l)
+                }
+                None => Arc::new(RateLimit::new(name, settings, store.clone())),
+            };
+            (name.clone(), limit)
+        })
+        .collect();
+    (limits, store)
 }
 
 type Prefixes = Vec<(String, Arc<Target>)>;

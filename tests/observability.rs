@@ -16,29 +16,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn which(tool: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
-        .map(|d| d.join(tool))
-        .find(|p| p.is_file())
-}
-
-fn require(tool: &str) -> Option<PathBuf> {
-    let found = which(tool);
-    if found.is_none() {
-        assert!(
-            std::env::var_os("SWITCHYARD_REQUIRE_TOOLS").is_none(),
-            "{tool} is required (SWITCHYARD_REQUIRE_TOOLS is set) but not installed"
-        );
-        eprintln!(
-            "SKIPPED: {tool} is not installed (apt-get install prometheus npm; .ci/run does)"
-        );
-    }
-    found
-}
-
 fn repo(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
 }
@@ -172,6 +149,7 @@ certificates = [{{ cert = "{}", key = "{}" }}]
 [[routes]]
 path_prefix = "/api"
 pool = "api"
+rate_limits = ["api"]
 [[routes]]
 pool = "web"
 
@@ -192,6 +170,11 @@ algorithm = "consistent_hash"
 backends = [{{ address = "{}" }}]
 [pools.api.hash]
 key = "path"
+
+[rate_limits.api]
+key = "route"
+rate = 5
+burst = 5
 "#,
         cert_file.display(),
         key_file.display(),
@@ -341,7 +324,7 @@ key = "path"
         .lines()
         .filter_map(|l| l.trim().strip_prefix("expr: "))
         .collect();
-    assert_eq!(exprs.len(), 8);
+    assert_eq!(exprs.len(), 9);
     for expr in &exprs {
         query(prom, expr).await;
     }
@@ -357,7 +340,7 @@ key = "path"
                 .flatten()
                 .flat_map(|g| g["rules"].as_array().into_iter().flatten())
                 .collect();
-            let all_ok = rules.len() == 8 && rules.iter().all(|r| r["health"] == "ok");
+            let all_ok = rules.len() == 9 && rules.iter().all(|r| r["health"] == "ok");
             let down_pending = rules.iter().any(|r| {
                 r["name"] == "SwitchyardBackendDown"
                     && r["alerts"]

@@ -26,6 +26,28 @@ pub(crate) struct File {
     /// Peers (CIDR) whose `X-Forwarded-*` and `Forwarded` headers are kept and appended to.
     pub(crate) trusted_proxies: Option<Vec<String>>,
     pub(crate) resolver: Option<Resolver>,
+    /// `[rate_limits.NAME]`: limits routes name.
+    #[serde(default)]
+    pub(crate) rate_limits: BTreeMap<String, RateLimit>,
+    pub(crate) rate_limit_store: Option<RateLimitStore>,
+}
+
+/// `[rate_limits.NAME]`: a token bucket per key.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RateLimit {
+    pub(crate) key: Option<String>,
+    pub(crate) rate: Option<i64>,
+    pub(crate) burst: Option<i64>,
+    pub(crate) scope: Option<String>,
+    pub(crate) max_keys: Option<i64>,
+    pub(crate) response_headers: Option<bool>,
+}
+
+/// `[rate_limit_store]`: where `global` limits meet.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RateLimitStore {
+    pub(crate) redis: Option<String>,
+    pub(crate) timeout: Option<String>,
 }
 
 /// `[resolver]`: the DNS servers discovery asks.
@@ -114,6 +136,8 @@ pub(crate) struct Route {
     pub(crate) host: Option<String>,
     pub(crate) path_prefix: Option<String>,
     pub(crate) pool: String,
+    /// Names of `[rate_limits.NAME]` sections; all apply.
+    pub(crate) rate_limits: Option<Vec<String>>,
 }
 
 /// `[pools.NAME]`: a set of interchangeable backends and how to balance over them.

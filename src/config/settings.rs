@@ -34,6 +34,9 @@ pub struct Config {
     /// Things worth telling the operator that do not stop the config (an expired certificate).
     pub warnings: Vec<String>,
     pub(crate) resolver: ResolverSettings,
+    /// `[rate_limits.NAME]`.
+    pub(crate) rate_limits: BTreeMap<String, RateLimitSettings>,
+    pub(crate) rate_limit_store: Option<RateLimitStoreSettings>,
 }
 
 /// `[resolver]`.
@@ -159,6 +162,49 @@ pub(crate) struct RouteSettings {
     pub(crate) host: Option<String>,
     pub(crate) path_prefix: String,
     pub(crate) pool: String,
+    /// Names of limits in [`Config::rate_limits`].
+    pub(crate) rate_limits: Vec<String>,
+}
+
+impl RouteSettings {
+    /// How the route is named in metrics and logs: its host (if any) and path prefix, `api.example.com/api`.
+    pub(crate) fn label(&self) -> String {
+        format!("{}{}", self.host.as_deref().unwrap_or(""), self.path_prefix)
+    }
+}
+
+/// `[rate_limits.NAME]`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RateLimitSettings {
+    pub(crate) key: RateLimitKey,
+    /// Tokens per second.
+    pub(crate) rate: u32,
+    /// The bucket's size.
+    pub(crate) burst: u32,
+    /// Shared across instances through `[rate_limit_store]`.
+    pub(crate) global: bool,
+    pub(crate) max_keys: u32,
+    /// Allowed requests carry the `RateLimit` header too.
+    pub(crate) response_headers: bool,
+}
+
+/// What a rate limit's buckets are keyed by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RateLimitKey {
+    /// The client's address after `trusted_proxies`.
+    ClientIp,
+    /// A header's value; without the header, the empty key.
+    Header(http::HeaderName),
+    /// One bucket for each route the limit is attached to.
+    Route,
+}
+
+/// `[rate_limit_store]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RateLimitStoreSettings {
+    pub(crate) redis: String,
+    /// The longest a sync with the store may take before the instance counts it as unreachable.
+    pub(crate) timeout: Duration,
 }
 
 /// How a pool picks among its backends.

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 mod affinity;
 mod balancing;
+mod rate_limits;
 
 use super::diag::{FieldPath, Locator, Problem};
 use super::model;
@@ -458,6 +459,7 @@ pub(crate) fn validate(
         DEFAULT_DRAIN_TIMEOUT,
     );
     let access_log = c.access_log(file, folder);
+    let (rate_limits, rate_limit_store) = c.rate_limits(file);
     if !c.problems.is_empty() {
         return Err(c.problems);
     }
@@ -473,6 +475,8 @@ pub(crate) fn validate(
         trusted_proxies,
         warnings,
         resolver,
+        rate_limits,
+        rate_limit_store,
     })
 }
 
@@ -816,7 +820,7 @@ impl Checker<'_, '_> {
             }
             if !seen_routes.insert((host.clone(), path_prefix.clone())) {
                 self.err(
-                    field,
+                    field.clone(),
                     format!(
                         "another route already has host {} and path_prefix {path_prefix:?}",
                         host.as_deref()
@@ -824,10 +828,13 @@ impl Checker<'_, '_> {
                     ),
                 );
             }
+            let rate_limits =
+                self.route_rate_limits(field.key("rate_limits"), r.rate_limits.as_ref(), file);
             routes.push(RouteSettings {
                 host,
                 path_prefix,
                 pool: r.pool.clone(),
+                rate_limits,
             });
         }
         routes

@@ -45,6 +45,7 @@ pub struct Metrics {
     pub(crate) discovery_lookups_total: IntCounterVec,
     pub(crate) discovery_backends: IntGaugeVec,
     pub(crate) balancing: super::balancing::BalancingMetrics,
+    pub(crate) rate_limits: super::rate_limits::RateLimitMetrics,
 }
 
 pub(crate) fn must<T>(result: prometheus::Result<T>) -> T {
@@ -256,8 +257,10 @@ impl Metrics {
             prometheus::process_collector::ProcessCollector::for_self(),
         )));
         let balancing = super::balancing::BalancingMetrics::register(&registry);
+        let rate_limits = super::rate_limits::RateLimitMetrics::register(&registry);
         Self {
             balancing,
+            rate_limits,
             registry,
             requests_total,
             request_duration_seconds,

@@ -14,6 +14,7 @@ mod metrics;
 mod process;
 mod scripted;
 mod tls;
+mod tools;
 #[allow(unused_imports)]
 pub use admin::*;
 #[allow(unused_imports)]
@@ -28,6 +29,8 @@ pub use process::*;
 pub use scripted::*;
 #[allow(unused_imports)]
 pub use tls::*;
+#[allow(unused_imports)]
+pub use tools::*;
 
 /// Makes a panic in any tokio task (switchyard's or a test backend's) fail the whole test binary loudly:
 /// tokio would otherwise catch it and leave the test to time out or pass on a half-dead server.
