@@ -11,6 +11,7 @@ use std::time::SystemTime;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use crate::config::MAX_WEIGHT;
 use crate::control::Trigger;
 use crate::control::{Shared, request_reload};
 use crate::proxy::{ProxyBody, plain};
@@ -61,13 +62,118 @@ pub(crate) async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<
         },
         ("/healthz" | "/metrics" | "/api/pools" | "/api/reload", _) => method_not_allowed(),
         _ => match backend_action(path) {
-            Some((pool, address, action)) if method == Method::POST => {
+            Some((pool, address, Action::Service(action))) if method == Method::POST => {
                 set_service(shared, pool, address, action)
+            }
+            Some((pool, address, Action::Weight))
+                if method == Method::POST || method == Method::DELETE =>
+            {
+                let (pool, address) = (pool.to_owned(), address.to_owned());
+                set_weight(shared, &pool, &address, req).await
             }
             Some(_) => method_not_allowed(),
             None => plain(StatusCode::NOT_FOUND, "not found\n"),
         },
     }
+}
+
+/// `POST .../weight` with `{"weight": N}` (0-1000) sets a runtime weight; `DELETE` returns the backend to its
+/// configured one. The pool's selector is rebuilt with it (the control loop publishes a new snapshot).
+async fn set_weight(
+    shared: &Shared,
+    pool: &str,
+    address: &str,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let weight = if req.method() == Method::DELETE {
+        None
+    } else {
+        match read_weight(req).await {
+            Ok(w) => Some(w),
+            Err(e) => return json_response(StatusCode::BAD_REQUEST, &json!({ "error": e })),
+        }
+    };
+    let backend = match find_backend(shared, pool, address) {
+        Ok(b) => b,
+        Err(resp) => return *resp,
+    };
+    backend.set_weight_override(weight);
+    match weight {
+        Some(w) => tracing::info!(pool, backend = address, weight = w, "runtime weight set"),
+        None => tracing::info!(
+            pool,
+            backend = address,
+            weight = backend.weight(),
+            "runtime weight removed: the configured weight applies"
+        ),
+    }
+    if let Err(e) = crate::control::request_rebuild(shared).await {
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({ "error": e.to_string() }),
+        );
+    }
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "pool": pool,
+            "backend": address,
+            "weight": backend.weight(),
+            "weight_override": backend.weight_override(),
+        }),
+    )
+}
+
+/// `{"weight": N}` from a request body of at most 4 KiB.
+async fn read_weight(req: Request<Incoming>) -> Result<u32, String> {
+    use http_body_util::BodyExt;
+    let body = http_body_util::Limited::new(req.into_body(), 4096)
+        .collect()
+        .await
+        .map_err(|e| format!("cannot read the body: {e}"))?
+        .to_bytes();
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        weight: i64,
+    }
+    let parsed: Body = serde_json::from_slice(&body).map_err(|e| {
+        format!("the body must be {{\"weight\": N}} with N from 0 to {MAX_WEIGHT}: {e}")
+    })?;
+    u32::try_from(parsed.weight)
+        .ok()
+        .filter(|&w| w <= MAX_WEIGHT)
+        .ok_or_else(|| {
+            format!(
+                "weight {} is out of range; allowed values: 0 to {MAX_WEIGHT}",
+                parsed.weight
+            )
+        })
+}
+
+/// Pool `pool`'s backend `address` in the current snapshot, or the 404 that says which is missing.
+fn find_backend(
+    shared: &Shared,
+    pool: &str,
+    address: &str,
+) -> Result<std::sync::Arc<crate::balance::backend::Backend>, Box<Response<ProxyBody>>> {
+    let snapshot = shared.snapshot.load();
+    let Some(p) = snapshot.pools.get(pool) else {
+        return Err(Box::new(json_response(
+            StatusCode::NOT_FOUND,
+            &json!({ "error": format!("no pool {pool:?}") }),
+        )));
+    };
+    p.backends
+        .iter()
+        .find(|b| b.address == address)
+        .cloned()
+        .ok_or_else(|| {
+            Box::new(json_response(
+                StatusCode::NOT_FOUND,
+                &json!({ "error": format!("pool {pool:?} has no backend {address:?}") }),
+            ))
+        })
 }
 
 /// Does the request carry `Authorization: Bearer <token>`? Compared in constant time, so the answer's timing
@@ -102,15 +208,24 @@ enum Service {
     Enable,
 }
 
-/// `/api/pools/{pool}/backends/{address}/drain` (or `/disable`, `/enable`) → (pool, address, action).
-fn backend_action(path: &str) -> Option<(&str, &str, Service)> {
+/// What an admin path under a backend asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Service(Service),
+    /// `/weight`.
+    Weight,
+}
+
+/// `/api/pools/{pool}/backends/{address}/drain` (or `/disable`, `/enable`, `/weight`) → (pool, address, action).
+fn backend_action(path: &str) -> Option<(&str, &str, Action)> {
     let rest = path.strip_prefix("/api/pools/")?;
     let (pool, rest) = rest.split_once("/backends/")?;
     let (address, action) = rest.rsplit_once('/')?;
     let action = match action {
-        "drain" => Service::Drain,
-        "disable" => Service::Disable,
-        "enable" => Service::Enable,
+        "drain" => Action::Service(Service::Drain),
+        "disable" => Action::Service(Service::Disable),
+        "enable" => Action::Service(Service::Enable),
+        "weight" => Action::Weight,
         _ => return None,
     };
     (!pool.is_empty() && !address.is_empty() && !pool.contains('/'))
@@ -119,21 +234,12 @@ fn backend_action(path: &str) -> Option<(&str, &str, Service)> {
 
 /// Drains, disables or enables one backend; requests in flight finish either way.
 fn set_service(shared: &Shared, pool: &str, address: &str, action: Service) -> Response<ProxyBody> {
-    let snapshot = shared.snapshot.load();
-    let Some(p) = snapshot.pools.get(pool) else {
-        return json_response(
-            StatusCode::NOT_FOUND,
-            &json!({ "error": format!("no pool {pool:?}") }),
-        );
-    };
-    let Some(backend) = p.backends.iter().find(|b| b.address == address) else {
-        return json_response(
-            StatusCode::NOT_FOUND,
-            &json!({ "error": format!("pool {pool:?} has no backend {address:?}") }),
-        );
+    let backend = match find_backend(shared, pool, address) {
+        Ok(b) => b,
+        Err(resp) => return *resp,
     };
     let (draining, disabled) = match action {
-        Service::Drain => (true, backend.is_disabled()),
+        Service::Drain => (true, false),
         Service::Disable => (backend.is_draining(), true),
         Service::Enable => (false, false),
     };
@@ -237,6 +343,7 @@ pub(crate) fn pools_json(shared: &Shared) -> Value {
                         "address": b.address,
                         "source": b.source().as_str(),
                         "weight": b.weight(),
+                        "weight_override": b.weight_override(),
                         "draining": b.is_draining(),
                         "disabled": b.is_disabled(),
                         "healthy": b.is_healthy(),

@@ -35,6 +35,7 @@ pub struct Snapshot {
     /// The named rate limits and their buckets (kept across reloads while a limit's keys stay the same).
     pub(crate) rate_limits: BTreeMap<String, Arc<RateLimit>>,
     pub(crate) rate_limit_store: Option<Arc<Store>>,
+    pub(crate) request_id: Option<crate::config::RequestIdSettings>,
 }
 
 impl Snapshot {
@@ -115,6 +116,7 @@ impl Snapshot {
             listeners,
             rate_limits,
             rate_limit_store,
+            request_id: config.request_id.clone(),
         }
     }
 

@@ -159,7 +159,7 @@ backends = [{{ address = "{a}" }}, {{ address = "{b}", weight = 3 }}]
         assert!(ms.as_f64().is_some_and(|ms| ms > 0.0 && ms <= 30.0), "{ms}");
     }
     let backend = |addr: std::net::SocketAddr, weight: u32| {
-        serde_json::json!({"address": addr.to_string(), "source": "static", "weight": weight, "healthy": true, "circuit": "closed",
+        serde_json::json!({"address": addr.to_string(), "source": "static", "weight": weight, "weight_override": null, "healthy": true, "circuit": "closed",
             "circuit_held_closed": false, "active_requests": 0, "draining": false, "disabled": false, "consecutive_failures": 0, "half_open_at": null, "last_check_error": null,
             "last_check_error_at": null, "effective_weight": f64::from(weight),
             "slow_start_ends_at": null, "ejected_until": null})

@@ -394,7 +394,7 @@ async fn without_redis_traffic_goes_on_with_local_buckets_and_global_comes_back(
     assert_eq!(send_to(addr, "/api", &[("x-user", "a")]).await.status, 200);
     let seen_in_redis = eventually(DEADLINE, || {
         let port = redis.port;
-        async move { redis_get(port, "switchyard:rate:shared:a").await.is_some() }
+        async move { redis_keys(port).await > 0 }
     })
     .await;
     assert!(seen_in_redis, "the bucket never reached Redis");
@@ -429,7 +429,7 @@ async fn without_redis_traffic_goes_on_with_local_buckets_and_global_comes_back(
         let port = redis.port;
         async move {
             send_to(addr, "/api", &[("x-user", "c")]).await;
-            redis_get(port, "switchyard:rate:shared:c").await.is_some()
+            redis_keys(port).await > 0
         }
     })
     .await;
@@ -444,23 +444,26 @@ async fn without_redis_traffic_goes_on_with_local_buckets_and_global_comes_back(
     server.shutdown().await;
 }
 
-/// `GET key` on the Redis at `port`, through `redis-cli`.
-async fn redis_get(port: u16, key: &str) -> Option<String> {
-    let cli = which("redis-cli")?;
+/// How many shared buckets of limit `shared` the Redis at `port` holds (through `redis-cli`).
+async fn redis_keys(port: u16) -> usize {
+    let Some(cli) = which("redis-cli") else {
+        return 0;
+    };
     let args = [
-        "-p".to_owned(),
-        port.to_string(),
-        "--raw".to_owned(),
-        "GET".to_owned(),
-        key.to_owned(),
-    ];
+        "-p",
+        &port.to_string(),
+        "--scan",
+        "--pattern",
+        "switchyard:rate:shared:*",
+    ]
+    .map(str::to_owned);
     let out =
         tokio::task::spawn_blocking(move || std::process::Command::new(cli).args(args).output())
-            .await
-            .ok()?
-            .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    (out.status.success() && !text.is_empty()).then_some(text)
+            .await;
+    match out {
+        Ok(Ok(out)) if out.status.success() => String::from_utf8_lossy(&out.stdout).lines().count(),
+        _ => 0,
+    }
 }
 
 #[test]
@@ -521,4 +524,29 @@ fn every_new_config_error_names_its_field() {
         ),
         &["rate_limit_store.timeout"],
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_pacing_at_the_rate_is_never_refused_by_a_global_limit() {
+    let Some(redis) = Redis::start().await else { return };
+    let b = named_backend("b", Duration::ZERO).await;
+    let text = config(&format!(
+        "[[routes]]\npath_prefix = \"/api\"\npool = \"p\"\nrate_limits = [\"paced\"]\n\
+         [pools.p]\nbackends = [{{ address = \"{b}\" }}]\n\
+         [rate_limit_store]\nredis = \"{}\"\ntimeout = \"200ms\"\n\
+         [rate_limits.paced]\nkey = \"route\"\nrate = 20\nburst = 1\nscope = \"global\"\n",
+        redis.url()
+    ));
+    let server = start_proxy(&text).await;
+    let addr = server.listen_addrs[0];
+    // One request every 60 ms (the rate allows one every 50): the syncs in between must not charge the
+    // bucket for their own delay.
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        let sent = Instant::now();
+        statuses.push(send_to(addr, "/api", &[]).await.status.as_u16());
+        tokio::time::sleep(Duration::from_millis(60).saturating_sub(sent.elapsed())).await;
+    }
+    assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    server.shutdown().await;
 }

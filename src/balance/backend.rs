@@ -34,7 +34,11 @@ const CAPPED: u64 = 1 << 35;
 const EJECTED: u64 = 1 << 36;
 /// Taken out by the operator: unlike a draining backend, it serves not even its sticky clients.
 const DISABLED: u64 = 1 << 38;
-const FLAGS: u64 = DOWN | DRAINING | BREAKER | CAPPED | EJECTED | DISABLED;
+/// Its weight is 0 (set at runtime): it takes no new requests.
+const WEIGHTLESS: u64 = 1 << 39;
+const FLAGS: u64 = DOWN | DRAINING | BREAKER | CAPPED | EJECTED | DISABLED | WEIGHTLESS;
+/// No runtime weight: the config file's applies.
+const NO_OVERRIDE: u32 = u32::MAX;
 /// A slow-start ramp is under way (not a gate: the backend is available, with less weight).
 const RAMPING: u64 = 1 << 37;
 
@@ -52,6 +56,9 @@ pub struct Backend {
     /// `2^32 / weight`, so least-connections compares loads with one multiplication and no division.
     inverse_weight: AtomicU32,
     max_active: AtomicU32,
+    /// The weight in the config file (or from DNS), and the operator's runtime weight over it.
+    configured_weight: AtomicU32,
+    weight_override: AtomicU32,
     pub(crate) pool: String,
     /// `host:port` as written in the config.
     pub(crate) address: String,
@@ -94,6 +101,8 @@ impl Backend {
             active: AtomicUsize::new(0),
             inverse_weight: AtomicU32::new(inverse(weight)),
             max_active: AtomicU32::new(breaker.max_active_requests),
+            configured_weight: AtomicU32::new(weight),
+            weight_override: AtomicU32::new(NO_OVERRIDE),
             breaker: CircuitBreaker::new(breaker),
             last_check_error: ArcSwapOption::empty(),
             metrics,
@@ -151,11 +160,11 @@ impl Backend {
     #[cold]
     #[inline(never)]
     fn is_available_slow(&self, gate: u64, now: Instant, ignore_health: bool) -> bool {
-        gate & DRAINING == 0 && self.serves_its_own(gate, now, ignore_health)
+        gate & (DRAINING | WEIGHTLESS) == 0 && self.serves_its_own(gate, now, ignore_health)
     }
 
     /// May a client whose sticky cookie names this backend be sent to it? As [`Self::is_available`], but a
-    /// draining backend keeps its own clients.
+    /// draining backend (or one at runtime weight 0) keeps its own clients.
     #[inline]
     pub(crate) fn is_available_to_its_own(&self, now: Instant, ignore_health: bool) -> bool {
         let gate = self.gate.load(Ordering::Relaxed);
@@ -175,7 +184,7 @@ impl Backend {
         let gate = self.gate.load(Ordering::Relaxed);
         gate & CAPPED != 0
             && !self.under_cap()
-            && gate & (DRAINING | DISABLED) == 0
+            && gate & (DRAINING | DISABLED | WEIGHTLESS) == 0
             && (ignore_health || gate & DOWN == 0)
             && (ignore_health || gate & EJECTED == 0 || !self.outlier.is_ejected(stamp(now)))
             && (gate & BREAKER == 0 || self.breaker.would_admit(now))
@@ -295,7 +304,27 @@ impl Backend {
             * u64::from(self.inverse_weight.load(Ordering::Relaxed))
     }
 
-    pub(crate) fn set_weight(&self, weight: u32) {
+    /// The weight the config file (or DNS) gives; a runtime weight, while set, still wins.
+    pub(crate) fn set_configured_weight(&self, weight: u32) {
+        self.configured_weight.store(weight, Ordering::Relaxed);
+        if self.weight_override.load(Ordering::Relaxed) == NO_OVERRIDE {
+            self.set_weight(weight);
+        }
+    }
+
+    /// Sets (`Some`) or clears the operator's runtime weight; 0 takes the backend out of new requests.
+    pub(crate) fn set_weight_override(&self, weight: Option<u32>) {
+        self.weight_override
+            .store(weight.unwrap_or(NO_OVERRIDE), Ordering::Relaxed);
+        self.set_weight(weight.unwrap_or_else(|| self.configured_weight.load(Ordering::Relaxed)));
+    }
+
+    pub(crate) fn weight_override(&self) -> Option<u32> {
+        Some(self.weight_override.load(Ordering::Relaxed)).filter(|&w| w != NO_OVERRIDE)
+    }
+
+    fn set_weight(&self, weight: u32) {
+        self.set_flag(WEIGHTLESS, weight == 0);
         self.inverse_weight
             .store(inverse(weight), Ordering::Relaxed);
         let mut current = self.gate.load(Ordering::Relaxed);
@@ -321,9 +350,9 @@ impl Backend {
         self.flag(DISABLED)
     }
 
-    /// Draining or disabled: no new clients.
+    /// Draining, disabled or at runtime weight 0: no new clients.
     pub(crate) fn is_out_of_service(&self) -> bool {
-        self.gate.load(Ordering::Relaxed) & (DRAINING | DISABLED) != 0
+        self.gate.load(Ordering::Relaxed) & (DRAINING | DISABLED | WEIGHTLESS) != 0
     }
 
     /// Takes the backend out for everyone, sticky clients included (or puts it back); requests in flight
@@ -489,29 +518,33 @@ impl Backend {
         }
     }
 
-    /// Counts a request in flight, when the request cap allows one more: exactly, since the count is what is
-    /// checked (two requests racing for the last slot cannot both have it). `None`: at the cap.
+    /// Counts a request in flight, when the request cap allows one more: exactly, since the count only grows
+    /// while under the cap (two requests racing for the last slot cannot both have it). `None`: at the cap.
     #[inline]
     pub(crate) fn claim(self: &Arc<Self>) -> Option<InFlight> {
-        let (in_flight, before) = self.count_in();
-        let capped = self.gate.load(Ordering::Relaxed) & CAPPED != 0;
-        if capped && before >= self.max_active.load(Ordering::Relaxed) as usize {
-            // Gone again at once (a waiter woken by it finds no slot and keeps its place).
-            return None;
+        if self.gate.load(Ordering::Relaxed) & CAPPED != 0 {
+            let max = self.max_active.load(Ordering::Relaxed) as usize;
+            self.active
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |a| {
+                    (a < max).then_some(a + 1)
+                })
+                .ok()?;
+        } else {
+            self.active.fetch_add(1, Ordering::SeqCst);
         }
-        Some(in_flight)
+        Some(self.counted())
     }
 
     /// Counts a request in flight until the guard is dropped (and in the pool's total, when its loads are
     /// bounded).
     pub fn begin(self: &Arc<Self>) -> InFlight {
-        self.count_in().0
+        self.active.fetch_add(1, Ordering::SeqCst);
+        self.counted()
     }
 
-    /// The guard, and the count before it.
+    /// The guard for a request just counted in `active`; counts it in the gauge and the pool's total too.
     #[inline]
-    fn count_in(self: &Arc<Self>) -> (InFlight, usize) {
-        let before = self.active.fetch_add(1, Ordering::SeqCst);
+    fn counted(self: &Arc<Self>) -> InFlight {
         if let Some(g) = &self.metrics.active {
             g.inc();
         }
@@ -522,7 +555,7 @@ impl Backend {
                 total.fetch_add(1, Ordering::Relaxed);
                 Arc::clone(total)
             });
-        (InFlight(Arc::clone(self), pool_total), before)
+        InFlight(Arc::clone(self), pool_total)
     }
 }
 

@@ -165,7 +165,7 @@ impl Pool {
             .map(|b| {
                 let backend = match old.get(b.address.as_str()) {
                     Some(kept) => {
-                        kept.set_weight(b.weight);
+                        kept.set_configured_weight(b.weight);
                         kept.set_breaker_settings(settings.breaker);
                         Arc::clone(kept)
                     }

@@ -23,6 +23,8 @@ const ID_BYTES: usize = 16;
 
 pub(crate) struct Sticky {
     pub(crate) cookie: String,
+    /// The cookie has a `Max-Age` (so it is refreshed on every answer).
+    pub(crate) expires: bool,
     /// Backend indexes by the first 8 bytes of their id, sorted for a binary search.
     by_id: Vec<(u64, u32)>,
     /// Each backend's id, by index.
@@ -90,6 +92,7 @@ impl Sticky {
         };
         Self {
             cookie: settings.cookie.clone(),
+            expires: settings.max_age.is_some(),
             by_id,
             ids,
             set_cookie,

@@ -30,6 +30,15 @@ pub(crate) struct File {
     #[serde(default)]
     pub(crate) rate_limits: BTreeMap<String, RateLimit>,
     pub(crate) rate_limit_store: Option<RateLimitStore>,
+    pub(crate) request_id: Option<RequestId>,
+}
+
+/// `[request_id]`: an ID for every request, and W3C trace context.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RequestId {
+    pub(crate) header: Option<String>,
+    pub(crate) trust_incoming: Option<String>,
+    pub(crate) traceparent: Option<String>,
 }
 
 /// `[rate_limits.NAME]`: a token bucket per key.

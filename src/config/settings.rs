@@ -37,6 +37,8 @@ pub struct Config {
     /// `[rate_limits.NAME]`.
     pub(crate) rate_limits: BTreeMap<String, RateLimitSettings>,
     pub(crate) rate_limit_store: Option<RateLimitStoreSettings>,
+    /// `[request_id]`; `None`: requests get no ID.
+    pub(crate) request_id: Option<RequestIdSettings>,
 }
 
 /// `[resolver]`.
@@ -197,6 +199,24 @@ pub(crate) enum RateLimitKey {
     Header(http::HeaderName),
     /// One bucket for each route the limit is attached to.
     Route,
+}
+
+/// `[request_id]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RequestIdSettings {
+    pub(crate) header: http::HeaderName,
+    pub(crate) trust_incoming: TrustIncoming,
+    /// Give a request without a valid `traceparent` a new one.
+    pub(crate) generate_traceparent: bool,
+}
+
+/// Whose incoming request ID is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TrustIncoming {
+    /// From peers in `trusted_proxies` only.
+    TrustedProxies,
+    Always,
+    Never,
 }
 
 /// `[rate_limit_store]`.

@@ -7,6 +7,7 @@ use std::time::Duration;
 mod affinity;
 mod balancing;
 mod rate_limits;
+mod route_policy;
 
 use super::diag::{FieldPath, Locator, Problem};
 use super::model;
@@ -460,6 +461,7 @@ pub(crate) fn validate(
     );
     let access_log = c.access_log(file, folder);
     let (rate_limits, rate_limit_store) = c.rate_limits(file);
+    let request_id = c.request_id(file);
     if !c.problems.is_empty() {
         return Err(c.problems);
     }
@@ -477,6 +479,7 @@ pub(crate) fn validate(
         resolver,
         rate_limits,
         rate_limit_store,
+        request_id,
     })
 }
 

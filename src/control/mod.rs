@@ -80,6 +80,21 @@ pub(crate) enum Command {
     Shutdown {
         reply: oneshot::Sender<()>,
     },
+    /// Rebuild the snapshot from the config in force (a runtime weight changed: selectors are rebuilt).
+    Rebuild {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// Asks the control loop to rebuild the snapshot from the config in force, and waits until it has.
+pub(crate) async fn request_rebuild(shared: &Shared) -> Result<(), ReloadError> {
+    let (reply, done) = oneshot::channel();
+    shared
+        .control
+        .send(Command::Rebuild { reply })
+        .await
+        .map_err(|_| ReloadError::ShuttingDown)?;
+    done.await.map_err(|_| ReloadError::ShuttingDown)
 }
 
 /// Asks the control loop for a reload and waits for its outcome.

@@ -208,6 +208,11 @@ impl Supervisor {
             .discovery_backends
             .with_label_values(&[pool])
             .set(d.known.backends().len() as i64);
+        self.rebuild();
+    }
+
+    /// Publishes a snapshot of the config in force again (selectors rebuilt for runtime weights).
+    fn rebuild(&mut self) {
         let config = Arc::clone(&self.config);
         let effective = self.effective(&config);
         let current = self.shared.snapshot.load_full();
@@ -336,6 +341,10 @@ impl Supervisor {
                     self.shutdown().await;
                     let _ = reply.send(());
                     return;
+                }
+                Command::Rebuild { reply } => {
+                    self.rebuild();
+                    let _ = reply.send(());
                 }
             }
         }

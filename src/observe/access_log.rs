@@ -35,6 +35,9 @@ pub(crate) struct Entry {
     pub(crate) bytes_out: u64,
     /// Why the proxy answered itself (`queue_full`, `no_backend`, …); empty when an upstream answered.
     pub(crate) reason: &'static str,
+    /// The request's ID and trace ID (`[request_id]`); empty without.
+    pub(crate) request_id: String,
+    pub(crate) trace_id: String,
 }
 
 #[derive(Serialize)]
@@ -53,6 +56,10 @@ struct JsonLine<'a> {
     bytes_out: u64,
     #[serde(skip_serializing_if = "str::is_empty")]
     reason: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    request_id: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    trace_id: &'a str,
 }
 
 impl Entry {
@@ -75,6 +82,8 @@ impl Entry {
                     bytes_in: self.bytes_in,
                     bytes_out: self.bytes_out,
                     reason: self.reason,
+                    request_id: &self.request_id,
+                    trace_id: &self.trace_id,
                 };
                 if serde_json::to_writer(&mut *out, &line).is_ok() {
                     out.push(b'\n');
@@ -84,7 +93,7 @@ impl Entry {
                 use std::io::Write;
                 let _ = writeln!(
                     out,
-                    "{time} {} \"{} {}{}\" {} pool={} backend={} attempts={} duration_ms={duration_ms} bytes_in={} bytes_out={}{}{}",
+                    "{time} {} \"{} {}{}\" {} pool={} backend={} attempts={} duration_ms={duration_ms} bytes_in={} bytes_out={}{}{}{}{}{}{}",
                     self.client,
                     self.method,
                     if self.host.is_empty() {
@@ -105,6 +114,18 @@ impl Entry {
                         " reason="
                     },
                     self.reason,
+                    if self.request_id.is_empty() {
+                        ""
+                    } else {
+                        " request_id="
+                    },
+                    self.request_id,
+                    if self.trace_id.is_empty() {
+                        ""
+                    } else {
+                        " trace_id="
+                    },
+                    self.trace_id,
                 );
             }
         }
@@ -206,6 +227,8 @@ pub(crate) struct Pending {
     pub(crate) attempts: u32,
     pub(crate) status: u16,
     pub(crate) reason: &'static str,
+    pub(crate) request_id: String,
+    pub(crate) trace_id: String,
 }
 
 impl Pending {
@@ -225,6 +248,8 @@ impl Pending {
             bytes_in: self.bytes_in.load(Ordering::Relaxed),
             bytes_out,
             reason: self.reason,
+            request_id: self.request_id,
+            trace_id: self.trace_id,
         };
         self.log.record(entry);
     }
@@ -249,6 +274,8 @@ mod tests {
             bytes_in: 0,
             bytes_out: 42,
             reason: "",
+            request_id: String::new(),
+            trace_id: String::new(),
         }
     }
 

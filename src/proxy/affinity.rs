@@ -69,16 +69,20 @@ impl Affinity {
         None
     }
 
-    /// Sets the sticky cookie on the response of backend `served`, unless the client's cookie names it already.
-    /// `tls`: the client came over TLS (the cookie is `Secure` by default then).
+    /// Sets the sticky cookie on the response of backend `served`, unless the client's cookie names it already
+    /// (a cookie with `max_age` is sent again then, so an active client's does not expire mid-session, but not
+    /// counted as new). `tls`: the client came over TLS (the cookie is `Secure` by default then).
     pub(super) fn stick<B>(&self, pool: &Pool, served: usize, tls: bool, resp: &mut Response<B>) {
         let Some(sticky) = &pool.sticky else { return };
-        if self.cookie == Some(Cookie::Names(served as u32)) {
+        let kept = self.cookie == Some(Cookie::Names(served as u32));
+        if kept && !sticky.expires {
             return;
         }
         if let Some(value) = sticky.set_cookie(served, tls) {
             resp.headers_mut().append(header::SET_COOKIE, value.clone());
-            sticky.counts.new.inc();
+            if !kept {
+                sticky.counts.new.inc();
+            }
         }
     }
 }
@@ -143,7 +147,8 @@ pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]>
 }
 
 /// The client's address: the peer's, or, from a trusted proxy, the last address in `X-Forwarded-For` that is not
-/// a trusted proxy's (the first, when all are).
+/// a trusted proxy's (the first, when all are). A hop that is not an address (`ip` or `ip:port`) ends the walk at
+/// the peer: what lies left of it cannot be told from what the client wrote.
 pub(super) fn client_ip(
     headers: &HeaderMap,
     peer: IpAddr,
@@ -153,20 +158,30 @@ pub(super) fn client_ip(
     if !trusted {
         return peer;
     }
-    let hops = headers
+    let mut leftmost = None;
+    for value in headers
         .get_all(&super::headers::X_FORWARDED_FOR)
         .iter()
         .rev()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.rsplit(','))
-        .filter_map(|hop| hop.trim().parse::<IpAddr>().ok())
-        .map(super::headers::canonical);
-    let mut leftmost = None;
-    for ip in hops {
-        if !trusted_proxies.iter().any(|net| net.contains(&ip)) {
-            return ip;
+    {
+        let Ok(text) = value.to_str() else {
+            return peer;
+        };
+        for hop in text.rsplit(',') {
+            let hop = hop.trim();
+            let Some(ip) = hop
+                .parse::<IpAddr>()
+                .ok()
+                .or_else(|| hop.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+                .map(super::headers::canonical)
+            else {
+                return peer;
+            };
+            if !trusted_proxies.iter().any(|net| net.contains(&ip)) {
+                return ip;
+            }
+            leftmost = Some(ip);
         }
-        leftmost = Some(ip);
     }
     leftmost.unwrap_or(peer)
 }
@@ -214,5 +229,13 @@ mod tests {
         );
         let junk = headers(&[("x-forwarded-for", "nonsense")]);
         assert_eq!(client_ip(&junk, peer, true, &nets), peer);
+        // A forged address left of a hop that is not one is never taken.
+        let broken = headers(&[("x-forwarded-for", "6.6.6.6, garbage, 10.0.0.5")]);
+        assert_eq!(client_ip(&broken, peer, true, &nets), peer);
+        let ported = headers(&[("x-forwarded-for", "1.1.1.1, 2.2.2.2:4711, [::1]:80")]);
+        assert_eq!(
+            client_ip(&ported, peer, true, &nets),
+            "::1".parse::<IpAddr>().unwrap()
+        );
     }
 }

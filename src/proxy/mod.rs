@@ -6,6 +6,7 @@ mod checks;
 pub mod headers;
 mod limit;
 mod record;
+mod request_id;
 mod tunnel;
 
 use std::future::Future;
@@ -101,7 +102,7 @@ impl Proxy {
         conn: &ConnInfo,
         started: Instant,
     ) -> Result<Ready, Box<Response<ProxyBody>>> {
-        let mut admitted = self.admit(&req, conn.peer, started)?;
+        let mut admitted = self.admit(&mut req, conn.peer, started)?;
         admitted.tls = conn.https;
         let upgrade = headers::is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
         let mut tried = Tried::default();
@@ -129,18 +130,28 @@ impl Proxy {
         }
     }
 
-    /// Checks the request and finds its route, under the current snapshot; `Err` is the proxy's answer.
+    /// Gives the request its ID (with `[request_id]`), checks it and finds its route, under the current
+    /// snapshot; `Err` is the proxy's answer.
     fn admit(
         &self,
-        req: &Request<Incoming>,
+        req: &mut Request<Incoming>,
         peer: SocketAddr,
         started: Instant,
     ) -> Result<Admitted, Box<Response<ProxyBody>>> {
         let snapshot = self.snapshot.load();
+        let peer_ip = headers::canonical(peer.ip());
+        let proxies = &snapshot.trusted_proxies;
+        let trusted = proxies.iter().any(|net| net.contains(&peer_ip));
+        let identity = snapshot
+            .request_id
+            .as_ref()
+            .map(|s| Box::new(request_id::identify(s, req.headers_mut(), trusted)));
+        let req = &*req;
+        let id = identity.as_deref();
         let log = snapshot
             .access_log
             .as_ref()
-            .map(|(_, log)| Box::new(pending(log, req, peer)));
+            .map(|(_, log)| Box::new(pending(log, req, peer, id)));
         let refused = if req.method() == Method::CONNECT {
             Err(ProxyError::MethodNotAllowed)
         } else {
@@ -148,28 +159,20 @@ impl Proxy {
         };
         let metrics = &snapshot.no_route_metrics;
         if let Err(e) = refused {
-            return Err(Box::new(self.answer(&e, metrics, started, log, 0)));
+            return Err(Box::new(self.answer(&e, metrics, started, log, 0, id)));
         }
         let host = request_host(req);
         let Some(target) = snapshot.routes.route(host, req.uri().path()) else {
-            return Err(Box::new(self.answer(
-                &ProxyError::NoRoute,
-                metrics,
-                started,
-                log,
-                0,
-            )));
+            let e = ProxyError::NoRoute;
+            return Err(Box::new(self.answer(&e, metrics, started, log, 0, id)));
         };
         if let Some(max) = target.limits.max_request_body_bytes {
             if content_length(req).is_some_and(|n| n > max) {
                 let metrics = &target.pool.local_metrics;
                 let e = ProxyError::BodyTooLarge;
-                return Err(Box::new(self.answer(&e, metrics, started, log, 0)));
+                return Err(Box::new(self.answer(&e, metrics, started, log, 0, id)));
             }
         }
-        let peer_ip = headers::canonical(peer.ip());
-        let proxies = &snapshot.trusted_proxies;
-        let trusted = proxies.iter().any(|net| net.contains(&peer_ip));
         let client = || affinity::client_ip(req.headers(), peer_ip, trusted, proxies);
         let rate_headers = if target.rate_limits.is_empty() {
             None
@@ -179,7 +182,7 @@ impl Proxy {
                 Err(refusal) => {
                     let metrics = &target.pool.local_metrics;
                     let e = ProxyError::RateLimited;
-                    let mut resp = self.answer(&e, metrics, started, log, 0);
+                    let mut resp = self.answer(&e, metrics, started, log, 0, id);
                     refusal.add_to(resp.headers_mut());
                     return Err(Box::new(resp));
                 }
@@ -193,6 +196,7 @@ impl Proxy {
             tls: false,
             affinity,
             rate_headers,
+            identity,
             started,
         })
     }
@@ -316,6 +320,10 @@ impl Proxy {
         if let Some(h) = &admitted.rate_headers {
             h.add_to(resp.headers_mut());
         }
+        if let Some(identity) = &admitted.identity {
+            resp.headers_mut()
+                .insert(identity.header.clone(), identity.id.clone());
+        }
         if let (Some(client), StatusCode::SWITCHING_PROTOCOLS) = (upgrade, resp.status()) {
             let idle = admitted.target.limits.idle_timeout;
             return tunnel::open(
@@ -334,12 +342,14 @@ impl Proxy {
     /// The proxy's own answer for an admitted request (counted under its pool, `backend="none"`).
     fn refuse(&self, error: &ProxyError, admitted: Admitted, attempts: u32) -> Response<ProxyBody> {
         let metrics = &admitted.target.pool.local_metrics;
-        self.answer(error, metrics, admitted.started, admitted.log, attempts)
+        let id = admitted.identity.as_deref();
+        self.answer(error, metrics, admitted.started, admitted.log, attempts, id)
     }
 
     /// The proxy's own answer to a request it cannot pass on, counted (and logged) with `backend="none"` unless
     /// an attempt named one; refusals because of the client are also counted in
     /// `switchyard_rejected_requests_total` (and logged at debug level only).
+    /// With a request ID, the body names it and the response carries it.
     fn answer(
         &self,
         error: &ProxyError,
@@ -347,6 +357,7 @@ impl Proxy {
         started: Instant,
         mut log: Option<Box<Pending>>,
         attempts: u32,
+        id: Option<&request_id::Identity>,
     ) -> Response<ProxyBody> {
         if let Some(reason) = error.rejection() {
             self.metrics.reject(reason);
@@ -358,9 +369,19 @@ impl Proxy {
         }
         record::answered(metrics, status, log.as_deref_mut(), None, attempts);
         let elapsed = started.elapsed();
-        let body = error.reason().len() as u64;
-        record::ended(metrics, record::Ending::Request, elapsed, log, body);
         let mut resp = plain(status, error.reason());
+        let mut body = error.reason().len() as u64;
+        if let Some(id) = id {
+            let text = format!(
+                "{}request id: {}\n",
+                error.reason(),
+                String::from_utf8_lossy(id.id.as_bytes())
+            );
+            body = text.len() as u64;
+            *resp.body_mut() = ProxyBody::owned(text.into_bytes());
+            resp.headers_mut().insert(id.header.clone(), id.id.clone());
+        }
+        record::ended(metrics, record::Ending::Request, elapsed, log, body);
         if error.closes_connection() {
             // The rest of what the client sent (a body, a next request) cannot be trusted or was not read.
             resp.headers_mut()
@@ -421,6 +442,8 @@ struct Admitted {
     affinity: Affinity,
     /// `RateLimit-Policy` and `RateLimit` for the response, when a limit of the route asks for them.
     rate_headers: Option<Box<limit::Headers>>,
+    /// The request's ID and trace (`[request_id]`).
+    identity: Option<Box<request_id::Identity>>,
     started: Instant,
 }
 
@@ -830,8 +853,17 @@ fn pass_on(
 }
 
 /// The start of a request's access log line.
-fn pending(log: &Arc<AccessLog>, req: &Request<Incoming>, peer: SocketAddr) -> Pending {
+fn pending(
+    log: &Arc<AccessLog>,
+    req: &Request<Incoming>,
+    peer: SocketAddr,
+    id: Option<&request_id::Identity>,
+) -> Pending {
     Pending {
+        request_id: id
+            .map(|i| String::from_utf8_lossy(i.id.as_bytes()).into_owned())
+            .unwrap_or_default(),
+        trace_id: id.and_then(|i| i.trace_id.clone()).unwrap_or_default(),
         log: Arc::clone(log),
         time: SystemTime::now(),
         client: headers::canonical(peer.ip()),

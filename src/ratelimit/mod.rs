@@ -41,8 +41,9 @@ pub(crate) struct RateLimit {
 pub(crate) struct Bucket {
     /// When the bucket will be full again, in [`clock`] nanoseconds (at or before now: it is full).
     tat: AtomicU64,
-    /// Requests allowed since the last sync with the store (`global` limits).
+    /// Requests allowed since the last sync with the store (`global` limits), and when the first of them was.
     pending: AtomicU32,
+    first_pending: AtomicU64,
 }
 
 /// What a check says.
@@ -114,7 +115,8 @@ impl RateLimit {
         route: &str,
         now: Instant,
     ) -> Verdict {
-        let octets;
+        // 16 bytes a key (an address, or a header value's hash: a client cannot make keys large).
+        let octets: [u8; 16];
         let key: &[u8] = match &self.key {
             RateLimitKey::ClientIp => {
                 octets = match client() {
@@ -123,15 +125,21 @@ impl RateLimit {
                 };
                 &octets
             }
-            RateLimitKey::Header(name) => headers.get(name).map_or(&[][..], |v| v.as_bytes()),
+            RateLimitKey::Header(name) => {
+                let value = headers.get(name).map_or(&[][..], |v| v.as_bytes());
+                octets = twox_hash::XxHash3_128::oneshot(value).to_be_bytes();
+                &octets
+            }
             RateLimitKey::Route => route.as_bytes(),
         };
         let bucket = self
             .buckets
             .get_with_by_ref(key, || Arc::new(Bucket::default()));
-        let verdict = self.take(&bucket, clock(now));
+        let now = clock(now);
+        let verdict = self.take(&bucket, now);
         if let (Some(store), Verdict::Allowed { .. }) = (&self.store, verdict) {
             if bucket.pending.fetch_add(1, Ordering::Relaxed) == 0 {
+                bucket.first_pending.store(now, Ordering::Relaxed);
                 store.touched(self, key, &bucket);
             }
         }

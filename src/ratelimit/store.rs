@@ -23,22 +23,28 @@ pub(crate) const SYNC_EVERY: Duration = Duration::from_millis(20);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-/// Moves each shared bucket (KEYS) on by ARGV[i+1] tokens of ARGV[1] µs, from Redis's clock; answers how many
-/// µs ahead of now each stands. A bucket expires a second after it is full again.
+/// Moves each shared bucket (KEYS[i]) on by ARGV[2i] tokens of ARGV[1] µs, charged from when the first of them
+/// was allowed (ARGV[2i+1] µs before now, on Redis's clock); answers how many µs ahead of now each stands. A
+/// bucket expires a second after it is full again. (`replicate_commands`: Redis before 5 needs it for `TIME`.)
 const SYNC_SCRIPT: &str = r"
+if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local emission = tonumber(ARGV[1])
 local out = {}
 for i = 1, #KEYS do
-  local tat = tonumber(redis.call('GET', KEYS[i])) or now
-  if tat < now then tat = now end
-  tat = tat + tonumber(ARGV[i + 1]) * emission
-  redis.call('SET', KEYS[i], string.format('%.3f', tat), 'PX', math.floor((tat - now) / 1000) + 1000)
+  local since = now - tonumber(ARGV[2 * i + 1])
+  local tat = tonumber(redis.call('GET', KEYS[i])) or since
+  if tat < since then tat = since end
+  tat = tat + tonumber(ARGV[2 * i]) * emission
+  local ahead = math.max(tat - now, 0)
+  redis.call('SET', KEYS[i], string.format('%.3f', tat), 'PX', math.floor(ahead / 1000) + 1000)
   out[i] = math.floor(tat - now)
 end
 return out
 ";
+/// The longest a connection (TCP, and loading the script) may take, whatever the sync `timeout`.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub(crate) struct Store {
     pub(crate) settings: RateLimitStoreSettings,
@@ -132,17 +138,28 @@ async fn sync(store: Weak<Store>, client: redis::Client) {
         ticks.tick().await;
         let Some(store) = store.upgrade() else { return };
         let batch = store.take_touched();
-        let counts: Vec<u32> = batch
+        let taken_at = clock(Instant::now());
+        // Each bucket's count since the last sync, and how long ago (µs) the first of them was allowed.
+        let counts: Vec<(u32, u64)> = batch
             .iter()
-            .map(|t| t.bucket.pending.swap(0, Ordering::Relaxed))
+            .map(|t| {
+                let count = t.bucket.pending.swap(0, Ordering::Relaxed);
+                let first = t.bucket.first_pending.load(Ordering::Relaxed);
+                (count, taken_at.saturating_sub(first) / 1000)
+            })
             .collect();
         let timeout = store.settings.timeout;
         if connection.is_none() {
             if Instant::now() < retry_at {
                 continue;
             }
-            match tokio::time::timeout(timeout, connect(&client, &script)).await {
-                Ok(Ok(c)) => connection = Some(c),
+            match tokio::time::timeout(timeout.max(CONNECT_TIMEOUT), connect(&client, &script))
+                .await
+            {
+                Ok(Ok(c)) => {
+                    connection = Some(c);
+                    backoff = BACKOFF_MIN;
+                }
                 Ok(Err(e)) => store.failed(&e.to_string()),
                 Err(_) => store.failed("connect timed out"),
             }
@@ -175,7 +192,6 @@ async fn sync(store: Weak<Store>, client: redis::Client) {
         match tokio::time::timeout(timeout, send(&script, conn, &batch, &counts)).await {
             Ok(Ok(aheads)) => {
                 store.worked();
-                backoff = BACKOFF_MIN;
                 let now = clock(sent_at);
                 for (t, ahead_us) in batch.iter().zip(aheads) {
                     RateLimit::catch_up(&t.bucket, now + ahead_us.max(0) as u64 * 1000);
@@ -208,7 +224,7 @@ async fn send(
     script: &redis::Script,
     conn: &mut redis::aio::MultiplexedConnection,
     batch: &[Touched],
-    counts: &[u32],
+    counts: &[(u32, u64)],
 ) -> redis::RedisResult<Vec<i64>> {
     let mut pipe = redis::pipe();
     let mut start = 0;
@@ -220,8 +236,8 @@ async fn send(
             .map_or(batch.len(), |n| start + n);
         let mut call = script.prepare_invoke();
         call.arg(emission);
-        for (t, count) in batch[start..end].iter().zip(&counts[start..end]) {
-            call.key(&t.redis_key[..]).arg(*count);
+        for (t, &(count, lag_us)) in batch[start..end].iter().zip(&counts[start..end]) {
+            call.key(&t.redis_key[..]).arg(count).arg(lag_us);
         }
         pipe.invoke_script(&call);
         start = end;

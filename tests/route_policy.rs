@@ -1,0 +1,305 @@
+//! Route policy: runtime weights set and removed through the admin API, kept across reloads. Real backends on
+//! 127.0.0.1, the proxy in-process.
+#![allow(clippy::disallowed_methods)] // wall-clock time against real processes and sockets
+
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+
+use common::*;
+use switchyard::server::Server;
+
+async fn admin(
+    server: &Server,
+    method: Method,
+    path: &str,
+    body: &str,
+) -> (StatusCode, serde_json::Value) {
+    let req = Request::builder()
+        .method(method)
+        .uri(format!("http://{}{path}", server.admin_addr))
+        .body(full(body.to_owned()))
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+async fn shares(server: &Server, n: usize) -> HashMap<String, usize> {
+    let mut seen = HashMap::new();
+    for _ in 0..n {
+        let (_, headers, _) = get(server.listen_addrs[0], "/", None).await;
+        let name = headers
+            .get("x-backend")
+            .map_or("none", |v| v.to_str().unwrap())
+            .to_owned();
+        *seen.entry(name).or_insert(0) += 1;
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runtime_weight_applies_at_once_survives_a_reload_and_is_removed() {
+    let a = named_backend("a", Duration::ZERO).await;
+    let b = named_backend("b", Duration::ZERO).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchyard.toml");
+    let text = |extra: &str| pool_config(&[a, b], extra);
+    std::fs::write(&path, text("")).unwrap();
+    let server = Server::start_with_file(switchyard::config::load(&path).unwrap(), path.clone())
+        .await
+        .unwrap();
+    let weight_path = |addr: SocketAddr| format!("/api/pools/p/backends/{addr}/weight");
+
+    let (status, body) = admin(&server, Method::POST, &weight_path(a), r#"{"weight": 3}"#).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["weight"], 3);
+    assert_eq!(body["weight_override"], 3);
+    let seen = shares(&server, 40).await;
+    assert_eq!((seen["a"], seen["b"]), (30, 10), "{seen:?}");
+    let p = pools(&server).await;
+    assert_eq!(backend_json(&p, a)["weight"], 3);
+    assert_eq!(backend_json(&p, a)["weight_override"], 3);
+    assert_eq!(
+        backend_json(&p, b)["weight_override"],
+        serde_json::Value::Null
+    );
+
+    // A reload (the file changed elsewhere) keeps the override.
+    write_atomically(&path, text("[pools.p.retry]\nmax_retries = 1\n"));
+    server
+        .reload(switchyard::control::Trigger::Admin)
+        .await
+        .unwrap();
+    assert_eq!(backend_json(&pools(&server).await, a)["weight"], 3);
+    let seen = shares(&server, 40).await;
+    assert_eq!((seen["a"], seen["b"]), (30, 10), "{seen:?}");
+
+    // Weight 0: no new requests.
+    let (status, _) = admin(&server, Method::POST, &weight_path(a), r#"{"weight": 0}"#).await;
+    assert_eq!(status, 200);
+    let seen = shares(&server, 10).await;
+    assert_eq!(seen.get("a"), None, "{seen:?}");
+
+    // DELETE: the file's weight again.
+    let (status, body) = admin(&server, Method::DELETE, &weight_path(a), "").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["weight"], 1);
+    assert_eq!(body["weight_override"], serde_json::Value::Null);
+    let seen = shares(&server, 20).await;
+    assert_eq!((seen["a"], seen["b"]), (10, 10), "{seen:?}");
+
+    // Refusals: a bad body, a weight out of range, an unknown backend, a GET.
+    for body in [
+        r#"{"weight": 1001}"#,
+        r#"{"weight": -1}"#,
+        "3",
+        r#"{"w": 3}"#,
+        "",
+    ] {
+        let (status, answer) = admin(&server, Method::POST, &weight_path(a), body).await;
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains("weight"),
+            "{answer}"
+        );
+    }
+    let (status, _) = admin(
+        &server,
+        Method::POST,
+        "/api/pools/p/backends/127.0.0.1:1/weight",
+        r#"{"weight": 2}"#,
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _) = admin(&server, Method::GET, &weight_path(a), "").await;
+    assert_eq!(status, 405);
+    server.shutdown().await;
+}
+
+/// A GET with `headers`; status, response headers, body.
+async fn request(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, http::HeaderMap, String) {
+    let mut req = Request::get(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client().request(req.body(full("")).unwrap()).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+/// The values of header `name` in the echo backend's answer.
+fn upstream_saw(body: &str, name: &str) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("{body}"));
+    let headers: Vec<(String, String)> = serde_json::from_value(v["headers"].clone()).unwrap();
+    headers
+        .into_iter()
+        .filter(|(k, _)| k == name)
+        .map(|(_, v)| v)
+        .collect()
+}
+
+fn access_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_ids_are_made_kept_from_trusted_peers_only_and_shown_everywhere() {
+    let echo = echo_backend().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("access.log");
+    let text = |top: &str| {
+        config_top(
+            top,
+            &format!(
+                "[request_id]\n\
+                 [access_log]\nenabled = true\nformat = \"json\"\npath = \"{}\"\n\
+                 [[routes]]\npath_prefix = \"/\"\npool = \"p\"\n[pools.p]\nbackends = [{{ address = \"{echo}\" }}]\n",
+                log.display()
+            ),
+        )
+    };
+    // From an untrusted peer: a new ID (UUIDv7), the same upstream, back to the client and in the log.
+    let server = start_proxy(&text("")).await;
+    let addr = server.listen_addrs[0];
+    let (status, headers, body) = request(addr, "/x", &[("x-request-id", "client-made")]).await;
+    assert_eq!(status, 200);
+    let id = headers["x-request-id"].to_str().unwrap().to_owned();
+    assert_ne!(id, "client-made");
+    assert_eq!(id.len(), 36, "{id}");
+    assert_eq!(&id[14..15], "7", "a UUIDv7: {id}");
+    assert_eq!(
+        upstream_saw(&body, "x-request-id"),
+        std::slice::from_ref(&id)
+    );
+    // Each request its own.
+    let (_, again, _) = request(addr, "/x", &[]).await;
+    assert_ne!(again["x-request-id"], id.as_str());
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let found = access_lines(&log)
+                .iter()
+                .any(|l| l["request_id"] == id.as_str());
+            async move { found }
+        })
+        .await
+    );
+    server.shutdown().await;
+
+    // From a trusted peer: its ID is kept; the proxy's own error bodies carry it too.
+    let server = start_proxy(&text("trusted_proxies = [\"127.0.0.1/32\"]")).await;
+    let addr = server.listen_addrs[0];
+    let (_, headers, body) = request(addr, "/x", &[("x-request-id", "edge-42")]).await;
+    assert_eq!(headers["x-request-id"], "edge-42");
+    assert_eq!(upstream_saw(&body, "x-request-id"), ["edge-42"]);
+    let (status, headers, body) = request(
+        addr,
+        "/x",
+        &[("x-request-id", "edge-43"), ("host", "bad host")],
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(headers["x-request-id"], "edge-43");
+    assert!(body.contains("request id: edge-43"), "{body}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traceparent_passes_untouched_and_is_generated_only_when_asked_and_missing() {
+    let echo = echo_backend().await;
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let text = |mode: &str| {
+        config(&format!(
+            "[request_id]\ntraceparent = \"{mode}\"\n\
+             [[routes]]\npath_prefix = \"/\"\npool = \"p\"\n[pools.p]\nbackends = [{{ address = \"{echo}\" }}]\n"
+        ))
+    };
+    for mode in ["pass", "generate"] {
+        let server = start_proxy(&text(mode)).await;
+        let addr = server.listen_addrs[0];
+        // A request with a trace: never re-parented, its state kept.
+        let (_, _, body) = request(
+            addr,
+            "/",
+            &[("traceparent", parent), ("tracestate", "vendor=x")],
+        )
+        .await;
+        assert_eq!(upstream_saw(&body, "traceparent"), [parent], "{mode}");
+        assert_eq!(upstream_saw(&body, "tracestate"), ["vendor=x"], "{mode}");
+        // Without one: only `generate` makes one, valid W3C.
+        let (_, _, body) = request(addr, "/", &[]).await;
+        let made = upstream_saw(&body, "traceparent");
+        if mode == "pass" {
+            assert!(made.is_empty(), "{made:?}");
+        } else {
+            assert_eq!(made.len(), 1);
+            let parts: Vec<&str> = made[0].split('-').collect();
+            assert_eq!(parts.len(), 4, "{made:?}");
+            assert_eq!(
+                (parts[0], parts[1].len(), parts[2].len(), parts[3]),
+                ("00", 32, 16, "01")
+            );
+        }
+        // A malformed one is passed as is, or replaced when asked.
+        let (_, _, body) = request(addr, "/", &[("traceparent", "garbage")]).await;
+        let seen = upstream_saw(&body, "traceparent");
+        if mode == "pass" {
+            assert_eq!(seen, ["garbage"]);
+        } else {
+            assert_ne!(seen, ["garbage"]);
+        }
+        server.shutdown().await;
+    }
+}
+
+#[test]
+fn every_new_config_error_names_its_field() {
+    let check = |extra: &str, wants: &[&str]| {
+        let text = config(&format!(
+            "{extra}\n[[routes]]\npool = \"p\"\n[pools.p]\nbackends = [{{ address = \"127.0.0.1:9\" }}]\n"
+        ));
+        let e = switchyard::config::parse(&text, "t.toml")
+            .expect_err(extra)
+            .to_string();
+        for want in wants {
+            assert!(e.contains(want), "{extra}\n---\n{e}");
+        }
+    };
+    check(
+        "[request_id]\ntrust_incoming = \"sometimes\"",
+        &[
+            "request_id.trust_incoming",
+            "\"trusted_proxies\", \"always\", \"never\"",
+        ],
+    );
+    check(
+        "[request_id]\ntraceparent = \"mint\"",
+        &["request_id.traceparent", "\"pass\", \"generate\""],
+    );
+    check(
+        "[request_id]\nheader = \"x id\"",
+        &["request_id.header", "not a header name"],
+    );
+}
