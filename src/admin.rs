@@ -49,6 +49,9 @@ pub(crate) async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<
         ("/api/pools", &Method::GET | &Method::HEAD) => {
             json_response(StatusCode::OK, &pools_json(shared))
         }
+        ("/api/routes", &Method::GET | &Method::HEAD) => {
+            json_response(StatusCode::OK, &routes_json(shared))
+        }
         ("/api/reload", &Method::POST) => match request_reload(shared, Trigger::Admin).await {
             Ok(outcome) => {
                 let mut v = serde_json::to_value(&outcome).unwrap_or(Value::Null);
@@ -60,7 +63,9 @@ pub(crate) async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<
             }
             Err(e) => json_response(StatusCode::BAD_REQUEST, &json!({ "error": e.to_string() })),
         },
-        ("/healthz" | "/metrics" | "/api/pools" | "/api/reload", _) => method_not_allowed(),
+        ("/healthz" | "/metrics" | "/api/pools" | "/api/routes" | "/api/reload", _) => {
+            method_not_allowed()
+        }
         _ => match backend_action(path) {
             Some((pool, address, Action::Service(action))) if method == Method::POST => {
                 set_service(shared, pool, address, action)
@@ -377,6 +382,37 @@ pub(crate) fn pools_json(shared: &Shared) -> Value {
         })
         .collect();
     json!({ "pools": pools })
+}
+
+/// `{"routes": [...]}`: each route as configured, in file order, with its metrics label.
+fn routes_json(shared: &Shared) -> Value {
+    let snapshot = shared.snapshot.load();
+    let routes: Vec<Value> = snapshot
+        .route_settings
+        .iter()
+        .map(|r| {
+            let headers: serde_json::Map<String, Value> = r
+                .headers
+                .iter()
+                .map(|c| (c.name.to_string(), json!(c.value.as_deref().unwrap_or("*"))))
+                .collect();
+            let split: Vec<Value> = r
+                .split
+                .iter()
+                .map(|(pool, weight)| json!({ "pool": pool, "weight": weight }))
+                .collect();
+            json!({
+                "route": r.label(),
+                "host": r.host,
+                "path_prefix": r.path_prefix,
+                "headers": headers,
+                "split": split,
+                "sticky_split": r.sticky_split.as_ref().map(|c| format!("cookie:{c}")),
+                "rate_limits": r.rate_limits,
+            })
+        })
+        .collect();
+    json!({ "routes": routes })
 }
 
 fn json_response(status: StatusCode, value: &Value) -> Response<ProxyBody> {

@@ -12,6 +12,9 @@ use crate::balance::pool::Pool;
 use crate::config::{Config, Limits};
 use crate::observe::access_log::{AccessLog, AccessLogSettings};
 use crate::observe::metrics::{BackendMetrics, Metrics, NONE};
+use http::{HeaderMap, HeaderValue};
+
+use crate::config::HeaderCondition;
 use crate::ratelimit::{RateLimit, store::Store};
 use crate::tls::ListenerMode;
 use crate::upstream::PoolConnections;
@@ -36,6 +39,8 @@ pub struct Snapshot {
     pub(crate) rate_limits: BTreeMap<String, Arc<RateLimit>>,
     pub(crate) rate_limit_store: Option<Arc<Store>>,
     pub(crate) request_id: Option<crate::config::RequestIdSettings>,
+    /// The routes as configured (`/api/routes`).
+    pub(crate) route_settings: Vec<crate::config::RouteSettings>,
 }
 
 impl Snapshot {
@@ -44,9 +49,9 @@ impl Snapshot {
         Self::build(config, &Metrics::new(), None, None, Vec::new())
     }
 
-    /// Does a request for `host` and `path` match a route?
+    /// Does a request for `host` and `path` (without headers) match a route?
     pub fn has_route(&self, host: Option<&str>, path: &str) -> bool {
-        self.routes.route(host, path).is_some()
+        self.routes.route(host, path, &HeaderMap::new()).is_some()
     }
 
     /// Builds the snapshot for `config`. Backends of `previous` whose pool and address are unchanged are carried
@@ -79,29 +84,57 @@ impl Snapshot {
         let (rate_limits, rate_limit_store) = rate_limits(config, metrics, previous);
         let mut table = RouteTable::default();
         for r in &config.routes {
-            if let (Some(pool), Some(connections)) = (pools.get(&r.pool), upstreams.get(&r.pool)) {
-                let label = r.label();
-                let limits = r
-                    .rate_limits
-                    .iter()
-                    .filter_map(|name| rate_limits.get(name))
-                    .map(|limit| RouteLimit {
-                        limit: Arc::clone(limit),
-                        refused: metrics
-                            .rate_limits
-                            .rate_limited_total
-                            .with_label_values(&[label.as_str(), limit.name.as_str()]),
-                    })
-                    .collect();
-                let target = Arc::new(Target {
-                    pool: Arc::clone(pool),
-                    connections: Arc::clone(connections),
-                    label,
-                    rate_limits: limits,
-                    limits: config.limits,
-                });
-                table.add(r.host.as_deref(), &r.path_prefix, target);
+            let label = r.label();
+            let arms: Vec<(Arc<Target>, u32)> = r
+                .split
+                .iter()
+                .filter_map(|(name, weight)| {
+                    let (pool, connections) = (pools.get(name)?, upstreams.get(name)?);
+                    let set_cookie = r.sticky_split.as_ref().and_then(|cookie| {
+                        HeaderValue::from_str(&format!(
+                            "{cookie}={}; Path=/; HttpOnly; SameSite=Lax",
+                            split_value(name)
+                        ))
+                        .ok()
+                    });
+                    let target = Target {
+                        pool: Arc::clone(pool),
+                        connections: Arc::clone(connections),
+                        limits: config.limits,
+                        served: metrics
+                            .routes
+                            .route_requests_total
+                            .with_label_values(&[label.as_str(), name.as_str()]),
+                        split_value: split_value(name),
+                        set_cookie,
+                    };
+                    Some((Arc::new(target), *weight))
+                })
+                .collect();
+            if arms.is_empty() {
+                continue;
             }
+            let limits = r
+                .rate_limits
+                .iter()
+                .filter_map(|name| rate_limits.get(name))
+                .map(|limit| RouteLimit {
+                    limit: Arc::clone(limit),
+                    refused: metrics
+                        .rate_limits
+                        .rate_limited_total
+                        .with_label_values(&[label.as_str(), limit.name.as_str()]),
+                })
+                .collect();
+            let route = Route {
+                headers: r.headers.clone(),
+                rate_limits: limits,
+                total_weight: arms.iter().map(|(_, w)| *w).sum(),
+                arms,
+                sticky_split: r.sticky_split.clone(),
+                label,
+            };
+            table.add(r.host.as_deref(), &r.path_prefix, Arc::new(route));
         }
         table.finish();
         Self {
@@ -117,6 +150,7 @@ impl Snapshot {
             rate_limits,
             rate_limit_store,
             request_id: config.request_id.clone(),
+            route_settings: config.routes.clone(),
         }
     }
 
@@ -129,16 +163,85 @@ impl Snapshot {
     }
 }
 
-/// Where a route sends its requests: the pool, and its backends' connections (same order); and what the route
-/// checks first.
+/// A route: what a request must match beyond host and prefix, what it checks first, and where it goes.
+pub(crate) struct Route {
+    /// The route's host, path prefix and header conditions (`api.example.com/api[x-canary=1]`), as metrics
+    /// name it.
+    pub(crate) label: String,
+    headers: Vec<HeaderCondition>,
+    pub(crate) rate_limits: Vec<RouteLimit>,
+    /// The pools it sends to, by weight (one without a split).
+    arms: Vec<(Arc<Target>, u32)>,
+    total_weight: u32,
+    /// The cookie that keeps a client on its arm.
+    sticky_split: Option<String>,
+}
+
+impl Route {
+    /// The pool of the route's first arm (its only one without a split).
+    pub(crate) fn first_pool(&self) -> &Pool {
+        &self.arms[0].0.pool
+    }
+
+    fn matches(&self, headers: &HeaderMap) -> bool {
+        self.headers.iter().all(|c| match &c.value {
+            None => headers.contains_key(&c.name),
+            Some(want) => headers
+                .get_all(&c.name)
+                .iter()
+                .any(|v| v.as_bytes() == want.as_bytes()),
+        })
+    }
+
+    /// The pool for a request: the only one, or a split's arm by weight (the client's own, with a sticky
+    /// split). `true` with it: the response sets the sticky split's cookie.
+    #[inline]
+    pub(crate) fn choose(&self, headers: &HeaderMap) -> (&Arc<Target>, bool) {
+        let chosen = match self.arms.as_slice() {
+            [(only, _)] => (only, false),
+            arms => {
+                let kept = self.sticky_split.as_deref().and_then(|name| {
+                    let value = crate::proxy::affinity::cookie(headers, name)?;
+                    arms.iter().find(|(t, _)| t.split_value.as_bytes() == value)
+                });
+                match kept {
+                    Some((target, _)) => (target, false),
+                    None => {
+                        let mut roll = rand::random_range(0..self.total_weight.max(1));
+                        let target = arms
+                            .iter()
+                            .find(|(_, w)| {
+                                let hit = roll < *w;
+                                roll = roll.saturating_sub(*w);
+                                hit
+                            })
+                            .map_or(&arms[0].0, |(t, _)| t);
+                        (target, self.sticky_split.is_some())
+                    }
+                }
+            }
+        };
+        chosen.0.served.inc();
+        chosen
+    }
+}
+
+/// Where a route sends a request: a pool and its backends' connections (same order).
 pub(crate) struct Target {
     pub(crate) pool: Arc<Pool>,
     pub(crate) connections: Arc<PoolConnections>,
-    /// The route's host and path prefix (`api.example.com/api`), as metrics name it.
-    pub(crate) label: String,
-    pub(crate) rate_limits: Vec<RouteLimit>,
     /// The snapshot's request limits (here, so a request need not carry a copy).
     pub(crate) limits: crate::config::Limits,
+    /// `switchyard_route_requests_total{route, pool}`.
+    served: prometheus::IntCounter,
+    /// The sticky split cookie's value for this pool, and the `Set-Cookie` that gives it.
+    split_value: String,
+    pub(crate) set_cookie: Option<HeaderValue>,
+}
+
+/// A sticky split cookie's value for `pool`: opaque and short, the same in every instance.
+fn split_value(pool: &str) -> String {
+    format!("{:016x}", twox_hash::XxHash3_64::oneshot(pool.as_bytes()))
 }
 
 /// A rate limit attached to a route, with the route's count of refusals.
@@ -188,7 +291,7 @@ fn rate_limits(
     (limits, store)
 }
 
-type Prefixes = Vec<(String, Arc<Target>)>;
+type Prefixes = Vec<(String, Arc<Route>)>;
 
 #[derive(Default)]
 pub(crate) struct RouteTable {
@@ -197,7 +300,7 @@ pub(crate) struct RouteTable {
 }
 
 impl RouteTable {
-    fn add(&mut self, host: Option<&str>, prefix: &str, target: Arc<Target>) {
+    fn add(&mut self, host: Option<&str>, prefix: &str, route: Arc<Route>) {
         let list = match host {
             None => &mut self.any_host,
             Some(h) => match self.by_host.iter().position(|(name, _)| name == h) {
@@ -209,38 +312,54 @@ impl RouteTable {
                 }
             },
         };
-        list.push((prefix.to_owned(), target));
+        list.push((prefix.to_owned(), route));
     }
 
+    /// Longest prefix first; among equal prefixes, most header conditions first, then file order (stable).
     fn finish(&mut self) {
-        let longest_first =
-            |a: &(String, Arc<Target>), b: &(String, Arc<Target>)| b.0.len().cmp(&a.0.len());
-        self.any_host.sort_by(longest_first);
+        let key = |e: &(String, Arc<Route>)| {
+            (
+                std::cmp::Reverse(e.0.len()),
+                std::cmp::Reverse(e.1.headers.len()),
+            )
+        };
+        self.any_host.sort_by_key(key);
         for (_, list) in &mut self.by_host {
-            list.sort_by(longest_first);
+            list.sort_by_key(key);
         }
     }
 
-    /// The target for a request to `host` (as sent: any case, maybe with a port) and `path`.
-    pub(crate) fn route(&self, host: Option<&str>, path: &str) -> Option<&Arc<Target>> {
+    /// The route for a request to `host` (as sent: any case, maybe with a port), `path` and `headers`: the
+    /// host's routes first, then the host-less ones; in each, the longest prefix whose header conditions all
+    /// match.
+    pub(crate) fn route(
+        &self,
+        host: Option<&str>,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Option<&Arc<Route>> {
         if let Some(host) = host.map(normalize_host).filter(|h| !h.is_empty()) {
             let by_host = self
                 .by_host
                 .iter()
                 .find(|(name, _)| name.eq_ignore_ascii_case(host))
-                .and_then(|(_, list)| longest_prefix(list, path));
+                .and_then(|(_, list)| longest_prefix(list, path, headers));
             if by_host.is_some() {
                 return by_host;
             }
         }
-        longest_prefix(&self.any_host, path)
+        longest_prefix(&self.any_host, path, headers)
     }
 }
 
-fn longest_prefix<'a>(list: &'a Prefixes, path: &str) -> Option<&'a Arc<Target>> {
+fn longest_prefix<'a>(
+    list: &'a Prefixes,
+    path: &str,
+    headers: &HeaderMap,
+) -> Option<&'a Arc<Route>> {
     list.iter()
-        .find(|(prefix, _)| path.starts_with(prefix.as_str()))
-        .map(|(_, target)| target)
+        .find(|(prefix, route)| path.starts_with(prefix.as_str()) && route.matches(headers))
+        .map(|(_, route)| route)
 }
 
 /// `API.example.com:8443` → `API.example.com`; `example.com.` → `example.com`.

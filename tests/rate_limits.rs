@@ -528,7 +528,9 @@ fn every_new_config_error_names_its_field() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_pacing_at_the_rate_is_never_refused_by_a_global_limit() {
-    let Some(redis) = Redis::start().await else { return };
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
     let b = named_backend("b", Duration::ZERO).await;
     let text = config(&format!(
         "[[routes]]\npath_prefix = \"/api\"\npool = \"p\"\nrate_limits = [\"paced\"]\n\

@@ -303,3 +303,214 @@ fn every_new_config_error_names_its_field() {
         &["request_id.header", "not a header name"],
     );
 }
+
+/// Routes on `shop.example` (given as TOML), pools `v1`, `v2`, `canary` of one named backend each.
+async fn shop(routes: &str) -> Server {
+    let v1 = named_backend("v1", Duration::ZERO).await;
+    let v2 = named_backend("v2", Duration::ZERO).await;
+    let canary = named_backend("canary", Duration::ZERO).await;
+    start_proxy(&config(&format!(
+        "{routes}\n[pools.v1]\nbackends = [{{ address = \"{v1}\" }}]\n\
+         [pools.v2]\nbackends = [{{ address = \"{v2}\" }}]\n\
+         [pools.canary]\nbackends = [{{ address = \"{canary}\" }}]\n"
+    )))
+    .await
+}
+
+async fn served_by(server: &Server, path: &str, headers: &[(&str, &str)]) -> String {
+    let mut all = vec![("host", "shop.example")];
+    all.extend_from_slice(headers);
+    let (_, h, _) = request(server.listen_addrs[0], path, &all).await;
+    h.get("x-backend")
+        .map_or("none", |v| v.to_str().unwrap())
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_routes_beat_plain_ones_with_presence_and_case_and_fall_back_to_shorter_prefixes() {
+    let server = shop(
+        "[[routes]]\nhost = \"shop.example\"\npath_prefix = \"/\"\npool = \"v1\"\n\
+         [[routes]]\nhost = \"shop.example\"\npath_prefix = \"/\"\nheaders = { \"X-Canary\" = \"1\" }\npool = \"canary\"\n\
+         [[routes]]\nhost = \"shop.example\"\npath_prefix = \"/\"\nheaders = { \"x-canary\" = \"1\", \"x-beta\" = \"*\" }\npool = \"v2\"\n\
+         [[routes]]\nhost = \"shop.example\"\npath_prefix = \"/api\"\nheaders = { \"x-api\" = \"2\" }\npool = \"v2\"\n",
+    )
+    .await;
+    assert_eq!(served_by(&server, "/", &[]).await, "v1");
+    // Names match in any case; values exactly.
+    assert_eq!(
+        served_by(&server, "/", &[("X-CANARY", "1")]).await,
+        "canary"
+    );
+    assert_eq!(served_by(&server, "/", &[("x-canary", "yes")]).await, "v1");
+    // More conditions, all matching, win; `*` only asks for presence.
+    assert_eq!(
+        served_by(&server, "/", &[("x-canary", "1"), ("x-beta", "anything")]).await,
+        "v2"
+    );
+    // A longer prefix whose conditions do not match falls back to the shorter prefix's routes.
+    assert_eq!(served_by(&server, "/api/x", &[]).await, "v1");
+    assert_eq!(served_by(&server, "/api/x", &[("x-api", "2")]).await, "v2");
+    let (_, routes) = admin(&server, Method::GET, "/api/routes", "").await;
+    let list = routes["routes"].as_array().unwrap();
+    assert_eq!(list.len(), 4);
+    assert_eq!(list[1]["headers"]["x-canary"], "1");
+    assert_eq!(list[2]["headers"]["x-beta"], "*");
+    assert_eq!(list[0]["split"][0]["pool"], "v1");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_shares_by_weight_and_a_sticky_split_keeps_a_client_on_its_pool() {
+    let server = shop(
+        "[[routes]]\nhost = \"shop.example\"\npath_prefix = \"/\"\n\
+         split = [ { pool = \"v1\", weight = 75 }, { pool = \"v2\", weight = 25 } ]\n\
+         [[routes]]\nhost = \"shop.example\"\npath_prefix = \"/sticky\"\n\
+         split = [ { pool = \"v1\", weight = 50 }, { pool = \"v2\", weight = 50 } ]\nsticky_split = \"cookie:sy_split\"\n",
+    )
+    .await;
+    let mut v1 = 0;
+    let n = 800;
+    for _ in 0..n {
+        if served_by(&server, "/", &[]).await == "v1" {
+            v1 += 1;
+        }
+    }
+    let share = f64::from(v1) / f64::from(n);
+    assert!((share - 0.75).abs() < 0.06, "v1's share {share}");
+    let (_, metrics) = get(server.admin_addr, "/metrics", None)
+        .await
+        .into_parts_text();
+    let arm = |pool: &str| {
+        metric(
+            &metrics,
+            &format!("switchyard_route_requests_total{{pool=\"{pool}\",route=\"shop.example/\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!((arm("v1"), arm("v2")), (f64::from(v1), f64::from(n - v1)));
+
+    // Sticky: the first answer sets the cookie; with it, every request stays on that pool.
+    let addr = server.listen_addrs[0];
+    let (_, headers, _) = request(addr, "/sticky", &[("host", "shop.example")]).await;
+    let cookie = headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(cookie.starts_with("sy_split="), "{cookie}");
+    let first = headers["x-backend"].to_str().unwrap().to_owned();
+    for _ in 0..20 {
+        let (_, h, _) = request(
+            addr,
+            "/sticky",
+            &[("host", "shop.example"), ("cookie", &cookie)],
+        )
+        .await;
+        assert_eq!(h["x-backend"], first.as_str());
+        assert!(h.get("set-cookie").is_none());
+    }
+    // An unknown value: a pool by weight again, and a new cookie.
+    let (_, h, _) = request(
+        addr,
+        "/sticky",
+        &[("host", "shop.example"), ("cookie", "sy_split=zzz")],
+    )
+    .await;
+    assert!(h.get("set-cookie").is_some());
+    server.shutdown().await;
+}
+
+trait IntoPartsText {
+    fn into_parts_text(self) -> (StatusCode, String);
+}
+
+impl IntoPartsText for (StatusCode, http::HeaderMap, String) {
+    fn into_parts_text(self) -> (StatusCode, String) {
+        (self.0, self.2)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_stay_inside_the_chosen_arm() {
+    let bad = controlled("v1-bad", 503).await;
+    let good = named_backend("v1-good", Duration::ZERO).await;
+    let v2 = controlled("v2", 200).await;
+    let server = start_proxy(&config(&format!(
+        "[[routes]]\npath_prefix = \"/\"\nsplit = [ {{ pool = \"v1\", weight = 1 }}, {{ pool = \"v2\", weight = 1 }} ]\n\
+         [pools.v1]\nbackends = [{{ address = \"{}\" }}, {{ address = \"{good}\" }}]\n\
+         [pools.v1.retry]\nmax_retries = 1\nbudget_percent = 100\n\
+         [pools.v2]\nbackends = [{{ address = \"{}\" }}]\n",
+        bad.addr, v2.addr
+    )))
+    .await;
+    for _ in 0..30 {
+        let (status, h, _) = request(server.listen_addrs[0], "/", &[]).await;
+        assert_eq!(status, 200);
+        let name = h["x-backend"].to_str().unwrap();
+        assert!(name == "v1-good" || name == "v2", "{name}");
+    }
+    // v1's failures were retried within v1 (on v1-good), never on v2.
+    let v2_hits = v2.hits();
+    let (_, metrics) = get(server.admin_addr, "/metrics", None)
+        .await
+        .into_parts_text();
+    let to_v2 = metric(
+        &metrics,
+        "switchyard_route_requests_total{pool=\"v2\",route=\"/\"}",
+    )
+    .unwrap();
+    assert_eq!(
+        v2_hits as f64, to_v2,
+        "v2 got only the requests routed to it"
+    );
+    server.shutdown().await;
+}
+
+#[test]
+fn every_new_route_config_error_names_its_field() {
+    let check = |routes: &str, wants: &[&str]| {
+        let text = config(&format!(
+            "{routes}\n[pools.p]\nbackends = [{{ address = \"127.0.0.1:9\" }}]\n"
+        ));
+        let e = switchyard::config::parse(&text, "t.toml")
+            .expect_err(routes)
+            .to_string();
+        for want in wants {
+            assert!(e.contains(want), "{routes}\n---\n{e}");
+        }
+    };
+    check(
+        "[[routes]]\nsplit = [ { pool = \"p\", weight = 0 } ]",
+        &["routes[0].split[0].weight", "1 to 1000"],
+    );
+    check(
+        "[[routes]]\nsplit = [ { pool = \"nope\", weight = 1 } ]",
+        &["routes[0].split[0].pool", "\"nope\" is not defined"],
+    );
+    check(
+        "[[routes]]\npool = \"p\"\nsplit = [ { pool = \"p\", weight = 1 } ]",
+        &["routes[0].split", "not both"],
+    );
+    check(
+        "[[routes]]\npath_prefix = \"/\"",
+        &["routes[0].pool", "missing"],
+    );
+    check(
+        "[[routes]]\npool = \"p\"\nheaders = { \"x-a\" = \"\" }",
+        &["routes[0].headers.x-a", "empty"],
+    );
+    check(
+        "[[routes]]\npool = \"p\"\nsticky_split = \"cookie:s\"",
+        &["routes[0].sticky_split", "needs a split"],
+    );
+    check(
+        "[[routes]]\nsplit = [ { pool = \"p\", weight = 1 } ]\nsticky_split = \"header:x\"",
+        &["routes[0].sticky_split", "cookie:NAME"],
+    );
+    check(
+        "[[routes]]\npool = \"p\"\nheaders = { \"x-a\" = \"1\" }\n[[routes]]\npool = \"p\"\nheaders = { \"X-A\" = \"1\" }",
+        &["routes[1]", "with the same headers"],
+    );
+}

@@ -144,9 +144,22 @@ pub(crate) struct Admin {
 pub(crate) struct Route {
     pub(crate) host: Option<String>,
     pub(crate) path_prefix: Option<String>,
-    pub(crate) pool: String,
+    /// Header conditions, all of which must match (`"*"`: present).
+    pub(crate) headers: Option<BTreeMap<String, String>>,
+    pub(crate) pool: Option<String>,
+    /// Instead of `pool`: pools by weight.
+    pub(crate) split: Option<Vec<SplitArm>>,
+    /// `"cookie:NAME"`: a client stays on the pool of the split it first got.
+    pub(crate) sticky_split: Option<String>,
     /// Names of `[rate_limits.NAME]` sections; all apply.
     pub(crate) rate_limits: Option<Vec<String>>,
+}
+
+/// `split = [{ pool, weight }]`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct SplitArm {
+    pub(crate) pool: String,
+    pub(crate) weight: Option<i64>,
 }
 
 /// `[pools.NAME]`: a set of interchangeable backends and how to balance over them.

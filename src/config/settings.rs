@@ -163,15 +163,40 @@ pub(crate) struct RouteSettings {
     /// Lower-cased, without a port.
     pub(crate) host: Option<String>,
     pub(crate) path_prefix: String,
-    pub(crate) pool: String,
+    /// Header conditions, all of which must match.
+    pub(crate) headers: Vec<HeaderCondition>,
+    /// The pools the route sends to, with their weights (one, of weight 1, without a split).
+    pub(crate) split: Vec<(String, u32)>,
+    /// With a split: the cookie that keeps a client on its pool.
+    pub(crate) sticky_split: Option<String>,
     /// Names of limits in [`Config::rate_limits`].
     pub(crate) rate_limits: Vec<String>,
 }
 
+/// One of a route's header conditions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HeaderCondition {
+    pub(crate) name: http::HeaderName,
+    /// `None`: the header need only be present (`"*"`).
+    pub(crate) value: Option<String>,
+}
+
 impl RouteSettings {
-    /// How the route is named in metrics and logs: its host (if any) and path prefix, `api.example.com/api`.
+    /// How the route is named in metrics and logs: its host (if any) and path prefix, `api.example.com/api`,
+    /// then its header conditions, `api.example.com/api[x-canary=1]`.
     pub(crate) fn label(&self) -> String {
-        format!("{}{}", self.host.as_deref().unwrap_or(""), self.path_prefix)
+        let mut label = format!("{}{}", self.host.as_deref().unwrap_or(""), self.path_prefix);
+        if !self.headers.is_empty() {
+            let conditions: Vec<String> = self
+                .headers
+                .iter()
+                .map(|c| format!("{}={}", c.name, c.value.as_deref().unwrap_or("*")))
+                .collect();
+            label.push('[');
+            label.push_str(&conditions.join(","));
+            label.push(']');
+        }
+        label
     }
 }
 

@@ -788,21 +788,7 @@ impl Checker<'_, '_> {
         let mut seen_routes = HashSet::new();
         for (i, r) in file.routes.iter().enumerate() {
             let field = root.key("routes").index(i);
-            if !file.pools.contains_key(&r.pool) {
-                let defined: Vec<String> = file.pools.keys().map(|k| format!("{k:?}")).collect();
-                self.err(
-                    field.key("pool"),
-                    format!(
-                        "pool {:?} is not defined; defined pools: {}",
-                        r.pool,
-                        if defined.is_empty() {
-                            "none".to_owned()
-                        } else {
-                            defined.join(", ")
-                        }
-                    ),
-                );
-            }
+            let split = self.route_pools(&field, r, file);
             let host = match r.host.as_deref() {
                 None => None,
                 Some(h) if is_host_name(h) => Some(h.to_ascii_lowercase()),
@@ -821,22 +807,36 @@ impl Checker<'_, '_> {
                     format!("{path_prefix:?} must start with \"/\""),
                 );
             }
-            if !seen_routes.insert((host.clone(), path_prefix.clone())) {
+            let headers = self.route_headers(field.key("headers"), r.headers.as_ref());
+            let mut conditions: Vec<String> = headers
+                .iter()
+                .map(|c| format!("{}={:?}", c.name, c.value))
+                .collect();
+            conditions.sort();
+            if !seen_routes.insert((host.clone(), path_prefix.clone(), conditions)) {
                 self.err(
                     field.clone(),
                     format!(
-                        "another route already has host {} and path_prefix {path_prefix:?}",
+                        "another route already has host {} and path_prefix {path_prefix:?}{}",
                         host.as_deref()
-                            .map_or("(any)".to_owned(), |h| format!("{h:?}"))
+                            .map_or("(any)".to_owned(), |h| format!("{h:?}")),
+                        if headers.is_empty() {
+                            ""
+                        } else {
+                            ", with the same headers"
+                        }
                     ),
                 );
             }
             let rate_limits =
                 self.route_rate_limits(field.key("rate_limits"), r.rate_limits.as_ref(), file);
+            let sticky_split = self.sticky_split(&field, r);
             routes.push(RouteSettings {
                 host,
                 path_prefix,
-                pool: r.pool.clone(),
+                headers,
+                split,
+                sticky_split,
                 rate_limits,
             });
         }

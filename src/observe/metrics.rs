@@ -46,6 +46,7 @@ pub struct Metrics {
     pub(crate) discovery_backends: IntGaugeVec,
     pub(crate) balancing: super::balancing::BalancingMetrics,
     pub(crate) rate_limits: super::rate_limits::RateLimitMetrics,
+    pub(crate) routes: super::routes::RouteMetrics,
 }
 
 pub(crate) fn must<T>(result: prometheus::Result<T>) -> T {
@@ -258,9 +259,11 @@ impl Metrics {
         )));
         let balancing = super::balancing::BalancingMetrics::register(&registry);
         let rate_limits = super::rate_limits::RateLimitMetrics::register(&registry);
+        let routes = super::routes::RouteMetrics::register(&registry);
         Self {
             balancing,
             rate_limits,
+            routes,
             registry,
             requests_total,
             request_duration_seconds,

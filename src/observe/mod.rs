@@ -5,3 +5,4 @@ pub(crate) mod access_log;
 pub(crate) mod balancing;
 pub mod metrics;
 pub(crate) mod rate_limits;
+pub(crate) mod routes;

@@ -7,7 +7,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use tokio::time::Instant;
 
 use crate::ratelimit::{Verdict, rate_limit_header};
-use crate::router::Target;
+use crate::router::Route;
 
 static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
@@ -44,15 +44,15 @@ impl Refusal {
 /// Takes a token from each of the route's limits, in order. `Ok` carries the headers for the response when a
 /// limit asks for them (`response_headers`); `Err` the first refusal (counted).
 pub(super) fn check(
-    target: &Target,
+    route: &Route,
     headers: &HeaderMap,
     client: impl Fn() -> IpAddr,
     now: Instant,
 ) -> Result<Option<Box<Headers>>, Refusal> {
     let mut shown: Option<(String, String)> = None;
-    for route_limit in &target.rate_limits {
+    for route_limit in &route.rate_limits {
         let limit = &route_limit.limit;
-        match limit.check(headers, &client, &target.label, now) {
+        match limit.check(headers, &client, &route.label, now) {
             Verdict::Allowed { remaining, reset } => {
                 if limit.response_headers {
                     let (policy, state) = shown.get_or_insert_with(Default::default);

@@ -162,25 +162,25 @@ impl Proxy {
             return Err(Box::new(self.answer(&e, metrics, started, log, 0, id)));
         }
         let host = request_host(req);
-        let Some(target) = snapshot.routes.route(host, req.uri().path()) else {
+        let Some(route) = snapshot.routes.route(host, req.uri().path(), req.headers()) else {
             let e = ProxyError::NoRoute;
             return Err(Box::new(self.answer(&e, metrics, started, log, 0, id)));
         };
-        if let Some(max) = target.limits.max_request_body_bytes {
+        if let Some(max) = snapshot.limits.max_request_body_bytes {
             if content_length(req).is_some_and(|n| n > max) {
-                let metrics = &target.pool.local_metrics;
+                let metrics = &route.first_pool().local_metrics;
                 let e = ProxyError::BodyTooLarge;
                 return Err(Box::new(self.answer(&e, metrics, started, log, 0, id)));
             }
         }
         let client = || affinity::client_ip(req.headers(), peer_ip, trusted, proxies);
-        let rate_headers = if target.rate_limits.is_empty() {
+        let rate_headers = if route.rate_limits.is_empty() {
             None
         } else {
-            match limit::check(target, req.headers(), client, started) {
+            match limit::check(route, req.headers(), client, started) {
                 Ok(headers) => headers,
                 Err(refusal) => {
-                    let metrics = &target.pool.local_metrics;
+                    let metrics = &route.first_pool().local_metrics;
                     let e = ProxyError::RateLimited;
                     let mut resp = self.answer(&e, metrics, started, log, 0, id);
                     refusal.add_to(resp.headers_mut());
@@ -188,12 +188,14 @@ impl Proxy {
                 }
             }
         };
+        let (target, set_split_cookie) = route.choose(req.headers());
         let affinity = Affinity::of(&target.pool, req, client);
         Ok(Admitted {
             target: Arc::clone(target),
             log,
             trusted,
             tls: false,
+            set_split_cookie,
             affinity,
             rate_headers,
             identity,
@@ -324,6 +326,10 @@ impl Proxy {
             resp.headers_mut()
                 .insert(identity.header.clone(), identity.id.clone());
         }
+        if let (true, Some(cookie)) = (admitted.set_split_cookie, &admitted.target.set_cookie) {
+            resp.headers_mut()
+                .append(header::SET_COOKIE, cookie.clone());
+        }
         if let (Some(client), StatusCode::SWITCHING_PROTOCOLS) = (upgrade, resp.status()) {
             let idle = admitted.target.limits.idle_timeout;
             return tunnel::open(
@@ -439,6 +445,8 @@ struct Admitted {
     trusted: bool,
     /// The client came over TLS.
     tls: bool,
+    /// The response sets the sticky split's cookie (the target's `set_cookie`).
+    set_split_cookie: bool,
     affinity: Affinity,
     /// `RateLimit-Policy` and `RateLimit` for the response, when a limit of the route asks for them.
     rate_headers: Option<Box<limit::Headers>>,

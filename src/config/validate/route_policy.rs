@@ -1,9 +1,116 @@
-//! `[request_id]`.
+//! A route's header conditions, pool or split, and sticky split; `[request_id]`.
 
+use std::collections::BTreeMap;
+
+use super::affinity::is_cookie_name;
 use super::{Checker, FieldPath, model};
 use crate::config::settings::*;
 
 impl Checker<'_, '_> {
+    /// A route's `pool`, or its `split` (pools that exist, weights 1 to 1000): (pool, weight) pairs.
+    pub(super) fn route_pools(
+        &mut self,
+        field: &FieldPath,
+        r: &model::Route,
+        file: &model::File,
+    ) -> Vec<(String, u32)> {
+        let exists = |this: &mut Self, field: FieldPath, pool: &str| {
+            if !file.pools.contains_key(pool) {
+                let defined: Vec<String> = file.pools.keys().map(|k| format!("{k:?}")).collect();
+                this.err(
+                    field,
+                    format!(
+                        "pool {pool:?} is not defined; defined pools: {}",
+                        if defined.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            defined.join(", ")
+                        }
+                    ),
+                );
+            }
+        };
+        match (&r.pool, &r.split) {
+            (Some(pool), None) => {
+                exists(self, field.key("pool"), pool);
+                vec![(pool.clone(), 1)]
+            }
+            (None, Some(arms)) if !arms.is_empty() => arms
+                .iter()
+                .enumerate()
+                .map(|(i, arm)| {
+                    let arm_field = field.key("split").index(i);
+                    exists(self, arm_field.key("pool"), &arm.pool);
+                    let weight = self.int(arm_field.key("weight"), arm.weight, 1, 1, MAX_WEIGHT);
+                    (arm.pool.clone(), weight)
+                })
+                .collect(),
+            (Some(_), Some(_)) => {
+                self.err(
+                    field.key("split"),
+                    "a route has either pool or split, not both",
+                );
+                Vec::new()
+            }
+            (None, _) => {
+                self.err(
+                    field.key("pool"),
+                    "missing: a route needs pool = \"NAME\" (or split = [{ pool = \"NAME\", weight = N }, ...])",
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    /// `headers = { "name" = "value" | "*" }`.
+    pub(super) fn route_headers(
+        &mut self,
+        field: FieldPath,
+        headers: Option<&BTreeMap<String, String>>,
+    ) -> Vec<HeaderCondition> {
+        let mut out = Vec::new();
+        for (name, value) in headers.into_iter().flatten() {
+            let Ok(header) = http::HeaderName::from_bytes(name.as_bytes()) else {
+                self.err(field.key(name), format!("{name:?} is not a header name"));
+                continue;
+            };
+            if value.is_empty() {
+                self.err(
+                    field.key(name),
+                    "empty; give the exact value to match, or \"*\" for any value",
+                );
+                continue;
+            }
+            out.push(HeaderCondition {
+                name: header,
+                value: (value != "*").then(|| value.clone()),
+            });
+        }
+        out
+    }
+
+    /// `sticky_split = "cookie:NAME"`, only with a split.
+    pub(super) fn sticky_split(&mut self, field: &FieldPath, r: &model::Route) -> Option<String> {
+        let text = r.sticky_split.as_deref()?;
+        if r.split.is_none() {
+            self.err(
+                field.key("sticky_split"),
+                "sticky_split needs a split (the pools a client is kept on)",
+            );
+            return None;
+        }
+        match text.strip_prefix("cookie:") {
+            Some(name) if is_cookie_name(name) => Some(name.to_owned()),
+            _ => {
+                self.err(
+                    field.key("sticky_split"),
+                    format!("{text:?}: write it as \"cookie:NAME\" with a cookie name (letters, digits, -_.)"),
+                );
+                None
+            }
+        }
+    }
+
     pub(super) fn request_id(&mut self, file: &model::File) -> Option<RequestIdSettings> {
         let r = file.request_id.as_ref()?;
         let field = FieldPath::root().key("request_id");
