@@ -7,14 +7,16 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+use http::{HeaderMap, HeaderValue};
+use prometheus::IntCounter;
 
 use crate::balance::pool::Pool;
+use crate::config::HeaderCondition;
 use crate::config::{Config, Limits};
 use crate::observe::access_log::{AccessLog, AccessLogSettings};
 use crate::observe::metrics::{BackendMetrics, Metrics, NONE};
-use http::{HeaderMap, HeaderValue};
-
-use crate::config::HeaderCondition;
 use crate::ratelimit::{RateLimit, store::Store};
 use crate::tls::ListenerMode;
 use crate::upstream::PoolConnections;
@@ -126,7 +128,31 @@ impl Snapshot {
                         .with_label_values(&[label.as_str(), limit.name.as_str()]),
                 })
                 .collect();
+            let mirror = r.mirror.as_ref().and_then(|m| {
+                let (pool, connections) = (pools.get(&m.pool)?, upstreams.get(&m.pool)?);
+                let count = |result: &str| {
+                    metrics
+                        .routes
+                        .mirror_requests_total
+                        .with_label_values(&[label.as_str(), result])
+                };
+                Some(Arc::new(Mirror {
+                    pool: Arc::clone(pool),
+                    connections: Arc::clone(connections),
+                    share: m.percent / 100.0,
+                    max_body_bytes: m.max_body_bytes,
+                    max_in_flight: m.max_in_flight as usize,
+                    in_flight: AtomicUsize::new(0),
+                    counts: MirrorCounts {
+                        sent: count("sent"),
+                        skipped_body: count("skipped_body"),
+                        dropped: count("dropped"),
+                        failed: count("failed"),
+                    },
+                }))
+            });
             let route = Route {
+                mirror,
                 headers: r.headers.clone(),
                 rate_limits: limits,
                 total_weight: arms.iter().map(|(_, w)| *w).sum(),
@@ -175,6 +201,7 @@ pub(crate) struct Route {
     total_weight: u32,
     /// The cookie that keeps a client on its arm.
     sticky_split: Option<String>,
+    pub(crate) mirror: Option<Arc<Mirror>>,
 }
 
 impl Route {
@@ -201,7 +228,7 @@ impl Route {
             [(only, _)] => (only, false),
             arms => {
                 let kept = self.sticky_split.as_deref().and_then(|name| {
-                    let value = crate::proxy::affinity::cookie(headers, name)?;
+                    let value = crate::balance::sticky::cookie(headers, name)?;
                     arms.iter().find(|(t, _)| t.split_value.as_bytes() == value)
                 });
                 match kept {
@@ -237,6 +264,34 @@ pub(crate) struct Target {
     /// The sticky split cookie's value for this pool, and the `Set-Cookie` that gives it.
     split_value: String,
     pub(crate) set_cookie: Option<HeaderValue>,
+}
+
+/// A route's mirror: where copies go, how many, and their counts.
+pub(crate) struct Mirror {
+    pub(crate) pool: Arc<Pool>,
+    pub(crate) connections: Arc<PoolConnections>,
+    /// Of the route's requests, 0 to 1.
+    pub(crate) share: f64,
+    pub(crate) max_body_bytes: u64,
+    pub(crate) max_in_flight: usize,
+    pub(crate) in_flight: AtomicUsize,
+    pub(crate) counts: MirrorCounts,
+}
+
+/// `switchyard_mirror_requests_total{route, result}`.
+pub(crate) struct MirrorCounts {
+    pub(crate) sent: IntCounter,
+    pub(crate) skipped_body: IntCounter,
+    pub(crate) dropped: IntCounter,
+    pub(crate) failed: IntCounter,
+}
+
+impl Mirror {
+    /// Is this request one of the share to mirror?
+    #[inline]
+    pub(crate) fn sampled(&self) -> bool {
+        self.share >= 1.0 || (self.share > 0.0 && rand::random::<f64>() < self.share)
+    }
 }
 
 /// A sticky split cookie's value for `pool`: opaque and short, the same in every instance.

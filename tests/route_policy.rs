@@ -510,7 +510,188 @@ fn every_new_route_config_error_names_its_field() {
         &["routes[0].sticky_split", "cookie:NAME"],
     );
     check(
+        "[[routes]]\npool = \"p\"\nmirror = { pool = \"shadow\" }",
+        &["routes[0].mirror.pool", "\"shadow\" is not defined"],
+    );
+    check(
+        "[[routes]]\npool = \"p\"\nmirror = { pool = \"p\", percent = 150 }",
+        &["routes[0].mirror.percent", "0 to 100"],
+    );
+    check(
+        "[[routes]]\npool = \"p\"\nmirror = { pool = \"p\", max_in_flight = 0 }",
+        &["routes[0].mirror.max_in_flight", "1 to"],
+    );
+    check(
         "[[routes]]\npool = \"p\"\nheaders = { \"x-a\" = \"1\" }\n[[routes]]\npool = \"p\"\nheaders = { \"X-A\" = \"1\" }",
         &["routes[1]", "with the same headers"],
     );
+}
+
+/// A mirror backend: answers after `delay`, and keeps what it got (method, path, host, body).
+async fn shadow(
+    delay: Duration,
+) -> (
+    SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<(String, String, String, Vec<u8>)>>>,
+) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let addr = backend(move |req: http::Request<hyper::body::Incoming>| {
+        let s = s.clone();
+        async move {
+            let method = req.method().to_string();
+            let path = req.uri().path().to_owned();
+            let host = req
+                .headers()
+                .get("host")
+                .map_or(String::new(), |h| h.to_str().unwrap().to_owned());
+            let body = req.into_body().collect().await.unwrap().to_bytes().to_vec();
+            tokio::time::sleep(delay).await;
+            s.lock().unwrap().push((method, path, host, body));
+            http::Response::builder()
+                .status(500)
+                .body(full("shadow"))
+                .unwrap()
+        }
+    })
+    .await;
+    (addr, seen)
+}
+
+fn mirrored(primary: SocketAddr, mirror: SocketAddr, extra: &str) -> String {
+    config(&format!(
+        "[[routes]]\npath_prefix = \"/\"\npool = \"main\"\nmirror = {{ pool = \"shadow\", percent = 100.0{extra} }}\n\
+         [pools.main]\nbackends = [{{ address = \"{primary}\" }}]\n\
+         [pools.shadow]\nbackends = [{{ address = \"{mirror}\" }}]\n\
+         [pools.shadow.retry]\nmax_retries = 0\n"
+    ))
+}
+
+async fn mirror_count(server: &Server, result: &str) -> f64 {
+    let (_, _, text) = get(server.admin_addr, "/metrics", None).await;
+    metric(
+        &text,
+        &format!("switchyard_mirror_requests_total{{result=\"{result}\",route=\"/\"}}"),
+    )
+    .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_gets_a_copy_with_its_body_and_a_too_large_body_is_skipped() {
+    let primary = controlled("main", 200).await;
+    let (shadow_addr, seen) = shadow(Duration::ZERO).await;
+    let server = start_proxy(&mirrored(
+        primary.addr,
+        shadow_addr,
+        ", max_body_bytes = 1000",
+    ))
+    .await;
+    let addr = server.listen_addrs[0];
+    let req = Request::post(format!("http://{addr}/orders?x=1"))
+        .header("host", "shop.example")
+        .body(full(vec![b'a'; 600]))
+        .unwrap();
+    assert_eq!(client().request(req).await.unwrap().status(), 200);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            mirror_count(&server, "sent").await == 1.0
+        })
+        .await
+    );
+    {
+        let got = seen.lock().unwrap();
+        assert_eq!(got.len(), 1);
+        let (method, path, host, body) = &got[0];
+        assert_eq!(
+            (method.as_str(), path.as_str(), host.as_str()),
+            ("POST", "/orders", "shop.example")
+        );
+        assert_eq!(body.len(), 600);
+    }
+    // Over max_body_bytes: the primary gets it all, the mirror nothing.
+    let req = Request::post(format!("http://{addr}/big"))
+        .body(full(vec![b'b'; 5000]))
+        .unwrap();
+    assert_eq!(client().request(req).await.unwrap().status(), 200);
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            mirror_count(&server, "skipped_body").await == 1.0
+        })
+        .await
+    );
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    // A GET is mirrored too; the mirror's 500s never reach the client or the primary's breaker.
+    for _ in 0..10 {
+        assert_eq!(get(addr, "/x", None).await.0, 200);
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            mirror_count(&server, "sent").await == 11.0
+        })
+        .await
+    );
+    let p = pools(&server).await;
+    assert_eq!(p["pools"]["main"]["backends"][0]["circuit"], "closed");
+    assert_eq!(p["pools"]["shadow"]["backends"][0]["circuit"], "closed");
+    assert_eq!(primary.hits(), 12);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_mirror_delays_nothing_and_is_bounded_and_a_dead_one_touches_nothing() {
+    let primary = named_backend("main", Duration::ZERO).await;
+    let (slow, _) = shadow(Duration::from_secs(5)).await;
+    let server = start_proxy(&mirrored(primary, slow, ", max_in_flight = 2")).await;
+    let addr = server.listen_addrs[0];
+    // One keep-alive connection: each request's answer comes at once, the next request with it.
+    let client = client();
+    let start = std::time::Instant::now();
+    for _ in 0..6 {
+        let resp = client
+            .request(
+                Request::get(format!("http://{addr}/"))
+                    .body(full(""))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        drop(resp.into_body().collect().await);
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    // Two mirrors in flight at most: the other four were dropped.
+    assert_eq!(mirror_count(&server, "dropped").await, 4.0);
+    server.shutdown().await;
+
+    // A mirror pool that cannot be reached: counted as failed; the primary's pool is untouched.
+    let dead = closed_port().await;
+    let server = start_proxy(&mirrored(primary, dead, "")).await;
+    let addr = server.listen_addrs[0];
+    for _ in 0..10 {
+        assert_eq!(get(addr, "/", None).await.0, 200);
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            mirror_count(&server, "failed").await == 10.0
+        })
+        .await
+    );
+    let (_, _, text) = get(server.admin_addr, "/metrics", None).await;
+    assert_eq!(
+        metric(
+            &text,
+            &format!(
+                "switchyard_upstream_errors_total{{backend=\"{primary}\",kind=\"connect\",pool=\"main\"}}"
+            )
+        ),
+        None
+    );
+    let p = pools(&server).await;
+    assert_eq!(p["pools"]["main"]["backends"][0]["circuit"], "closed");
+    assert_eq!(p["pools"]["main"]["backends"][0]["consecutive_failures"], 0);
+    server.shutdown().await;
 }

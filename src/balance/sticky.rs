@@ -131,6 +131,26 @@ impl Sticky {
     }
 }
 
+/// The value of the cookie `name` in the request's `Cookie` headers (RFC 6265 `name=value` pairs separated by
+/// `;`), without surrounding quotes; the first if several.
+pub(crate) fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a [u8]> {
+    let name = name.as_bytes();
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+        .find_map(|pair| {
+            let pair = pair.trim_ascii();
+            let value = pair.strip_prefix(name)?.strip_prefix(b"=")?.trim_ascii();
+            Some(
+                value
+                    .strip_prefix(b"\"")
+                    .and_then(|v| v.strip_suffix(b"\""))
+                    .unwrap_or(value),
+            )
+        })
+}
+
 fn prefix(id: &[u8; ID_BYTES]) -> u64 {
     let mut first = [0u8; 8];
     first.copy_from_slice(&id[..8]);

@@ -151,8 +151,18 @@ pub(crate) struct Route {
     pub(crate) split: Option<Vec<SplitArm>>,
     /// `"cookie:NAME"`: a client stays on the pool of the split it first got.
     pub(crate) sticky_split: Option<String>,
+    pub(crate) mirror: Option<Mirror>,
     /// Names of `[rate_limits.NAME]` sections; all apply.
     pub(crate) rate_limits: Option<Vec<String>>,
+}
+
+/// `mirror = { pool, percent, max_body_bytes, max_in_flight }`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Mirror {
+    pub(crate) pool: String,
+    pub(crate) percent: Option<Number>,
+    pub(crate) max_body_bytes: Option<i64>,
+    pub(crate) max_in_flight: Option<i64>,
 }
 
 /// `split = [{ pool, weight }]`.

@@ -169,8 +169,21 @@ pub(crate) struct RouteSettings {
     pub(crate) split: Vec<(String, u32)>,
     /// With a split: the cookie that keeps a client on its pool.
     pub(crate) sticky_split: Option<String>,
+    pub(crate) mirror: Option<MirrorSettings>,
     /// Names of limits in [`Config::rate_limits`].
     pub(crate) rate_limits: Vec<String>,
+}
+
+/// A route's `mirror`: a share of its requests copied to another pool, answers discarded.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct MirrorSettings {
+    pub(crate) pool: String,
+    /// Of the route's requests, 0 to 100.
+    pub(crate) percent: f64,
+    /// A larger body is not mirrored (counted `skipped_body`).
+    pub(crate) max_body_bytes: u64,
+    /// Mirrors in flight for the route at most; more are dropped (counted).
+    pub(crate) max_in_flight: u32,
 }
 
 /// One of a route's header conditions.

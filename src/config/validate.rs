@@ -831,7 +831,9 @@ impl Checker<'_, '_> {
             let rate_limits =
                 self.route_rate_limits(field.key("rate_limits"), r.rate_limits.as_ref(), file);
             let sticky_split = self.sticky_split(&field, r);
+            let mirror = self.mirror(field.key("mirror"), r.mirror.as_ref(), file);
             routes.push(RouteSettings {
+                mirror,
                 host,
                 path_prefix,
                 headers,

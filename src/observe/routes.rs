@@ -1,4 +1,4 @@
-//! The collectors of route policy: which pool (split arm) each route's requests went to.
+//! The collectors of route policy: which pool (split arm) each route's requests went to, and their mirrors.
 
 use prometheus::{IntCounterVec, Opts, Registry};
 
@@ -6,6 +6,7 @@ use super::metrics::must;
 
 pub(crate) struct RouteMetrics {
     pub(crate) route_requests_total: IntCounterVec,
+    pub(crate) mirror_requests_total: IntCounterVec,
 }
 
 impl RouteMetrics {
@@ -18,8 +19,16 @@ impl RouteMetrics {
                 ),
                 &["route", "pool"],
             )),
+            mirror_requests_total: must(IntCounterVec::new(
+                Opts::new(
+                    "switchyard_mirror_requests_total",
+                    "Requests a route mirrored: sent (answered, whatever the status), skipped_body (body over max_body_bytes), dropped (max_in_flight mirrors already in flight), failed (no backend, connect error, timeout).",
+                ),
+                &["route", "result"],
+            )),
         };
         must(registry.register(Box::new(m.route_requests_total.clone())));
+        must(registry.register(Box::new(m.mirror_requests_total.clone())));
         m
     }
 }

@@ -9,7 +9,7 @@ use http::{Request, Response};
 
 use crate::balance::backend::InFlight;
 use crate::balance::pool::{Pool, Tried};
-use crate::balance::sticky::Cookie;
+use crate::balance::sticky::{Cookie, cookie};
 use crate::config::HashKey;
 
 /// A request's affinity, decided before its first pick.
@@ -124,26 +124,6 @@ fn hash_key<B>(key: &HashKey, req: &Request<B>, client: impl FnOnce() -> IpAddr)
                 .as_bytes(),
         )),
     }
-}
-
-/// The value of the cookie `name` in the request's `Cookie` headers (RFC 6265 `name=value` pairs separated by
-/// `;`), without surrounding quotes; the first if several.
-pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
-    let name = name.as_bytes();
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
-        .find_map(|pair| {
-            let pair = pair.trim_ascii();
-            let value = pair.strip_prefix(name)?.strip_prefix(b"=")?.trim_ascii();
-            Some(
-                value
-                    .strip_prefix(b"\"")
-                    .and_then(|v| v.strip_suffix(b"\""))
-                    .unwrap_or(value),
-            )
-        })
 }
 
 /// The client's address: the peer's, or, from a trusted proxy, the last address in `X-Forwarded-For` that is not

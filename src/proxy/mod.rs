@@ -5,6 +5,7 @@ mod body;
 mod checks;
 pub mod headers;
 mod limit;
+mod mirror;
 mod record;
 mod request_id;
 mod tunnel;
@@ -113,14 +114,19 @@ impl Proxy {
             Err(e) => return Err(Box::new(self.refuse(&e, admitted, 0))),
         };
         match admitted.prepare(req, conn, upgrade.is_some(), started) {
-            Ok((admitted, req, watch)) => Ok(Ready {
-                admitted,
-                first,
-                tried,
-                req,
-                watch,
-                upgrade,
-            }),
+            Ok((mut admitted, mut req, watch)) => {
+                if let Some(m) = admitted.mirror.take().filter(|_| upgrade.is_none()) {
+                    mirror::launch(&m, &mut req);
+                }
+                Ok(Ready {
+                    admitted,
+                    first,
+                    tried,
+                    req,
+                    watch,
+                    upgrade,
+                })
+            }
             Err((e, admitted)) => {
                 if let Some((_, claimed)) = first {
                     claimed.backend().breaker.cancel_trial();
@@ -189,6 +195,7 @@ impl Proxy {
             }
         };
         let (target, set_split_cookie) = route.choose(req.headers());
+        let mirror = route.mirror.as_ref().filter(|m| m.sampled()).cloned();
         let affinity = Affinity::of(&target.pool, req, client);
         Ok(Admitted {
             target: Arc::clone(target),
@@ -196,6 +203,7 @@ impl Proxy {
             trusted,
             tls: false,
             set_split_cookie,
+            mirror,
             affinity,
             rate_headers,
             identity,
@@ -447,6 +455,8 @@ struct Admitted {
     tls: bool,
     /// The response sets the sticky split's cookie (the target's `set_cookie`).
     set_split_cookie: bool,
+    /// The route's mirror, when this request is to be mirrored (taken once the request is prepared).
+    mirror: Option<Arc<crate::router::Mirror>>,
     affinity: Affinity,
     /// `RateLimit-Policy` and `RateLimit` for the response, when a limit of the route asks for them.
     rate_headers: Option<Box<limit::Headers>>,

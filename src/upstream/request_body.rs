@@ -21,6 +21,52 @@ use tokio::time::{Instant, Sleep};
 pub(crate) enum RequestBody {
     Empty,
     Client(Box<ClientBody>),
+    /// A body read whole beforehand (a mirror's copy).
+    Full(Option<Bytes>),
+}
+
+/// A copy of a client's body as it streams to the backend, for a mirror: the whole body once it has ended, or
+/// `None` when it grew past the limit. Dropped before the end (the client broke it), it sends nothing.
+pub(crate) struct BodyCopy {
+    parts: Vec<Bytes>,
+    len: u64,
+    limit: u64,
+    done: Option<tokio::sync::oneshot::Sender<Option<Bytes>>>,
+}
+
+impl BodyCopy {
+    pub(crate) fn new(limit: u64) -> (Self, tokio::sync::oneshot::Receiver<Option<Bytes>>) {
+        let (done, copied) = tokio::sync::oneshot::channel();
+        let copy = Self {
+            parts: Vec::new(),
+            len: 0,
+            limit,
+            done: Some(done),
+        };
+        (copy, copied)
+    }
+
+    fn add(&mut self, data: &Bytes) {
+        if self.done.is_none() {
+            return;
+        }
+        self.len += data.len() as u64;
+        if self.len > self.limit {
+            self.parts.clear();
+            if let Some(done) = self.done.take() {
+                let _ = done.send(None);
+            }
+        } else {
+            self.parts.push(data.clone());
+        }
+    }
+
+    fn end(&mut self) {
+        if let Some(done) = self.done.take() {
+            let whole: Vec<u8> = self.parts.drain(..).flat_map(|b| b.to_vec()).collect();
+            let _ = done.send(Some(Bytes::from(whole)));
+        }
+    }
 }
 
 /// What the client did wrong with its request body.
@@ -139,6 +185,8 @@ pub(crate) struct ClientBody {
     /// connect, or a client waiting for `100 Continue`, is no stall).
     polled: bool,
     watch: Arc<BodyWatch>,
+    /// For a mirror.
+    pub(crate) copy: Option<BodyCopy>,
 }
 
 impl ClientBody {
@@ -159,6 +207,7 @@ impl ClientBody {
             http2,
             polled: false,
             watch,
+            copy: None,
         }
     }
 
@@ -206,6 +255,7 @@ impl Body for RequestBody {
         match self.get_mut() {
             Self::Empty => Poll::Ready(None),
             Self::Client(c) => c.poll_client(cx),
+            Self::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
         }
     }
 
@@ -213,6 +263,7 @@ impl Body for RequestBody {
         match self {
             Self::Empty => true,
             Self::Client(c) => c.body.is_end_stream(),
+            Self::Full(data) => data.is_none(),
         }
     }
 
@@ -220,6 +271,7 @@ impl Body for RequestBody {
         match self {
             Self::Empty => SizeHint::with_exact(0),
             Self::Client(c) => c.body.size_hint(),
+            Self::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
         }
     }
 }
@@ -250,6 +302,13 @@ impl ClientBody {
                         return self.fail(ClientFault::TooLarge);
                     }
                     self.remaining -= n;
+                    if let Some(copy) = &mut self.copy {
+                        copy.add(data);
+                        // The client (hyper) may never be asked past the last byte of a sized body.
+                        if self.body.is_end_stream() {
+                            copy.end();
+                        }
+                    }
                 }
                 watch.read_now(Instant::now());
                 Poll::Ready(Some(Ok(frame)))
@@ -261,6 +320,9 @@ impl ClientBody {
             None => {
                 watch.read_now(Instant::now());
                 watch.ended.store(true, Ordering::Relaxed);
+                if let Some(copy) = &mut self.copy {
+                    copy.end();
+                }
                 Poll::Ready(None)
             }
         }

@@ -62,6 +62,47 @@ impl Checker<'_, '_> {
         }
     }
 
+    /// `mirror = { pool, percent, max_body_bytes, max_in_flight }`.
+    pub(super) fn mirror(
+        &mut self,
+        field: FieldPath,
+        m: Option<&model::Mirror>,
+        file: &model::File,
+    ) -> Option<MirrorSettings> {
+        let m = m?;
+        if !file.pools.contains_key(&m.pool) {
+            self.err(
+                field.key("pool"),
+                format!("pool {:?} is not defined", m.pool),
+            );
+        }
+        let percent = match m.percent.map(model::Number::as_f64) {
+            None => 100.0,
+            Some(p) if (0.0..=100.0).contains(&p) => p,
+            Some(p) => {
+                self.err(
+                    field.key("percent"),
+                    format!("{p} is out of range; allowed values: 0 to 100"),
+                );
+                100.0
+            }
+        };
+        let max_body_bytes = self.int(
+            field.key("max_body_bytes"),
+            m.max_body_bytes,
+            65536,
+            0,
+            16 << 20,
+        );
+        let max_in_flight = self.int(field.key("max_in_flight"), m.max_in_flight, 64, 1, 100_000);
+        Some(MirrorSettings {
+            pool: m.pool.clone(),
+            percent,
+            max_body_bytes: u64::from(max_body_bytes),
+            max_in_flight,
+        })
+    }
+
     /// `headers = { "name" = "value" | "*" }`.
     pub(super) fn route_headers(
         &mut self,
