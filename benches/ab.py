@@ -6,7 +6,7 @@ build's ratio to the first (paired by round, median). `haproxy` may be given as 
 Usage: python3 benches/ab.py BINARY_A BINARY_B [haproxy]    (env: DUR seconds per run, default 6; ROUNDS, default 4)
 A build may be given as BINARY:VARIANT to run it on another config: `peak_ewma`, `consistent_hash` (the pool's
 algorithm), `limit_instance` or `limit_global` (a rate limit that never refuses on the route; global starts a
-redis-server on 127.0.0.1:18088 for the run). The default is round_robin without limits.
+redis-server on 127.0.0.1:18088 for the run), `request_id` (`[request_id]` with its defaults). The default is round_robin without limits.
 Needs nginx, haproxy and wrk (and redis-server for limit_global). Traffic stays on 127.0.0.1 (ports 18080-18089);
 everything started is stopped.
 """
@@ -56,6 +56,7 @@ VARIANTS = {
     "consistent_hash": 'algorithm = "consistent_hash"\n',
     "limit_instance": "",
     "limit_global": "",
+    "request_id": "",
 }
 LIMIT = """[rate_limits.bench]
 key = "client_ip"
@@ -70,6 +71,8 @@ def sy_config(variant):
     if variant not in VARIANTS:
         raise SystemExit(f"unknown variant {variant!r}; known: {', '.join(v for v in VARIANTS if v)}")
     text = SY.replace('algorithm = "round_robin"\n', VARIANTS[variant] or 'algorithm = "round_robin"\n')
+    if variant == "request_id":
+        text = "[request_id]\n" + text
     if variant.startswith("limit_"):
         text = text.replace('pool = "bench"\n', 'pool = "bench"\nrate_limits = ["bench"]\n')
         text += LIMIT.format(scope=variant.removeprefix("limit_"), redis=REDIS)

@@ -408,6 +408,12 @@ fn routes_json(shared: &Shared) -> Value {
                 "headers": headers,
                 "split": split,
                 "sticky_split": r.sticky_split.as_ref().map(|c| format!("cookie:{c}")),
+                "mirror": r.mirror.as_ref().map(|m| json!({
+                    "pool": m.pool,
+                    "percent": m.percent,
+                    "max_body_bytes": m.max_body_bytes,
+                    "max_in_flight": m.max_in_flight,
+                })),
                 "rate_limits": r.rate_limits,
             })
         })
