@@ -75,9 +75,17 @@ fn is_id(value: &[u8]) -> bool {
         && value.iter().all(|b| (0x21..0x7f).contains(b))
 }
 
+/// A UUIDv7: the Unix time in milliseconds, then random bits (from the thread's generator, not a system call),
+/// written without an intermediate string.
 fn new_id() -> HeaderValue {
-    let text = uuid::Uuid::now_v7().hyphenated().to_string();
-    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let id =
+        uuid::Builder::from_unix_timestamp_millis(millis, &rand::random::<[u8; 10]>()).into_uuid();
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let text = id.hyphenated().encode_lower(&mut text);
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 /// A new `traceparent` (version 00, sampled) and its trace ID.
