@@ -90,6 +90,12 @@ async fn set_weight(
     address: &str,
     req: Request<Incoming>,
 ) -> Response<ProxyBody> {
+    if shared.shutting_down.load(Ordering::Relaxed) {
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({ "error": "switchyard is shutting down" }),
+        );
+    }
     let weight = if req.method() == Method::DELETE {
         None
     } else {

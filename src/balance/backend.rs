@@ -306,34 +306,39 @@ impl Backend {
 
     /// The weight the config file (or DNS) gives; a runtime weight, while set, still wins.
     pub(crate) fn set_configured_weight(&self, weight: u32) {
-        self.configured_weight.store(weight, Ordering::Relaxed);
-        if self.weight_override.load(Ordering::Relaxed) == NO_OVERRIDE {
-            self.set_weight(weight);
-        }
+        self.configured_weight.store(weight, Ordering::SeqCst);
+        self.apply_weight();
     }
 
     /// Sets (`Some`) or clears the operator's runtime weight; 0 takes the backend out of new requests.
     pub(crate) fn set_weight_override(&self, weight: Option<u32>) {
         self.weight_override
-            .store(weight.unwrap_or(NO_OVERRIDE), Ordering::Relaxed);
-        self.set_weight(weight.unwrap_or_else(|| self.configured_weight.load(Ordering::Relaxed)));
+            .store(weight.unwrap_or(NO_OVERRIDE), Ordering::SeqCst);
+        self.apply_weight();
     }
 
     pub(crate) fn weight_override(&self) -> Option<u32> {
         Some(self.weight_override.load(Ordering::Relaxed)).filter(|&w| w != NO_OVERRIDE)
     }
 
-    fn set_weight(&self, weight: u32) {
-        self.set_flag(WEIGHTLESS, weight == 0);
+    /// Puts the weight in force (the runtime one, else the configured one) into the gate, with its "weight 0"
+    /// flag, in one step. Each writer applies after storing its value, so whatever the order of a reload and
+    /// an admin request, the last to apply sees both.
+    fn apply_weight(&self) {
+        let weight = match self.weight_override.load(Ordering::SeqCst) {
+            NO_OVERRIDE => self.configured_weight.load(Ordering::SeqCst),
+            w => w,
+        };
         self.inverse_weight
             .store(inverse(weight), Ordering::Relaxed);
+        let zero = if weight == 0 { WEIGHTLESS } else { 0 };
         let mut current = self.gate.load(Ordering::Relaxed);
         loop {
-            let next = (current & !WEIGHT) | u64::from(weight);
+            let next = (current & !(WEIGHT | WEIGHTLESS)) | u64::from(weight) | zero;
             match self.gate.compare_exchange_weak(
                 current,
                 next,
-                Ordering::Relaxed,
+                Ordering::SeqCst,
                 Ordering::Relaxed,
             ) {
                 Ok(_) => return,

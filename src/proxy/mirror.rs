@@ -61,7 +61,7 @@ pub(super) fn launch(mirror: &Arc<Mirror>, req: &mut Outgoing) {
         let body = match body {
             None => Bytes::new(),
             Some(copied) => match copied.await {
-                Ok(Some(body)) => body,
+                Ok(Some(parts)) => join(parts),
                 Ok(None) => {
                     slot.0.counts.skipped_body.inc();
                     return;
@@ -89,6 +89,12 @@ async fn send(mirror: &Mirror, mut head: Outgoing, body: Bytes) -> bool {
     let Some((i, claimed)) = pool.pick(now, &mut Tried::default(), None) else {
         return false;
     };
+    // A mirror never judges a backend: a half-open circuit's trial it claimed goes back unused (and only one
+    // it claimed: another request's trial is not its to release).
+    let trial = Trial(
+        (claimed.backend().breaker.state() == crate::balance::breaker::State::HalfOpen)
+            .then(|| std::sync::Arc::clone(claimed.backend())),
+    );
     let Some(connections) = mirror.connections.get(i) else {
         return false;
     };
@@ -99,7 +105,6 @@ async fn send(mirror: &Mirror, mut head: Outgoing, body: Bytes) -> bool {
     }
     *head.body_mut() = RequestBody::Full((!body.is_empty()).then_some(body));
     if !speak(&mut head, pool.protocol.is_http2(), pool.protocol.is_tls()) {
-        claimed.backend().breaker.cancel_trial();
         return false;
     }
     let timeouts = pool.timeouts;
@@ -117,9 +122,34 @@ async fn send(mirror: &Mirror, mut head: Outgoing, body: Bytes) -> bool {
         .ok()
         .flatten()
         .is_some();
-    // A mirror never judges a backend: a half-open circuit's trial it claimed goes back unused.
-    claimed.backend().breaker.cancel_trial();
+    drop((trial, claimed));
     answered
+}
+
+/// The half-open trial a mirror claimed, handed back when it is done.
+struct Trial(Option<std::sync::Arc<crate::balance::backend::Backend>>);
+
+impl Drop for Trial {
+    fn drop(&mut self) {
+        if let Some(backend) = &self.0 {
+            backend.breaker.cancel_trial();
+        }
+    }
+}
+
+/// A body copied in parts, joined once.
+fn join(parts: Vec<Bytes>) -> Bytes {
+    match parts.len() {
+        0 => Bytes::new(),
+        1 => parts.into_iter().next().unwrap_or_default(),
+        _ => {
+            let mut whole = bytes::BytesMut::with_capacity(parts.iter().map(Bytes::len).sum());
+            for part in parts {
+                whole.extend_from_slice(&part);
+            }
+            whole.freeze()
+        }
+    }
 }
 
 /// Puts the copy in the form the mirror pool speaks (the primary's may differ): an absolute target for

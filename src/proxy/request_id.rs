@@ -39,18 +39,16 @@ pub(super) fn identify(
         .get(&settings.header)
         .filter(|v| keep && is_id(v.as_bytes()))
         .cloned();
-    let id = match incoming {
-        Some(id) => id,
-        None => {
-            let id = new_id();
-            headers.insert(settings.header.clone(), id.clone());
-            id
-        }
-    };
-    let trace_id = match headers
+    // One ID goes on, whatever came (`insert` replaces every value).
+    let id = incoming.unwrap_or_else(new_id);
+    headers.insert(settings.header.clone(), id.clone());
+    // Two `traceparent`s are no valid one (W3C).
+    let single = headers.get_all(&TRACEPARENT).iter().nth(1).is_none();
+    let parent = headers
         .get(&TRACEPARENT)
-        .and_then(|v| trace_of(v.as_bytes()))
-    {
+        .filter(|_| single)
+        .and_then(|v| trace_of(v.as_bytes()));
+    let trace_id = match parent {
         Some(trace) => Some(trace.to_owned()),
         None if settings.generate_traceparent => {
             let (value, trace) = new_traceparent();
@@ -113,6 +111,9 @@ fn new_traceparent() -> (HeaderValue, String) {
 /// The trace ID of a valid `traceparent` (W3C Trace Context: `VERSION-TRACEID-PARENTID-FLAGS`, lowercase hex,
 /// version not `ff`, IDs not all zeros; version 00 exactly that long, later versions maybe longer).
 fn trace_of(value: &[u8]) -> Option<&str> {
+    if !value.is_ascii() {
+        return None;
+    }
     let text = std::str::from_utf8(value).ok()?;
     if text.len() < 55
         || (text.len() > 55 && (text.as_bytes()[55] != b'-' || text.starts_with("00")))
@@ -155,6 +156,7 @@ mod tests {
             "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
             "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "0é4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0",
             "",
         ] {
             assert_eq!(trace_of(bad.as_bytes()), None, "{bad}");
@@ -195,6 +197,16 @@ mod tests {
         assert_ne!(
             identify(&settings(TrustIncoming::Never), &mut h.clone(), true).id,
             "abc"
+        );
+        let mut twice = HeaderMap::new();
+        twice.append("x-request-id", HeaderValue::from_static("one"));
+        twice.append("x-request-id", HeaderValue::from_static("two"));
+        let kept = identify(&settings(TrustIncoming::Always), &mut twice, true);
+        assert_eq!(kept.id, "one");
+        assert_eq!(
+            twice.get_all("x-request-id").iter().count(),
+            1,
+            "one ID goes on"
         );
         let mut spaced = HeaderMap::new();
         spaced.insert("x-request-id", HeaderValue::from_static("a b"));

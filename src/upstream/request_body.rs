@@ -31,11 +31,12 @@ pub(crate) struct BodyCopy {
     parts: Vec<Bytes>,
     len: u64,
     limit: u64,
-    done: Option<tokio::sync::oneshot::Sender<Option<Bytes>>>,
+    done: Option<tokio::sync::oneshot::Sender<Option<Vec<Bytes>>>>,
 }
 
 impl BodyCopy {
-    pub(crate) fn new(limit: u64) -> (Self, tokio::sync::oneshot::Receiver<Option<Bytes>>) {
+    /// The copy, and where its parts arrive (joined by the receiver, off the request's path).
+    pub(crate) fn new(limit: u64) -> (Self, tokio::sync::oneshot::Receiver<Option<Vec<Bytes>>>) {
         let (done, copied) = tokio::sync::oneshot::channel();
         let copy = Self {
             parts: Vec::new(),
@@ -63,8 +64,7 @@ impl BodyCopy {
 
     fn end(&mut self) {
         if let Some(done) = self.done.take() {
-            let whole: Vec<u8> = self.parts.drain(..).flat_map(|b| b.to_vec()).collect();
-            let _ = done.send(Some(Bytes::from(whole)));
+            let _ = done.send(Some(std::mem::take(&mut self.parts)));
         }
     }
 }
@@ -305,7 +305,7 @@ impl ClientBody {
                     if let Some(copy) = &mut self.copy {
                         copy.add(data);
                         // The client (hyper) may never be asked past the last byte of a sized body.
-                        if self.body.is_end_stream() {
+                        if self.body.is_end_stream() || self.body.size_hint().exact() == Some(0) {
                             copy.end();
                         }
                     }
