@@ -86,81 +86,10 @@ impl Snapshot {
         let (rate_limits, rate_limit_store) = rate_limits(config, metrics, previous);
         let mut table = RouteTable::default();
         for r in &config.routes {
-            let label = r.label();
-            let arms: Vec<(Arc<Target>, u32)> = r
-                .split
-                .iter()
-                .filter_map(|(name, weight)| {
-                    let (pool, connections) = (pools.get(name)?, upstreams.get(name)?);
-                    let set_cookie = r.sticky_split.as_ref().and_then(|cookie| {
-                        HeaderValue::from_str(&format!(
-                            "{cookie}={}; Path=/; HttpOnly; SameSite=Lax",
-                            split_value(name)
-                        ))
-                        .ok()
-                    });
-                    let target = Target {
-                        pool: Arc::clone(pool),
-                        connections: Arc::clone(connections),
-                        limits: config.limits,
-                        served: metrics
-                            .routes
-                            .route_requests_total
-                            .with_label_values(&[label.as_str(), name.as_str()]),
-                        split_value: split_value(name),
-                        set_cookie,
-                    };
-                    Some((Arc::new(target), *weight))
-                })
-                .collect();
-            if arms.is_empty() {
-                continue;
+            let built = (&pools, &upstreams, &rate_limits);
+            if let Some(route) = route_of(r, config, built, metrics) {
+                table.add(r.host.as_deref(), &r.path_prefix, Arc::new(route));
             }
-            let limits = r
-                .rate_limits
-                .iter()
-                .filter_map(|name| rate_limits.get(name))
-                .map(|limit| RouteLimit {
-                    limit: Arc::clone(limit),
-                    refused: metrics
-                        .rate_limits
-                        .rate_limited_total
-                        .with_label_values(&[label.as_str(), limit.name.as_str()]),
-                })
-                .collect();
-            let mirror = r.mirror.as_ref().and_then(|m| {
-                let (pool, connections) = (pools.get(&m.pool)?, upstreams.get(&m.pool)?);
-                let count = |result: &str| {
-                    metrics
-                        .routes
-                        .mirror_requests_total
-                        .with_label_values(&[label.as_str(), result])
-                };
-                Some(Arc::new(Mirror {
-                    pool: Arc::clone(pool),
-                    connections: Arc::clone(connections),
-                    share: m.percent / 100.0,
-                    max_body_bytes: m.max_body_bytes,
-                    max_in_flight: m.max_in_flight as usize,
-                    in_flight: AtomicUsize::new(0),
-                    counts: MirrorCounts {
-                        sent: count("sent"),
-                        skipped_body: count("skipped_body"),
-                        dropped: count("dropped"),
-                        failed: count("failed"),
-                    },
-                }))
-            });
-            let route = Route {
-                mirror,
-                headers: r.headers.clone(),
-                rate_limits: limits,
-                total_weight: arms.iter().map(|(_, w)| *w).sum(),
-                arms,
-                sticky_split: r.sticky_split.clone(),
-                label,
-            };
-            table.add(r.host.as_deref(), &r.path_prefix, Arc::new(route));
         }
         table.finish();
         Self {
@@ -303,6 +232,97 @@ fn split_value(pool: &str) -> String {
 pub(crate) struct RouteLimit {
     pub(crate) limit: Arc<RateLimit>,
     pub(crate) refused: prometheus::IntCounter,
+}
+
+/// What a snapshot has built before its routes: pools, their connections, rate limits (by name).
+type Built<'a> = (
+    &'a BTreeMap<String, Arc<Pool>>,
+    &'a BTreeMap<String, Arc<PoolConnections>>,
+    &'a BTreeMap<String, Arc<RateLimit>>,
+);
+
+/// The route `r` of `config`, over the pools and limits just built; `None` when none of its pools exists.
+fn route_of(
+    r: &crate::config::RouteSettings,
+    config: &Config,
+    (pools, upstreams, rate_limits): Built<'_>,
+    metrics: &Metrics,
+) -> Option<Route> {
+    let label = r.label();
+    let arms: Vec<(Arc<Target>, u32)> = r
+        .split
+        .iter()
+        .filter_map(|(name, weight)| {
+            let (pool, connections) = (pools.get(name)?, upstreams.get(name)?);
+            let set_cookie = r.sticky_split.as_ref().and_then(|cookie| {
+                HeaderValue::from_str(&format!(
+                    "{cookie}={}; Path=/; HttpOnly; SameSite=Lax",
+                    split_value(name)
+                ))
+                .ok()
+            });
+            let target = Target {
+                pool: Arc::clone(pool),
+                connections: Arc::clone(connections),
+                limits: config.limits,
+                served: metrics
+                    .routes
+                    .route_requests_total
+                    .with_label_values(&[label.as_str(), name.as_str()]),
+                split_value: split_value(name),
+                set_cookie,
+            };
+            Some((Arc::new(target), *weight))
+        })
+        .collect();
+    if arms.is_empty() {
+        return None;
+    }
+    let limits = r
+        .rate_limits
+        .iter()
+        .filter_map(|name| rate_limits.get(name))
+        .map(|limit| RouteLimit {
+            limit: Arc::clone(limit),
+            refused: metrics
+                .rate_limits
+                .rate_limited_total
+                .with_label_values(&[label.as_str(), limit.name.as_str()]),
+        })
+        .collect();
+    let mirror = r.mirror.as_ref().and_then(|m| {
+        let (pool, connections) = (pools.get(&m.pool)?, upstreams.get(&m.pool)?);
+        let count = |result: &str| {
+            metrics
+                .routes
+                .mirror_requests_total
+                .with_label_values(&[label.as_str(), result])
+        };
+        Some(Arc::new(Mirror {
+            pool: Arc::clone(pool),
+            connections: Arc::clone(connections),
+            share: m.percent / 100.0,
+            max_body_bytes: m.max_body_bytes,
+            max_in_flight: m.max_in_flight as usize,
+            in_flight: AtomicUsize::new(0),
+            counts: MirrorCounts {
+                sent: count("sent"),
+                skipped_body: count("skipped_body"),
+                dropped: count("dropped"),
+                failed: count("failed"),
+            },
+        }))
+    });
+    let route = Route {
+        mirror,
+        headers: r.headers.clone(),
+        rate_limits: limits,
+        total_weight: arms.iter().map(|(_, w)| *w).sum(),
+        arms,
+        sticky_split: r.sticky_split.clone(),
+        label,
+    };
+    Some(route)
 }
 
 /// The rate limits of `config`: those of `previous` whose buckets may stay (same name, keys, scope and bound)

@@ -595,9 +595,9 @@ async fn two_processes_sharing_a_secret_accept_each_others_cookies_and_hash_alik
     let secret = "0123456789abcdef0123456789abcdef-shared";
     let extra = "algorithm = \"consistent_hash\"\n[pools.p.hash]\nkey = \"header:X-User\"\n\
                  [pools.p.sticky]\ncookie = \"sy_app\"\nsecret_file = \"sticky.key\"\n";
-    let one = spawn_pool_with_file(&backends, extra, ("sticky.key", secret)).await;
+    let one = spawn_pool_with(&backends, extra, &[("sticky.key", secret)]).await;
     // The second lists the backends in the other order: the same table all the same.
-    let two = spawn_pool_with_file(&reversed, extra, ("sticky.key", secret)).await;
+    let two = spawn_pool_with(&reversed, extra, &[("sticky.key", secret)]).await;
     for i in 0..30 {
         let user = format!("u{i}");
         let from_one = send_to(one.proxy, "/", &[("x-user", &user)]).await;
@@ -613,7 +613,7 @@ async fn two_processes_sharing_a_secret_accept_each_others_cookies_and_hash_alik
         assert_eq!(by_hash.backend, from_one.backend);
     }
     // A third with another secret refuses them.
-    let three = spawn_pool_with_file(&backends, extra, ("sticky.key", &"x".repeat(40))).await;
+    let three = spawn_pool_with(&backends, extra, &[("sticky.key", &"x".repeat(40))]).await;
     let cookie = send_to(one.proxy, "/", &[]).await.set_cookie.unwrap();
     assert!(
         send_to(three.proxy, "/", &[("cookie", &cookie)])
@@ -621,26 +621,6 @@ async fn two_processes_sharing_a_secret_accept_each_others_cookies_and_hash_alik
             .set_cookie
             .is_some()
     );
-}
-
-/// [`spawn_pool`] with a file written beside the config first.
-async fn spawn_pool_with_file(
-    backends: &[SocketAddr],
-    extra: &str,
-    (name, content): (&str, &str),
-) -> PoolProxy {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join(name), content).unwrap();
-    let (proc, port, admin) = spawn(dir.path(), |port, admin| {
-        binary_pool_config(port, admin, backends, extra)
-    })
-    .await;
-    PoolProxy {
-        proc,
-        dir,
-        proxy: ([127, 0, 0, 1], port).into(),
-        admin,
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

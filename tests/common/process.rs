@@ -128,7 +128,19 @@ pub struct PoolProxy {
 }
 
 pub async fn spawn_pool(backends: &[SocketAddr], extra: &str) -> PoolProxy {
+    spawn_pool_with(backends, extra, &[]).await
+}
+
+/// [`spawn_pool`] with `files` (name, content) written beside the config first (keys, tokens).
+pub async fn spawn_pool_with(
+    backends: &[SocketAddr],
+    extra: &str,
+    files: &[(&str, &str)],
+) -> PoolProxy {
     let dir = tempfile::tempdir().unwrap();
+    for (name, content) in files {
+        std::fs::write(dir.path().join(name), content).unwrap();
+    }
     let (proc, port, admin) = spawn(dir.path(), |port, admin| {
         binary_pool_config(port, admin, backends, extra)
     })
