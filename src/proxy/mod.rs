@@ -6,6 +6,7 @@ mod checks;
 pub mod headers;
 mod limit;
 mod mirror;
+mod outgoing;
 mod record;
 mod request_id;
 mod tunnel;
@@ -18,9 +19,8 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
-use http::uri::{Authority, Uri};
-use http::{Method, Request, Response, StatusCode, Version};
-use hyper::body::{Body as _, Incoming};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 
@@ -28,16 +28,16 @@ pub(crate) use body::{Completion, ProxyBody};
 pub(crate) use tunnel::OpenTunnels;
 
 use self::affinity::Affinity;
+use self::outgoing::{BodySetup, Forwarding, content_length, copy_request, prepare};
 use crate::balance::backend::{Backend, InFlight};
 use crate::balance::pool::{Pool, Tried, Unavailable};
 use crate::balance::queue::QueueRejection;
 use crate::balance::retry;
-use crate::config::Protocol;
 use crate::error::ProxyError;
 use crate::observe::access_log::{AccessLog, Pending};
 use crate::observe::metrics::{BackendMetrics, Metrics, NONE};
 use crate::router::{Snapshot, Target};
-use crate::upstream::request_body::{BodyWatch, ClientBody, RequestBody};
+use crate::upstream::request_body::{BodyWatch, RequestBody};
 use crate::upstream::{self, ConnectionPool, Outgoing, SendError, Sender};
 
 /// What the proxy knows of the client connection a request came on.
@@ -714,146 +714,6 @@ impl Drop for OutcomeGuard<'_> {
             }
         }
     }
-}
-
-/// How a request is passed on.
-struct Forwarding {
-    /// The client's address as an `X-Forwarded-For` value.
-    peer: HeaderValue,
-    /// The peer is in `trusted_proxies`.
-    trusted: bool,
-    /// `X-Forwarded-Proto` for this hop.
-    proto: &'static str,
-    /// An upgrade request: `Connection: upgrade` and `Upgrade` stay.
-    upgrade: bool,
-    protocol: Protocol,
-}
-
-/// How a request's body is read from the client.
-struct BodySetup {
-    /// Body bytes, for the access log.
-    count: Option<Arc<AtomicU64>>,
-    limit: Option<u64>,
-    stall_timeout: Duration,
-    started: Instant,
-}
-
-/// Rewrites a client request for the upstream: hop-by-hop headers out, forwarding headers in; for HTTP/1.1
-/// upstreams an origin-form target and `Host` (the target's authority when it has one: routing and the backend
-/// see the same host), for HTTP/2 ones an absolute target (`:scheme`, `:authority`). A body is watched
-/// ([`BodyWatch`]) so that a failure the client causes is told from one the backend causes.
-fn prepare(
-    req: Request<Incoming>,
-    how: &Forwarding,
-    setup: BodySetup,
-) -> Result<(Outgoing, Option<Arc<BodyWatch>>), ProxyError> {
-    let http2_client = req.version() == Version::HTTP_2;
-    let (mut parts, body) = req.into_parts();
-    let authority = parts
-        .uri
-        .authority()
-        .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
-    let original_host = authority
-        .clone()
-        .or_else(|| parts.headers.get(header::HOST).cloned());
-    let upgrade = if how.upgrade {
-        parts.headers.get(header::UPGRADE).cloned()
-    } else {
-        None
-    };
-    // A body of unknown length (chunked) stays chunked: hyper sends none for a GET without the header.
-    let chunked = !body.is_end_stream() && !parts.headers.contains_key(header::CONTENT_LENGTH);
-    headers::strip_hop_by_hop(&mut parts.headers);
-    if let Some(token) = upgrade {
-        parts
-            .headers
-            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        parts.headers.insert(header::UPGRADE, token);
-    }
-    headers::add_forwarded(
-        &mut parts.headers,
-        &how.peer,
-        how.proto,
-        original_host.clone(),
-        how.trusted,
-    );
-    if how.protocol.is_http2() {
-        parts.headers.remove(header::HOST);
-        let authority = original_host
-            .as_ref()
-            .and_then(|h| Authority::try_from(h.as_bytes()).ok())
-            .ok_or(ProxyError::BadRequest)?;
-        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        parts.uri = Uri::builder()
-            .scheme(if how.protocol.is_tls() {
-                "https"
-            } else {
-                "http"
-            })
-            .authority(authority)
-            .path_and_query(path)
-            .build()
-            .map_err(|_| ProxyError::BadRequest)?;
-        parts.version = Version::HTTP_2;
-    } else {
-        match authority {
-            Some(target) => {
-                parts.headers.insert(header::HOST, target);
-            }
-            None if !parts.headers.contains_key(header::HOST) => {
-                if let Some(host) = original_host {
-                    parts.headers.insert(header::HOST, host);
-                }
-            }
-            None => {}
-        }
-        parts.version = Version::HTTP_11;
-        if chunked {
-            parts.headers.insert(
-                header::TRANSFER_ENCODING,
-                HeaderValue::from_static("chunked"),
-            );
-        }
-        if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
-            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-            parts.uri = Uri::try_from(path).map_err(|_| ProxyError::BadRequest)?;
-        }
-    }
-    if body.is_end_stream() {
-        return Ok((
-            Box::new(Request::from_parts(parts, RequestBody::Empty)),
-            None,
-        ));
-    }
-    let watch = BodyWatch::new(setup.started);
-    let body = ClientBody::new(
-        body,
-        setup.count,
-        setup.limit,
-        setup.stall_timeout,
-        http2_client,
-        Arc::clone(&watch),
-    );
-    let req = Request::from_parts(parts, RequestBody::Client(Box::new(body)));
-    Ok((Box::new(req), Some(watch)))
-}
-
-/// The request's declared body length, if it declares one.
-fn content_length<B>(req: &Request<B>) -> Option<u64> {
-    req.headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
-}
-
-/// A copy of a body-less request, for a retry after it was sent.
-fn copy_request(req: &Request<RequestBody>) -> Outgoing {
-    let mut copy = Request::new(RequestBody::Empty);
-    *copy.method_mut() = req.method().clone();
-    *copy.uri_mut() = req.uri().clone();
-    *copy.version_mut() = req.version();
-    *copy.headers_mut() = req.headers().clone();
-    Box::new(copy)
 }
 
 /// Passes an upstream response on to the client.

@@ -1,12 +1,78 @@
-//! A route's header conditions, pool or split, and sticky split; `[request_id]`.
+//! `[[routes]]`: each route's host and prefix, header conditions, pool or split, sticky split and mirror;
+//! `[request_id]`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use super::affinity::is_cookie_name;
+use super::is_host_name;
 use super::{Checker, FieldPath, model};
 use crate::config::settings::*;
 
 impl Checker<'_, '_> {
+    /// `[[routes]]`.
+    pub(super) fn routes(&mut self, file: &model::File) -> Vec<RouteSettings> {
+        let root = FieldPath::root();
+        let mut routes = Vec::new();
+        let mut seen_routes = HashSet::new();
+        for (i, r) in file.routes.iter().enumerate() {
+            let field = root.key("routes").index(i);
+            let split = self.route_pools(&field, r, file);
+            let host = match r.host.as_deref() {
+                None => None,
+                Some(h) if is_host_name(h) => Some(h.to_ascii_lowercase()),
+                Some(h) => {
+                    self.err(
+                        field.key("host"),
+                        format!("{h:?} is not a host name; write the name only, like \"api.example.com\" (no scheme, port or path)"),
+                    );
+                    None
+                }
+            };
+            let path_prefix = r.path_prefix.clone().unwrap_or_else(|| "/".to_owned());
+            if !path_prefix.starts_with('/') {
+                self.err(
+                    field.key("path_prefix"),
+                    format!("{path_prefix:?} must start with \"/\""),
+                );
+            }
+            let headers = self.route_headers(field.key("headers"), r.headers.as_ref());
+            let mut conditions: Vec<String> = headers
+                .iter()
+                .map(|c| format!("{}={:?}", c.name, c.value))
+                .collect();
+            conditions.sort();
+            if !seen_routes.insert((host.clone(), path_prefix.clone(), conditions)) {
+                self.err(
+                    field.clone(),
+                    format!(
+                        "another route already has host {} and path_prefix {path_prefix:?}{}",
+                        host.as_deref()
+                            .map_or("(any)".to_owned(), |h| format!("{h:?}")),
+                        if headers.is_empty() {
+                            ""
+                        } else {
+                            ", with the same headers"
+                        }
+                    ),
+                );
+            }
+            let rate_limits =
+                self.route_rate_limits(field.key("rate_limits"), r.rate_limits.as_ref(), file);
+            let sticky_split = self.sticky_split(&field, r);
+            let mirror = self.mirror(field.key("mirror"), r.mirror.as_ref(), file);
+            routes.push(RouteSettings {
+                mirror,
+                host,
+                path_prefix,
+                headers,
+                split,
+                sticky_split,
+                rate_limits,
+            });
+        }
+        routes
+    }
+
     /// A route's `pool`, or its `split` (pools that exist, weights 1 to 1000): (pool, weight) pairs.
     pub(super) fn route_pools(
         &mut self,
