@@ -181,13 +181,17 @@ def main():
     ap.add_argument("--binary", default="target/release/switchyard")
     ap.add_argument("--scenarios", default="accuracy,global,memory")
     ap.add_argument("--seconds", type=int, default=10)
-    args = ap.parse_args()
+    run(ap.parse_args(), "ratelimit", 2, {"accuracy": accuracy, "global": shared, "memory": memory})
+
+
+def run(args, name, n_backends, scenarios):
+    """Runs the scenarios `args.scenarios` names, beside `n_backends` Python backends; stops everything after."""
     args.binary = os.path.abspath(args.binary)
-    folder = tempfile.mkdtemp(prefix="switchyard-ratelimit-")
-    backends = balance.Backends(2)
+    folder = tempfile.mkdtemp(prefix=f"switchyard-{name}-")
+    backends = balance.Backends(n_backends)
     try:
-        for name in args.scenarios.split(","):
-            {"accuracy": accuracy, "global": shared, "memory": memory}[name](args, folder, backends)
+        for scenario in args.scenarios.split(","):
+            scenarios[scenario](args, folder, backends)
     finally:
         balance.stop(backends.proc)
         for p in list(balance.STARTED):

@@ -24,7 +24,7 @@ import argparse, asyncio, json, os, re, shutil, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import balance  # noqa: E402
-from ratelimit import Switchyard  # noqa: E402
+from ratelimit import Switchyard, run  # noqa: E402
 
 
 def config(port, admin, ports, route):
@@ -180,18 +180,7 @@ def main():
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--oha", default=None)
     ap.add_argument("--rounds", type=int, default=3, help="mirror-oha: alternating rounds (median p99)")
-    args = ap.parse_args()
-    args.binary = os.path.abspath(args.binary)
-    folder = tempfile.mkdtemp(prefix="switchyard-routes-")
-    backends = balance.Backends(3)
-    try:
-        for name in args.scenarios.split(","):
-            {"split": split, "mirror": mirror, "mirror-oha": mirror_oha}[name](args, folder, backends)
-    finally:
-        balance.stop(backends.proc)
-        for p in list(balance.STARTED):
-            balance.stop(p)
-        shutil.rmtree(folder, ignore_errors=True)
+    run(ap.parse_args(), "routes", 3, {"split": split, "mirror": mirror, "mirror-oha": mirror_oha})
 
 
 if __name__ == "__main__":
