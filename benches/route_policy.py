@@ -20,7 +20,7 @@ Backends and the open-loop client of `mirror` come from benches/balance.py (asyn
 is what limits --rate there, far below the proxy's capacity. Loopback only, free ports; everything started is
 stopped by PID.
 """
-import argparse, asyncio, json, os, re, shutil, subprocess, sys, tempfile, time
+import argparse, asyncio, json, os, re, shutil, subprocess, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import balance  # noqa: E402
