@@ -6,7 +6,9 @@ build's ratio to the first (paired by round, median). `haproxy` may be given as 
 Usage: python3 benches/ab.py BINARY_A BINARY_B [haproxy]    (env: DUR seconds per run, default 6; ROUNDS, default 4)
 A build may be given as BINARY:VARIANT to run it on another config: `peak_ewma`, `consistent_hash` (the pool's
 algorithm), `limit_instance` or `limit_global` (a rate limit that never refuses on the route; global starts a
-redis-server on 127.0.0.1:18088 for the run), `request_id` (`[request_id]` with its defaults). The default is round_robin without limits.
+redis-server on 127.0.0.1:18088 for the run), `request_id` (`[request_id]` with its defaults), `browsers5` (the default
+config while 5 headless Chromium tabs, on CPU 1, keep the status page open on the admin listener). The default is
+round_robin without limits.
 Needs nginx, haproxy and wrk (and redis-server for limit_global). Traffic stays on 127.0.0.1 (ports 18080-18089);
 everything started is stopped.
 """
@@ -57,6 +59,7 @@ VARIANTS = {
     "limit_instance": "",
     "limit_global": "",
     "request_id": "",
+    "browsers5": "",
 }
 LIMIT = """[rate_limits.bench]
 key = "client_ip"
@@ -110,6 +113,15 @@ def main():
                 argv = ["haproxy", "-f", f"{D}/ha.cfg"] if v == "haproxy" else [v.partition(":")[0], "run", "--config", configs[v], "--workers", "1"]
                 p = subprocess.Popen(["taskset", "-c", "0"] + argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 wait_port(P); time.sleep(0.5)
+                browsers = []
+                if v.endswith(":browsers5"):
+                    for i in range(5):
+                        browsers.append(subprocess.Popen(
+                            ["taskset", "-c", "1", "chromium", "--headless=new", "--no-sandbox", "--disable-gpu",
+                             f"--user-data-dir={D}/chromium-{i}", "--remote-debugging-port=0", "--no-first-run",
+                             f"http://127.0.0.1:{A}/"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+                    time.sleep(4)
                 subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c50", "-d2s", f"http://127.0.0.1:{P}/"], capture_output=True)
                 c0 = cpu(p.pid)
                 out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c50", f"-d{dur}s", f"http://127.0.0.1:{P}/"], capture_output=True, text=True).stdout
@@ -117,6 +129,8 @@ def main():
                 n = int(re.search(r"(\d+) requests in", out).group(1))
                 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
                 res[v].append((rps, n / (c1 - c0)))
+                for b in browsers:
+                    os.killpg(b.pid, signal.SIGKILL); b.wait()
                 p.send_signal(signal.SIGTERM if v != "haproxy" else signal.SIGUSR1); 
                 try: p.wait(10)
                 except subprocess.TimeoutExpired: p.kill(); p.wait()

@@ -1,4 +1,4 @@
-//! The `switchyard` command line: `run`, `validate` and `demo` (clap), logging, runtimes and signals.
+//! The `switchyard` command line: `run`, `validate`, `demo` and `status` (clap), logging, runtimes and signals.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -14,6 +14,8 @@ use crate::config::{self, Config};
 use crate::control::{Trigger, request_reload};
 use crate::demo;
 use crate::server::Server;
+
+mod status;
 
 #[derive(Parser)]
 #[command(
@@ -64,6 +66,19 @@ enum Command {
         #[arg(long)]
         workers: Option<usize>,
     },
+    /// Print the pools and backends of a running switchyard (its admin listener) as tables. Exit code 0 when
+    /// every pool has a usable backend, 1 when one has none, 2 when the admin listener cannot be asked.
+    Status {
+        /// The admin listener's address (`admin.address` in the config).
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: String,
+        /// A file holding the admin token (`admin.token_file`), when the listener wants one.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// Redraw every second until interrupted.
+        #[arg(long)]
+        watch: bool,
+    },
 }
 
 /// Parses the command line and runs it; the binary's `main` is only this.
@@ -81,6 +96,11 @@ pub fn main() -> ExitCode {
     }
 
     match cli.command {
+        Command::Status {
+            admin,
+            token_file,
+            watch,
+        } => status::run(&admin, token_file.as_deref(), watch),
         Command::Validate { config } => match config::load(&config) {
             Ok(c) => {
                 for w in &c.warnings {

@@ -84,6 +84,10 @@ impl Server {
             workers,
         });
         let proxy = Arc::new(Proxy::new(snapshot, Arc::clone(&shared.metrics)));
+        // The status page's rates and history; ends at shutdown with the event feed.
+        tokio::spawn(crate::observe::status::Live::run(Arc::clone(
+            &shared.metrics,
+        )));
 
         let mut listeners = Vec::new();
         for (i, l) in config.listeners.iter().enumerate() {

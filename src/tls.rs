@@ -18,6 +18,7 @@ use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, ServerConfig};
 
 use crate::config::ListenerSettings;
+use crate::observe::events::{Kind, Level};
 use crate::observe::metrics::Metrics;
 
 pub(crate) use crate::config::certs::{
@@ -193,6 +194,16 @@ impl ListenerTls {
                     .inc();
                 tracing::error!(listener = %self.label, error = %e,
                     "certificate reload failed; still serving the previous certificates");
+                metrics.events.record(
+                    Kind::CertificateFailed,
+                    Level::Error,
+                    None,
+                    None,
+                    format!(
+                        "listener {}: certificate reload failed, still serving the previous certificates: {e}",
+                        self.label
+                    ),
+                );
                 return Some(Err(e));
             }
         };
@@ -215,6 +226,16 @@ impl ListenerTls {
                     .inc();
                 tracing::info!(listener = %self.label,
                     "certificates load again after a failed reload; unchanged, still serving them");
+                metrics.events.record(
+                    Kind::CertificateReloaded,
+                    Level::Info,
+                    None,
+                    None,
+                    format!(
+                        "listener {}: certificates load again after a failed reload (unchanged)",
+                        self.label
+                    ),
+                );
                 return Some(Ok(()));
             }
         }
@@ -228,6 +249,18 @@ impl ListenerTls {
         for (cert, paths) in loaded.iter().zip(&self.settings.certificates) {
             tracing::info!(listener = %self.label, certificate = %paths.cert.display(),
                 names = ?cert.names, "certificate reloaded");
+            metrics.events.record(
+                Kind::CertificateReloaded,
+                Level::Info,
+                None,
+                None,
+                format!(
+                    "listener {}: certificate {} reloaded ({})",
+                    self.label,
+                    paths.cert.display(),
+                    cert.names.join(", ")
+                ),
+            );
         }
         Some(Ok(()))
     }

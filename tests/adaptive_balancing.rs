@@ -496,6 +496,28 @@ async fn a_backend_failing_a_fifth_of_requests_is_ejected_returns_and_is_ejected
         metric_of(&server, &series("switchyard_outlier_ejections_total")).await,
         2.0
     );
+    // The event feed: ejected and back, twice, with the failure count.
+    let wanted = [
+        "outlier_ejected",
+        "outlier_returned",
+        "outlier_ejected",
+        "outlier_returned",
+    ];
+    assert!(
+        eventually(DEADLINE, || async {
+            event_kinds(&server, &bad.to_string()).await == wanted
+        })
+        .await,
+        "{:?}",
+        events(&server).await
+    );
+    let first = events(&server)
+        .await
+        .into_iter()
+        .rev()
+        .find(|e| e.0 == "outlier_ejected")
+        .unwrap();
+    assert!(first.2.contains("requests failed"), "{first:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -213,6 +213,13 @@ async fn a_records_add_a_backend_beside_the_static_ones() {
         metric(&text, "switchyard_discovery_backends{pool=\"p\"}"),
         Some(1.0)
     );
+    // The event feed names the change.
+    let feed = events(&server).await;
+    assert!(
+        feed.iter()
+            .any(|e| e.0 == "dns_changed" && e.2.contains(&format!("added [{from_dns}]"))),
+        "{feed:?}"
+    );
     server.shutdown().await;
 }
 

@@ -248,6 +248,24 @@ async fn breaker_opens_on_500s_then_half_opens_and_closes_on_recovery() {
         );
         assert_eq!(metric(&text, &s), Some(n), "{s}\n{text}");
     }
+    // The event feed tells the same story, in order, with the reasons.
+    assert_eq!(
+        event_kinds(&server, &b.addr.to_string()).await,
+        [
+            "circuit_open",
+            "circuit_half_open",
+            "circuit_open",
+            "circuit_half_open",
+            "circuit_closed"
+        ]
+    );
+    let opened = events(&server)
+        .await
+        .into_iter()
+        .rev()
+        .find(|e| e.0 == "circuit_open")
+        .unwrap();
+    assert!(opened.2.contains("500"), "{opened:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

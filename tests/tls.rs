@@ -307,6 +307,18 @@ async fn certificates_rotate_on_file_change_and_a_broken_file_keeps_the_old() {
         .unwrap_err();
     let refused = refused.to_string();
     assert!(refused.contains("site.pem"), "{refused}");
+    // The event feed: the rotation, the broken file, the refused reload, each with its reason.
+    let feed = events(&server).await;
+    let said = |kind: &str, text: &str| feed.iter().any(|e| e.0 == kind && e.2.contains(text));
+    assert!(said("certificate_reloaded", "api.test"), "{feed:?}");
+    assert!(
+        said(
+            "certificate_failed",
+            "still serving the previous certificates"
+        ),
+        "{feed:?}"
+    );
+    assert!(said("reload_failed", "site.pem"), "{feed:?}");
     server.shutdown().await;
 }
 

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use crate::balance::adaptive::{Latency, Outlier, Ramp, stamp};
 use crate::balance::breaker::{BreakerSettings, CircuitBreaker, State, Transition};
 use crate::balance::pool::PoolState;
+use crate::observe::events::{Kind, Level};
 use crate::observe::metrics::BackendMetrics;
 
 /// The last failed health check: why, and when.
@@ -497,6 +498,18 @@ impl Backend {
         self.set_flag(BREAKER, t.to != State::Closed);
         let index = State::ALL.iter().position(|s| *s == t.to).unwrap_or(0);
         self.metrics.breaker_transition(index, t.to.as_str());
+        let (kind, level) = match t.to {
+            State::Open => (Kind::CircuitOpen, Level::Warn),
+            State::HalfOpen => (Kind::CircuitHalfOpen, Level::Info),
+            State::Closed => (Kind::CircuitClosed, Level::Info),
+        };
+        self.metrics.events.record(
+            kind,
+            level,
+            Some(&self.pool),
+            Some(&self.address),
+            format!("circuit {}: {}", t.to.as_str().replace('_', "-"), t.reason),
+        );
         match t.to {
             State::Open => {
                 tracing::warn!(pool = %self.pool, backend = %self.address, reason = %t.reason, "circuit open")

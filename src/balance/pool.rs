@@ -23,6 +23,7 @@ use crate::config::{
     Algorithm, HashKey, HashSettings, HealthCheckSettings, OutlierSettings, PoolSettings, Protocol,
     QueueSettings, Timeouts,
 };
+use crate::observe::events::{Kind, Level};
 use crate::observe::metrics::{BackendMetrics, Metrics};
 
 pub struct Pool {
@@ -117,6 +118,13 @@ fn adapt(backend: &Backend, settings: &PoolSettings) {
         backend.set_ejected(false);
         tracing::info!(pool = %backend.pool, backend = %backend.address,
             "outlier returned: outlier_detection removed from the pool");
+        backend.metrics.events.record(
+            Kind::OutlierReturned,
+            Level::Info,
+            Some(&backend.pool),
+            Some(&backend.address),
+            "outlier returned: outlier_detection removed from the pool",
+        );
     }
 }
 
@@ -424,9 +432,20 @@ impl Pool {
         backend.ramp.cancel();
         backend.begin_ramp(now, until);
         let back_at = instant_of(until, now);
+        let ejected_for =
+            humantime::format_duration(Duration::from_millis((back_at - now).as_millis() as u64));
         tracing::warn!(pool = %self.name, backend = %backend.address, requests, failures,
-            ejected_for = %humantime::format_duration(Duration::from_millis((back_at - now).as_millis() as u64)),
+            ejected_for = %ejected_for,
             "outlier ejected: failure rate at or above failure_percentage");
+        backend.metrics.events.record(
+            Kind::OutlierEjected,
+            Level::Warn,
+            Some(&self.name),
+            Some(&backend.address),
+            format!(
+                "outlier ejected for {ejected_for}: {failures} of its last {requests} requests failed"
+            ),
+        );
         let (backend, state) = (Arc::clone(backend), Arc::clone(&self.state));
         tokio::spawn(async move {
             tokio::time::sleep_until(back_at).await;
@@ -445,6 +464,13 @@ impl Pool {
             if ended {
                 tracing::info!(pool = %backend.pool, backend = %backend.address,
                     "outlier returned: ejection time over");
+                backend.metrics.events.record(
+                    Kind::OutlierReturned,
+                    Level::Info,
+                    Some(&backend.pool),
+                    Some(&backend.address),
+                    "outlier returned: ejection time over",
+                );
                 state.queue.wake_all();
             }
         });

@@ -60,6 +60,35 @@ pub struct ReloadOutcome {
     pub(crate) restart_required: Vec<String>,
 }
 
+impl ReloadOutcome {
+    /// One line for the event feed: what asked for the reload and what it changed.
+    pub(crate) fn describe(&self, trigger: Trigger, unchanged: bool) -> String {
+        let by = match trigger {
+            Trigger::FileChange => "file change",
+            Trigger::Signal => "SIGHUP",
+            Trigger::Admin => "admin API",
+        };
+        let mut parts = Vec::new();
+        for (what, list) in [
+            ("backends added", &self.backends_added),
+            ("backends removed", &self.backends_removed),
+            ("listeners added", &self.listeners_added),
+            ("listeners removed", &self.listeners_removed),
+            ("needs a restart", &self.restart_required),
+        ] {
+            if !list.is_empty() {
+                parts.push(format!("{what}: {}", list.join(", ")));
+            }
+        }
+        let changed = match (parts.is_empty(), unchanged) {
+            (_, true) => "the file was unchanged".to_owned(),
+            (true, false) => "settings changed, no backend or listener added or removed".to_owned(),
+            (false, false) => parts.join("; "),
+        };
+        format!("config reloaded ({by}): {changed}")
+    }
+}
+
 /// Why a reload changed nothing (the message names file, line and field, as `validate` does).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ReloadError {

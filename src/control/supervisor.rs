@@ -22,6 +22,7 @@ use crate::balance::backend::Backend;
 use crate::config::{
     self, BackendSettings, BackendSource, Config, DiscoverySettings, ResolverSettings,
 };
+use crate::observe::events::{Kind, Level};
 use crate::proxy::Proxy;
 use crate::router::Snapshot;
 use crate::serve::{ListenerMode, ListenerTask, bind};
@@ -190,10 +191,26 @@ impl Supervisor {
         match step.note {
             Some(discovery::Note::FailingStarted(error)) => {
                 tracing::warn!(pool, name = %name, %error,
-                "DNS lookup failed; keeping the last known backends until it answers again")
+                "DNS lookup failed; keeping the last known backends until it answers again");
+                metrics.events.record(
+                    Kind::DnsFailed,
+                    Level::Warn,
+                    Some(pool),
+                    None,
+                    format!(
+                        "DNS lookup of {name} failed, keeping the last known backends: {error}"
+                    ),
+                );
             }
             Some(discovery::Note::AnswersAgain) => {
-                tracing::info!(pool, name = %name, "DNS discovery answers again")
+                tracing::info!(pool, name = %name, "DNS discovery answers again");
+                metrics.events.record(
+                    Kind::DnsChanged,
+                    Level::Info,
+                    Some(pool),
+                    None,
+                    format!("DNS discovery of {name} answers again"),
+                );
             }
             Some(discovery::Note::NoRecordsStarted) => tracing::warn!(pool, name = %name,
                 "DNS has no records for this name; keeping the last known backends unless it persists for {} lookups",
@@ -204,6 +221,25 @@ impl Supervisor {
             return;
         };
         tracing::info!(pool, name = %name, ?added, ?removed, "discovered backends changed");
+        metrics.events.record(
+            Kind::DnsChanged,
+            Level::Info,
+            Some(pool),
+            None,
+            format!(
+                "DNS answer for {name} changed: added [{}], removed [{}]",
+                added
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                removed
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        );
         metrics
             .discovery_backends
             .with_label_values(&[pool])
@@ -388,6 +424,13 @@ impl Supervisor {
                 for what in &outcome.restart_required {
                     tracing::warn!("{what}");
                 }
+                self.shared.metrics.events.record(
+                    Kind::Reload,
+                    Level::Info,
+                    None,
+                    None,
+                    outcome.describe(trigger, unchanged),
+                );
                 Ok(outcome)
             }
             Err(e) => self.failed(e),
@@ -398,6 +441,13 @@ impl Supervisor {
         self.last_reload_ok = false;
         self.shared.metrics.reload_result(false);
         tracing::error!("config reload failed; still serving the previous config:\n{error}");
+        self.shared.metrics.events.record(
+            Kind::ReloadFailed,
+            Level::Error,
+            None,
+            None,
+            format!("config reload failed; still serving the previous config: {error}"),
+        );
         Err(ReloadError::Refused(error))
     }
 
@@ -505,6 +555,7 @@ impl Supervisor {
 
     async fn shutdown(&mut self) {
         self.shared.shutting_down.store(true, Ordering::SeqCst);
+        self.shared.metrics.events.close();
         let drain = self.config.drain_timeout;
         self.health.clear();
         self.discovery.clear();

@@ -47,6 +47,10 @@ pub struct Metrics {
     pub(crate) balancing: super::balancing::BalancingMetrics,
     pub(crate) rate_limits: super::rate_limits::RateLimitMetrics,
     pub(crate) routes: super::routes::RouteMetrics,
+    /// The event feed (`/api/events`): state changes, not counters.
+    pub(crate) events: std::sync::Arc<super::events::Events>,
+    /// Rates and latency for the status page, read from the collectors above once a second.
+    pub(crate) status: super::status::Live,
 }
 
 pub(crate) fn must<T>(result: prometheus::Result<T>) -> T {
@@ -264,6 +268,8 @@ impl Metrics {
             balancing,
             rate_limits,
             routes,
+            events: Default::default(),
+            status: Default::default(),
             registry,
             requests_total,
             request_duration_seconds,
@@ -367,6 +373,7 @@ impl Metrics {
                 .balancing
                 .outlier_ejections_total
                 .with_label_values(&labels),
+            events: std::sync::Arc::clone(&self.events),
         }
     }
 
@@ -391,6 +398,7 @@ impl Metrics {
             other_codes: Default::default(),
             ejected: None,
             ejections: unregistered(),
+            events: std::sync::Arc::clone(&self.events),
         }
     }
 }
@@ -442,6 +450,7 @@ pub struct BackendMetrics {
     /// `None` for the proxy's own answers.
     ejected: Option<IntGauge>,
     pub(crate) ejections: IntCounter,
+    pub(crate) events: std::sync::Arc<super::events::Events>,
 }
 
 impl BackendMetrics {

@@ -24,6 +24,8 @@ use crate::upstream::{ConnectionPool, Sender};
 pub(crate) enum ProxyBody {
     Upstream(UpstreamBody),
     Local(Option<Bytes>),
+    /// A stream the admin listener writes as it goes (server-sent events); ends when the sender is dropped.
+    Feed(tokio::sync::mpsc::Receiver<Bytes>),
 }
 
 pub(crate) struct UpstreamBody {
@@ -129,6 +131,7 @@ impl Body for ProxyBody {
                 }
             },
             Self::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Self::Feed(rx) => rx.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b)))),
         }
     }
 
@@ -136,6 +139,7 @@ impl Body for ProxyBody {
         match self {
             Self::Upstream(up) => up.ended || up.body.is_end_stream(),
             Self::Local(bytes) => bytes.is_none(),
+            Self::Feed(_) => false,
         }
     }
 
@@ -145,6 +149,7 @@ impl Body for ProxyBody {
             Self::Local(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
+            Self::Feed(_) => SizeHint::default(),
         }
     }
 }

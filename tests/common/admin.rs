@@ -29,6 +29,33 @@ pub fn backend_json(pools: &serde_json::Value, addr: SocketAddr) -> &serde_json:
         .unwrap_or(&NULL)
 }
 
+/// The event feed (`/api/events`), newest first, as (kind, backend, message).
+pub async fn events(server: &Server) -> Vec<(String, String, String)> {
+    let (_, body) = admin_get(server, "/api/events").await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let s = |k: &str| e[k].as_str().unwrap_or_default().to_owned();
+            (s("kind"), s("backend"), s("message"))
+        })
+        .collect()
+}
+
+/// The kinds of the events about `backend`, oldest first.
+pub async fn event_kinds(server: &Server, backend: &str) -> Vec<String> {
+    let mut kinds: Vec<String> = events(server)
+        .await
+        .into_iter()
+        .filter(|(_, b, _)| b == backend)
+        .map(|(k, _, _)| k)
+        .collect();
+    kinds.reverse();
+    kinds
+}
+
 /// Waits until every backend in `addrs` shows `healthy: false` in `/api/pools`.
 pub async fn all_down(server: &Server, addrs: &[SocketAddr]) -> bool {
     eventually(Duration::from_secs(10), || async {

@@ -67,7 +67,8 @@ pub async fn spawn_with(
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
             if let Some((status, _)) = try_get(admin_addr, "/healthz").await {
-                if status == 200 {
+                // 401: up, with an admin token.
+                if status == 200 || status == 401 {
                     return (child, port, admin);
                 }
             }

@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 pub(crate) use rise_fall::{Flip, RiseFall};
 
 use crate::balance::backend::Backend;
+use crate::observe::events::{Kind, Level};
 use crate::router::Snapshot;
 use crate::upstream::{ConnectionPool, RequestBody};
 
@@ -131,6 +132,32 @@ fn spawn_checker(
                         "backend up: {} consecutive successful health checks", settings.healthy_threshold
                     ),
                 }
+                let (kind, level, message) = match flip {
+                    Flip::Down => (
+                        Kind::BackendDown,
+                        Level::Warn,
+                        format!(
+                            "down after {} failed health checks: {}",
+                            settings.unhealthy_threshold,
+                            result.as_ref().err().map_or("", String::as_str)
+                        ),
+                    ),
+                    Flip::Up => (
+                        Kind::BackendUp,
+                        Level::Info,
+                        format!(
+                            "up after {} successful health checks",
+                            settings.healthy_threshold
+                        ),
+                    ),
+                };
+                backend.metrics.events.record(
+                    kind,
+                    level,
+                    Some(&backend.pool),
+                    Some(&backend.address),
+                    message,
+                );
                 backend.set_healthy(flip == Flip::Up);
                 if flip == Flip::Up {
                     backend.reset_breaker();

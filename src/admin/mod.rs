@@ -11,12 +11,44 @@ use std::time::SystemTime;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
+use crate::balance::backend::Backend;
 use crate::config::MAX_WEIGHT;
 use crate::control::Trigger;
 use crate::control::{Shared, request_reload};
+use crate::observe::events::{Kind, Level};
 use crate::proxy::{ProxyBody, plain};
 
+mod status;
+
 pub(crate) async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
+    let mut resp = answer(shared, req).await;
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+             connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        ),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    resp
+}
+
+async fn answer(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
+    // The page itself holds no data: it loads without the token and asks for it when the API does.
+    if req.method() == Method::GET || req.method() == Method::HEAD {
+        if let Some(page) = status::asset(req.uri().path()) {
+            return page;
+        }
+    }
     if let Some(token) = shared.snapshot.load().admin_token.as_deref() {
         if !authorized(req.headers(), token) {
             let mut resp = plain(
@@ -52,6 +84,13 @@ pub(crate) async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<
         ("/api/routes", &Method::GET | &Method::HEAD) => {
             json_response(StatusCode::OK, &routes_json(shared))
         }
+        ("/api/status", &Method::GET | &Method::HEAD) => {
+            compact_json_response(StatusCode::OK, &status::status_json(shared))
+        }
+        ("/api/events", &Method::GET | &Method::HEAD) => {
+            json_response(StatusCode::OK, &status::events_json(shared))
+        }
+        ("/api/events/stream", &Method::GET) => status::events_stream(shared),
         ("/api/reload", &Method::POST) => match request_reload(shared, Trigger::Admin).await {
             Ok(outcome) => {
                 let mut v = serde_json::to_value(&outcome).unwrap_or(Value::Null);
@@ -63,9 +102,12 @@ pub(crate) async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<
             }
             Err(e) => json_response(StatusCode::BAD_REQUEST, &json!({ "error": e.to_string() })),
         },
-        ("/healthz" | "/metrics" | "/api/pools" | "/api/routes" | "/api/reload", _) => {
-            method_not_allowed()
-        }
+        (
+            "/healthz" | "/metrics" | "/api/pools" | "/api/routes" | "/api/reload" | "/api/status"
+            | "/api/events" | "/api/events/stream" | "/" | "/ui/app.js" | "/ui/app.css",
+            _,
+        ) => method_not_allowed(),
+        (p, _) if p.starts_with("/ui/") => status::not_found(),
         _ => match backend_action(path) {
             Some((pool, address, Action::Service(action))) if method == Method::POST => {
                 set_service(shared, pool, address, action)
@@ -109,6 +151,20 @@ async fn set_weight(
         Err(resp) => return *resp,
     };
     backend.set_weight_override(weight);
+    let message = match weight {
+        Some(w) => format!("runtime weight {w} set (admin API)"),
+        None => format!(
+            "runtime weight removed (admin API): the configured weight {} applies",
+            backend.weight()
+        ),
+    };
+    backend.metrics.events.record(
+        Kind::WeightChanged,
+        Level::Info,
+        Some(pool),
+        Some(address),
+        message,
+    );
     match weight {
         Some(w) => tracing::info!(pool, backend = address, weight = w, "runtime weight set"),
         None => tracing::info!(
@@ -271,6 +327,21 @@ fn set_service(shared: &Shared, pool: &str, address: &str, action: Service) -> R
             ),
             Service::Enable => tracing::info!(pool, backend = address, "backend enabled"),
         }
+        let (kind, message) = match action {
+            Service::Drain => (
+                Kind::BackendDraining,
+                "draining (admin API): no new clients, sticky clients stay",
+            ),
+            Service::Disable => (
+                Kind::BackendDisabled,
+                "disabled (admin API): no new requests, sticky clients included",
+            ),
+            Service::Enable => (Kind::BackendEnabled, "enabled (admin API): back in service"),
+        };
+        backend
+            .metrics
+            .events
+            .record(kind, Level::Info, Some(pool), Some(address), message);
     }
     json_response(
         StatusCode::OK,
@@ -337,36 +408,7 @@ pub(crate) fn pools_json(shared: &Shared) -> Value {
             let backends: Vec<Value> = pool
                 .backends
                 .iter()
-                .map(|b| {
-                    let (state, failures, open_until) = b.breaker.snapshot();
-                    let last_error = b.last_check_error();
-                    let now_ns = stamp(now);
-                    let ejected_until = b
-                        .outlier
-                        .ejected_until()
-                        .filter(|&t| t > now_ns)
-                        .map(|t| stamp_rfc3339(t, now, wall));
-                    json!({
-                        "latency_ewma_ms": (b.latency.estimate(now_ns) / 1e3).round() / 1e3,
-                        "effective_weight": (b.effective_weight(now) * 1e3).round() / 1e3,
-                        "slow_start_ends_at": b.ramp.ends_at(now_ns).map(|t| stamp_rfc3339(t, now, wall)),
-                        "ejected_until": ejected_until,
-                        "address": b.address,
-                        "source": b.source().as_str(),
-                        "weight": b.weight(),
-                        "weight_override": b.weight_override(),
-                        "draining": b.is_draining(),
-                        "disabled": b.is_disabled(),
-                        "healthy": b.is_healthy(),
-                        "circuit": state.as_str(),
-                        "circuit_held_closed": b.breaker.is_held_closed(),
-                        "active_requests": b.active_requests(),
-                        "consecutive_failures": failures,
-                        "half_open_at": open_until.map(|u| rfc3339(wall + u.saturating_duration_since(now))),
-                        "last_check_error": last_error.as_ref().map(|e| e.reason.clone()),
-                        "last_check_error_at": last_error.as_ref().map(|e| rfc3339(e.at)),
-                    })
-                })
+                .map(|b| backend_json(b, now, wall))
                 .collect();
             (
                 name.clone(),
@@ -388,6 +430,38 @@ pub(crate) fn pools_json(shared: &Shared) -> Value {
         })
         .collect();
     json!({ "pools": pools })
+}
+
+/// One backend as `/api/pools` (and the status page) shows it.
+fn backend_json(b: &Backend, now: Instant, wall: SystemTime) -> Value {
+    let (state, failures, open_until) = b.breaker.snapshot();
+    let last_error = b.last_check_error();
+    let now_ns = stamp(now);
+    let ejected_until = b
+        .outlier
+        .ejected_until()
+        .filter(|&t| t > now_ns)
+        .map(|t| stamp_rfc3339(t, now, wall));
+    json!({
+        "latency_ewma_ms": (b.latency.estimate(now_ns) / 1e3).round() / 1e3,
+        "effective_weight": (b.effective_weight(now) * 1e3).round() / 1e3,
+        "slow_start_ends_at": b.ramp.ends_at(now_ns).map(|t| stamp_rfc3339(t, now, wall)),
+        "ejected_until": ejected_until,
+        "address": b.address,
+        "source": b.source().as_str(),
+        "weight": b.weight(),
+        "weight_override": b.weight_override(),
+        "draining": b.is_draining(),
+        "disabled": b.is_disabled(),
+        "healthy": b.is_healthy(),
+        "circuit": state.as_str(),
+        "circuit_held_closed": b.breaker.is_held_closed(),
+        "active_requests": b.active_requests(),
+        "consecutive_failures": failures,
+        "half_open_at": open_until.map(|u| rfc3339(wall + u.saturating_duration_since(now))),
+        "last_check_error": last_error.as_ref().map(|e| e.reason.clone()),
+        "last_check_error_at": last_error.as_ref().map(|e| rfc3339(e.at)),
+    })
 }
 
 /// `{"routes": [...]}`: each route as configured, in file order, with its metrics label.
@@ -430,6 +504,17 @@ fn routes_json(shared: &Shared) -> Value {
 fn json_response(status: StatusCode, value: &Value) -> Response<ProxyBody> {
     let mut body = serde_json::to_vec_pretty(value).unwrap_or_default();
     body.push(b'\n');
+    json_body(status, body)
+}
+
+/// One line of JSON, for what the page and `switchyard status` poll every second.
+fn compact_json_response(status: StatusCode, value: &Value) -> Response<ProxyBody> {
+    let mut body = serde_json::to_vec(value).unwrap_or_default();
+    body.push(b'\n');
+    json_body(status, body)
+}
+
+fn json_body(status: StatusCode, body: Vec<u8>) -> Response<ProxyBody> {
     let mut resp = with_type(ProxyBody::owned(body), "application/json");
     *resp.status_mut() = status;
     resp

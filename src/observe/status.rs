@@ -1,0 +1,380 @@
+//! Live figures for the status page and `switchyard status`: request and error rates and latency percentiles per
+//! pool and per backend over the last few seconds, and each pool's rate and errors over the last 15 minutes.
+//!
+//! A control-plane task reads the Prometheus counters once a second (the data path does no extra work for the
+//! page) and keeps, per series, two cumulative readings [`SLOT`] apart: figures are the difference between now
+//! and the older one, so they move every second over a 5–10 s window. Memory is bounded by the series the
+//! registry holds: removed backends' series disappear from it, and from here at the next reading.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus::core::Collector;
+use tokio::time::Instant;
+
+use super::metrics::{DURATION_BUCKETS, Metrics, NONE};
+
+/// How far apart the two kept readings of a series are.
+const SLOT: Duration = Duration::from_secs(5);
+/// One point of a pool's history per `POINT`, `POINTS` of them: 15 minutes.
+pub(crate) const POINT: Duration = Duration::from_secs(10);
+pub(crate) const POINTS: usize = 90;
+const BUCKETS: usize = DURATION_BUCKETS.len() + 1;
+
+/// A series' counters at one moment.
+#[derive(Debug, Clone, Copy, Default)]
+struct Reading {
+    requests: u64,
+    errors: u64,
+    /// Cumulative per bucket, `+Inf` last.
+    buckets: [u64; BUCKETS],
+}
+
+impl Reading {
+    fn add(&mut self, other: &Reading) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        for (a, b) in self.buckets.iter_mut().zip(other.buckets) {
+            *a += b;
+        }
+    }
+}
+
+/// Two readings of a series, [`SLOT`] apart, and the latest.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    older: (Instant, Reading),
+    newer: (Instant, Reading),
+    latest: (Instant, Reading),
+}
+
+impl Window {
+    fn new(now: Instant, reading: Reading) -> Self {
+        Self {
+            older: (now, reading),
+            newer: (now, reading),
+            latest: (now, reading),
+        }
+    }
+
+    fn advance(&mut self, now: Instant, reading: Reading) {
+        // A counter that went down belongs to a series that was removed and made again: start afresh.
+        if reading.requests < self.latest.1.requests {
+            *self = Self::new(now, reading);
+            return;
+        }
+        if now.saturating_duration_since(self.newer.0) >= SLOT {
+            self.older = self.newer;
+            self.newer = (now, reading);
+        }
+        self.latest = (now, reading);
+    }
+
+    fn figures(&self) -> Figures {
+        let (then, old) = &self.older;
+        let (now, new) = &self.latest;
+        let seconds = now.saturating_duration_since(*then).as_secs_f64();
+        if seconds < 0.5 {
+            return Figures::default();
+        }
+        let mut delta = [0u64; BUCKETS];
+        for (d, (n, o)) in delta.iter_mut().zip(new.buckets.iter().zip(old.buckets)) {
+            *d = n.saturating_sub(o);
+        }
+        Figures {
+            rate: new.requests.saturating_sub(old.requests) as f64 / seconds,
+            errors: new.errors.saturating_sub(old.errors) as f64 / seconds,
+            p50_ms: quantile(&delta, 0.5),
+            p99_ms: quantile(&delta, 0.99),
+        }
+    }
+}
+
+/// Requests and 5xx answers per second, and latency percentiles, over the last 5–10 s.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct Figures {
+    pub(crate) rate: f64,
+    pub(crate) errors: f64,
+    /// `None` without requests in the window.
+    pub(crate) p50_ms: Option<f64>,
+    pub(crate) p99_ms: Option<f64>,
+}
+
+/// The `q` quantile of cumulative bucket counts, interpolated within its bucket (as Prometheus'
+/// `histogram_quantile` does), in milliseconds; the largest finite bound when it falls in `+Inf`.
+fn quantile(cumulative: &[u64; BUCKETS], q: f64) -> Option<f64> {
+    let total = cumulative[BUCKETS - 1];
+    if total == 0 {
+        return None;
+    }
+    let rank = q * total as f64;
+    let i = cumulative.iter().position(|&c| c as f64 >= rank)?;
+    let Some(&upper) = DURATION_BUCKETS.get(i) else {
+        return Some(DURATION_BUCKETS[DURATION_BUCKETS.len() - 1] * 1e3);
+    };
+    let (lower, below) = match i {
+        0 => (0.0, 0),
+        _ => (DURATION_BUCKETS[i - 1], cumulative[i - 1]),
+    };
+    let inside = (cumulative[i] - below) as f64;
+    let fraction = if inside > 0.0 {
+        (rank - below as f64) / inside
+    } else {
+        1.0
+    };
+    Some((lower + (upper - lower) * fraction) * 1e3)
+}
+
+/// One point of a pool's history: requests and 5xx answers per second over [`POINT`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub(crate) struct Point {
+    pub(crate) rate: f32,
+    pub(crate) errors: f32,
+}
+
+struct PoolSeries {
+    window: Window,
+    history: VecDeque<Point>,
+    point_from: (Instant, Reading),
+}
+
+#[derive(Default)]
+struct State {
+    /// pool → backend (`none` for the proxy's own answers) → window.
+    backends: HashMap<String, HashMap<String, Window>>,
+    pools: HashMap<String, PoolSeries>,
+}
+
+/// The live figures, written once a second by [`Live::run`] and read by the admin listener.
+#[derive(Default)]
+pub(crate) struct Live {
+    state: Mutex<State>,
+}
+
+/// What the admin listener reads: every figure under one lock.
+pub(crate) struct View<'a> {
+    state: std::sync::MutexGuard<'a, State>,
+}
+
+impl View<'_> {
+    pub(crate) fn backend(&self, pool: &str, backend: &str) -> Figures {
+        self.state
+            .backends
+            .get(pool)
+            .and_then(|b| b.get(backend))
+            .map(Window::figures)
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn pool(&self, pool: &str) -> Figures {
+        self.state
+            .pools
+            .get(pool)
+            .map(|p| p.window.figures())
+            .unwrap_or_default()
+    }
+
+    /// Oldest first.
+    pub(crate) fn history(&self, pool: &str) -> Vec<Point> {
+        self.state
+            .pools
+            .get(pool)
+            .map(|p| p.history.iter().copied().collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Live {
+    pub(crate) fn view(&self) -> View<'_> {
+        View {
+            state: self.state.lock().unwrap_or_else(|p| p.into_inner()),
+        }
+    }
+
+    /// Reads the counters once a second until the event feed closes (shutdown).
+    pub(crate) async fn run(metrics: std::sync::Arc<Metrics>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => metrics.status.read(&metrics, Instant::now()),
+                () = metrics.events.closed() => return,
+            }
+        }
+    }
+
+    /// One reading of every series.
+    pub(crate) fn read(&self, metrics: &Metrics, now: Instant) {
+        let readings = readings(metrics);
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let state = &mut *state;
+        state.backends.retain(|pool, _| readings.contains_key(pool));
+        state.pools.retain(|pool, _| readings.contains_key(pool));
+        for (pool, series) in readings {
+            let mut total = Reading::default();
+            let windows = state.backends.entry(pool.clone()).or_default();
+            windows.retain(|backend, _| series.contains_key(backend));
+            for (backend, reading) in series {
+                total.add(&reading);
+                windows
+                    .entry(backend)
+                    .and_modify(|w| w.advance(now, reading))
+                    .or_insert_with(|| Window::new(now, reading));
+            }
+            let p = state.pools.entry(pool).or_insert_with(|| PoolSeries {
+                window: Window::new(now, total),
+                history: VecDeque::with_capacity(POINTS),
+                point_from: (now, total),
+            });
+            p.window.advance(now, total);
+            let (from, then) = p.point_from;
+            let seconds = now.saturating_duration_since(from).as_secs_f64();
+            if total.requests < then.requests {
+                p.point_from = (now, total);
+            } else if seconds >= POINT.as_secs_f64() {
+                if p.history.len() == POINTS {
+                    p.history.pop_front();
+                }
+                p.history.push_back(Point {
+                    rate: (total.requests - then.requests) as f32 / seconds as f32,
+                    errors: total.errors.saturating_sub(then.errors) as f32 / seconds as f32,
+                });
+                p.point_from = (now, total);
+            }
+        }
+    }
+
+    /// Bytes held for `pools` pools of `backends` backends each with full histories (for the docs' figure).
+    #[cfg(test)]
+    fn size_for(pools: usize, backends: usize) -> usize {
+        use std::mem::size_of;
+        let series = pools * (backends + 1);
+        let per_entry = size_of::<(String, Window)>() + 24; // + the address text, + table overhead
+        series * per_entry
+            + pools
+                * (size_of::<(String, PoolSeries)>()
+                    + size_of::<(String, HashMap<String, Window>)>()
+                    + POINTS * size_of::<Point>()
+                    + 48)
+    }
+}
+
+/// pool → backend → reading, from the duration histogram (which every backend has from its start) and the
+/// request counter by code.
+fn readings(metrics: &Metrics) -> HashMap<String, HashMap<String, Reading>> {
+    let mut out: HashMap<String, HashMap<String, Reading>> = HashMap::new();
+    for family in metrics.request_duration_seconds.collect() {
+        for m in family.get_metric() {
+            let (Some(pool), Some(backend)) = (label(m, "pool"), label(m, "backend")) else {
+                continue;
+            };
+            let h = m.get_histogram();
+            let mut reading = Reading::default();
+            for (slot, b) in reading.buckets.iter_mut().zip(h.get_bucket()) {
+                *slot = b.cumulative_count();
+            }
+            reading.buckets[BUCKETS - 1] = h.get_sample_count();
+            out.entry(pool.to_owned())
+                .or_default()
+                .insert(backend.to_owned(), reading);
+        }
+    }
+    for family in metrics.requests_total.collect() {
+        for m in family.get_metric() {
+            let (Some(pool), Some(backend), Some(code)) =
+                (label(m, "pool"), label(m, "backend"), label(m, "code"))
+            else {
+                continue;
+            };
+            let count = m.get_counter().get_value() as u64;
+            let reading = out
+                .entry(pool.to_owned())
+                .or_default()
+                .entry(backend.to_owned())
+                .or_default();
+            reading.requests += count;
+            if code.starts_with('5') {
+                reading.errors += count;
+            }
+        }
+    }
+    // No route matched: not a pool.
+    out.remove(NONE);
+    out
+}
+
+fn label<'a>(m: &'a prometheus::proto::Metric, name: &str) -> Option<&'a str> {
+    m.get_label()
+        .iter()
+        .find(|l| l.name() == name)
+        .map(|l| l.value())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_interpolate_within_buckets() {
+        let mut c = [0u64; BUCKETS];
+        // 100 requests: all between 5 ms and 10 ms.
+        for (i, b) in DURATION_BUCKETS.iter().enumerate() {
+            c[i] = if *b >= 0.01 { 100 } else { 0 };
+        }
+        c[BUCKETS - 1] = 100;
+        let p50 = quantile(&c, 0.5).unwrap();
+        assert!((p50 - 7.5).abs() < 1e-9, "{p50}");
+        assert_eq!(quantile(&[0; BUCKETS], 0.5), None);
+        let mut slow = [0u64; BUCKETS];
+        slow[BUCKETS - 1] = 3;
+        assert_eq!(quantile(&slow, 0.99), Some(10_000.0));
+    }
+
+    #[test]
+    fn rates_and_history_follow_the_counters() {
+        let metrics = Metrics::new();
+        let b = metrics.for_backend("web", "127.0.0.1:1");
+        let live = &metrics.status;
+        let start = Instant::now();
+        live.read(&metrics, start);
+        for second in 1..=20u64 {
+            for _ in 0..10 {
+                b.count_response(http::StatusCode::OK);
+                b.duration.observe(0.002);
+            }
+            b.count_response(http::StatusCode::BAD_GATEWAY);
+            live.read(&metrics, start + Duration::from_secs(second));
+        }
+        let view = live.view();
+        let f = view.backend("web", "127.0.0.1:1");
+        assert!((f.rate - 11.0).abs() < 1e-9, "{f:?}");
+        assert!((f.errors - 1.0).abs() < 1e-9, "{f:?}");
+        let p50 = f.p50_ms.unwrap();
+        assert!(p50 > 1.0 && p50 <= 2.5, "{p50}");
+        assert_eq!(view.pool("web").rate, f.rate);
+        let history = view.history("web");
+        assert_eq!(history.len(), 2);
+        assert!((history[0].rate - 11.0).abs() < 1e-3, "{history:?}");
+        assert!((history[0].errors - 1.0).abs() < 1e-3, "{history:?}");
+        assert_eq!(view.backend("web", "missing"), Figures::default());
+    }
+
+    #[test]
+    fn fifty_pools_of_twenty_backends_take_under_a_megabyte() {
+        let bytes = Live::size_for(50, 20);
+        println!("status history for 50 pools x 20 backends: {bytes} bytes");
+        assert!(bytes < 1 << 20, "{bytes}");
+    }
+
+    #[test]
+    fn history_is_bounded() {
+        let metrics = Metrics::new();
+        let _b = metrics.for_backend("web", "127.0.0.1:1");
+        let start = Instant::now();
+        for step in 0..(POINTS as u64 * 2) {
+            metrics.status.read(&metrics, start + POINT * step as u32);
+        }
+        assert_eq!(metrics.status.view().history("web").len(), POINTS);
+    }
+}
