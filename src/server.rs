@@ -84,10 +84,6 @@ impl Server {
             workers,
         });
         let proxy = Arc::new(Proxy::new(snapshot, Arc::clone(&shared.metrics)));
-        // The status page's rates and history; ends at shutdown with the event feed.
-        tokio::spawn(crate::observe::status::Live::run(Arc::clone(
-            &shared.metrics,
-        )));
 
         let mut listeners = Vec::new();
         for (i, l) in config.listeners.iter().enumerate() {
@@ -122,6 +118,10 @@ impl Server {
         shared.listen_addrs.store(Arc::new(listen_addrs.clone()));
         let admin_addr = admin.bound;
 
+        // The status page's rates and history; ends at shutdown with the event feed.
+        tokio::spawn(crate::observe::status::Live::run(Arc::clone(
+            &shared.metrics,
+        )));
         let supervisor =
             Supervisor::new(Arc::clone(&shared), config, proxy, path, listeners, admin);
         let supervisor = tokio::spawn(supervisor.run(commands));

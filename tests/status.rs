@@ -156,16 +156,38 @@ async fn the_api_shows_live_rates_history_and_events_and_the_page_is_locked_down
     assert!(pool["history"].is_array());
     assert_eq!(backend_in(&st, a.addr)["state"], "up");
 
-    // A drain through the API is an event, in the feed and on the stream.
+    // Another site's page cannot drain through the operator's browser, nor read through a rebound DNS name.
     let path = format!("/api/pools/p/backends/{}/drain", b.addr);
+    let mut foreign = http::Request::post(format!("http://127.0.0.1:{admin}{path}"))
+        .header("origin", "https://evil.example")
+        .body(full(""))
+        .unwrap();
+    assert_eq!(client().request(foreign).await.unwrap().status(), 403);
+    foreign = http::Request::get(format!("http://127.0.0.1:{admin}/api/status"))
+        .header("host", format!("rebound.example:{admin}"))
+        .body(full(""))
+        .unwrap();
+    assert_eq!(client().request(foreign).await.unwrap().status(), 403);
+    assert_eq!(
+        backend_in(&status_of(admin, None).await, b.addr)["draining"],
+        false
+    );
+    // A drain through the API is an event, in the feed and on the stream.
     assert_eq!(admin_request(admin, "POST", &path, None).await.0, 200);
-    let got = events.next_event(Duration::from_secs(10)).await;
-    assert_eq!(got["kind"], "backend_draining", "{got}");
-    assert_eq!(got["backend"], b.addr.to_string());
+    let got = events
+        .until_kind("backend_draining", 1, Duration::from_secs(10))
+        .await;
+    assert_eq!(got[0]["backend"], b.addr.to_string());
     let (_, _, body) = admin_request(admin, "GET", "/api/events", None).await;
     let feed: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(feed["events"][0]["kind"], "backend_draining", "{feed}");
-    assert_eq!(feed["events"][0]["pool"], "p");
+    let drained = feed["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "backend_draining")
+        .unwrap_or_else(|| panic!("{feed}"));
+    assert_eq!(drained["pool"], "p");
+    assert_eq!(drained["backend"], b.addr.to_string());
     assert_eq!(
         backend_in(&status_of(admin, None).await, b.addr)["state"],
         "draining"
@@ -242,7 +264,16 @@ async fn the_api_shows_live_rates_history_and_events_and_the_page_is_locked_down
         }
     };
     signal(&watching, "INT");
-    let _ = watching.wait();
+    let stopped = eventually(Duration::from_secs(10), || {
+        let exited = matches!(watching.try_wait(), Ok(Some(_)));
+        async move { exited }
+    })
+    .await;
+    if !stopped {
+        let _ = watching.kill();
+        let _ = watching.wait();
+    }
+    assert!(stopped, "switchyard status --watch did not stop on SIGINT");
     assert!(shown.matches("\x1b[2J").count() >= 3, "{shown}");
     assert!(shown.contains("NO USABLE BACKEND in: p"), "{shown}");
     // Nobody there: exit 2, and a reason.
@@ -497,11 +528,18 @@ async fn the_page_in_a_real_browser_shows_failures_and_acts() {
     );
     let took = killed.elapsed();
     eprintln!("the page showed the killed backend down after {took:?}");
-    assert!(took < Duration::from_secs(5), "{took:?}");
-    let reason = text_of(&page, &format!("{} [data-reason]", row(a.addr)))
+    // Two intervals is the design (1 s checks, threshold 1, the page polls each second); the bound leaves a
+    // busy 2-core CI machine room.
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert!(
+        page_shows(
+            &page,
+            &format!("{} [data-reason]", row(a.addr)),
+            "last check: ",
+            within
+        )
         .await
-        .unwrap_or_default();
-    assert!(reason.starts_with("last check:"), "{reason:?}");
+    );
     assert!(
         page_shows(
             &page,

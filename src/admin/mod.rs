@@ -5,6 +5,7 @@ use crate::balance::adaptive::{instant_of, stamp};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
@@ -48,6 +49,10 @@ async fn answer(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> 
         if let Some(page) = status::asset(req.uri().path()) {
             return page;
         }
+    }
+    let token_set = shared.snapshot.load().admin_token.is_some();
+    if let Some(why) = browser_guard(req.method(), req.headers(), token_set) {
+        return plain(StatusCode::FORBIDDEN, why);
     }
     if let Some(token) = shared.snapshot.load().admin_token.as_deref() {
         if !authorized(req.headers(), token) {
@@ -110,12 +115,12 @@ async fn answer(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> 
         (p, _) if p.starts_with("/ui/") => status::not_found(),
         _ => match backend_action(path) {
             Some((pool, address, Action::Service(action))) if method == Method::POST => {
-                set_service(shared, pool, address, action)
+                set_service(shared, &pool, &address, action)
             }
             Some((pool, address, Action::Weight))
                 if method == Method::POST || method == Method::DELETE =>
             {
-                let (pool, address) = (pool.to_owned(), address.to_owned());
+                let (pool, address) = (pool.into_owned(), address.into_owned());
                 set_weight(shared, &pool, &address, req).await
             }
             Some(_) => method_not_allowed(),
@@ -243,6 +248,47 @@ fn find_backend(
         })
 }
 
+/// What a browser must not do to the admin API now that it has a page: another site's page posting to it
+/// (drain, reload) without a token to stop it, or reading it through a DNS name rebound to 127.0.0.1. Requests
+/// from curl, scripts and Prometheus carry neither `Origin` nor a name for `Host`, and pass.
+fn browser_guard(
+    method: &Method,
+    headers: &http::HeaderMap,
+    token_set: bool,
+) -> Option<&'static str> {
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    if method != Method::GET && method != Method::HEAD {
+        let cross_site = headers
+            .get("sec-fetch-site")
+            .is_some_and(|v| v.as_bytes() == b"cross-site" || v.as_bytes() == b"same-site");
+        let foreign_origin = headers.get(header::ORIGIN).is_some_and(|origin| {
+            let origin = origin.to_str().unwrap_or("");
+            let origin_host = origin.split_once("://").map_or(origin, |(_, h)| h);
+            Some(origin_host) != host
+        });
+        if cross_site || foreign_origin {
+            return Some("forbidden: a cross-origin request to the admin API\n");
+        }
+    }
+    if !token_set {
+        let named = host.is_some_and(|h| {
+            let name = match h.rsplit_once(':') {
+                Some((n, port)) if port.bytes().all(|b| b.is_ascii_digit()) => n,
+                _ => h,
+            };
+            let name = name.trim_start_matches('[').trim_end_matches(']');
+            name.parse::<std::net::IpAddr>().is_err() && !name.eq_ignore_ascii_case("localhost")
+        });
+        if named {
+            return Some(
+                "forbidden: without admin.token_file the admin API answers only to an IP address or localhost \
+                 in Host (a guard against DNS rebinding)\n",
+            );
+        }
+    }
+    None
+}
+
 /// Does the request carry `Authorization: Bearer <token>`? Compared in constant time, so the answer's timing
 /// tells nothing about how much of a guess was right.
 fn authorized(headers: &http::HeaderMap, token: &str) -> bool {
@@ -284,10 +330,16 @@ enum Action {
 }
 
 /// `/api/pools/{pool}/backends/{address}/drain` (or `/disable`, `/enable`, `/weight`) → (pool, address, action).
-fn backend_action(path: &str) -> Option<(&str, &str, Action)> {
+fn backend_action(path: &str) -> Option<(Cow<'_, str>, Cow<'_, str>, Action)> {
     let rest = path.strip_prefix("/api/pools/")?;
     let (pool, rest) = rest.split_once("/backends/")?;
     let (address, action) = rest.rsplit_once('/')?;
+    if pool.contains('/') {
+        return None;
+    }
+    // The page percent-encodes both (pool names are any TOML key).
+    let decode = |s| percent_encoding::percent_decode_str(s).decode_utf8().ok();
+    let (pool, address) = (decode(pool)?, decode(address)?);
     let action = match action {
         "drain" => Action::Service(Service::Drain),
         "disable" => Action::Service(Service::Disable),
@@ -295,8 +347,7 @@ fn backend_action(path: &str) -> Option<(&str, &str, Action)> {
         "weight" => Action::Weight,
         _ => return None,
     };
-    (!pool.is_empty() && !address.is_empty() && !pool.contains('/'))
-        .then_some((pool, address, action))
+    (!pool.is_empty() && !address.is_empty()).then_some((pool, address, action))
 }
 
 /// Drains, disables or enables one backend; requests in flight finish either way.
@@ -525,4 +576,50 @@ fn with_type(body: ProxyBody, content_type: &'static str) -> Response<ProxyBody>
     resp.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> http::HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    http::HeaderName::from_static(k),
+                    HeaderValue::from_static(v),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn browsers_from_elsewhere_are_refused_and_scripts_pass() {
+        let post = Method::POST;
+        let local = headers(&[("host", "127.0.0.1:9901")]);
+        assert_eq!(browser_guard(&post, &local, false), None);
+        let same = headers(&[
+            ("host", "127.0.0.1:9901"),
+            ("origin", "http://127.0.0.1:9901"),
+        ]);
+        assert_eq!(browser_guard(&post, &same, false), None);
+        let other = headers(&[
+            ("host", "127.0.0.1:9901"),
+            ("origin", "https://evil.example"),
+        ]);
+        assert!(browser_guard(&post, &other, true).is_some());
+        let fetch_meta = headers(&[("host", "127.0.0.1:9901"), ("sec-fetch-site", "cross-site")]);
+        assert!(browser_guard(&post, &fetch_meta, true).is_some());
+        // A GET from another origin reads nothing it may see (no CORS headers), so it is not refused here.
+        assert_eq!(browser_guard(&Method::GET, &other, false), None);
+        // DNS rebinding: a name in Host without a token.
+        let rebound = headers(&[("host", "evil.example:9901")]);
+        assert!(browser_guard(&Method::GET, &rebound, false).is_some());
+        assert_eq!(browser_guard(&Method::GET, &rebound, true), None);
+        for ok in ["localhost:9901", "[::1]:9901", "127.0.0.1", "LOCALHOST"] {
+            let h = http::HeaderMap::from_iter([(header::HOST, HeaderValue::from_static(ok))]);
+            assert_eq!(browser_guard(&Method::GET, &h, false), None, "{ok}");
+        }
+    }
 }

@@ -74,7 +74,9 @@ fn pool_json(pool: &Pool, live: &View<'_>, now: Instant, wall: SystemTime) -> Va
         .iter()
         .map(|b| {
             let mut v = backend_json(b, now, wall);
-            let usable = b.is_available(now, panic) || b.is_busy(now, panic);
+            // Health counts even in panic mode: a pool whose backends are all down has none usable, though it
+            // still sends them requests.
+            let usable = b.is_available(now, false) || b.is_busy(now, false);
             if let Value::Object(map) = &mut v {
                 map.insert("usable".into(), json!(usable));
                 map.insert("state".into(), json!(state_word(b, now)));
@@ -158,7 +160,8 @@ pub(super) fn events_json(shared: &Shared) -> Value {
 }
 
 /// `text/event-stream`: each new event as `id:`/`event:`/`data:` (JSON), a comment every 15 s so proxies and
-/// browsers keep the connection, and the end of the stream at shutdown.
+/// browsers keep the connection; the stream ends at shutdown, when the reader leaves, and when it falls more
+/// than 256 events behind (it then reads `/api/events` again).
 pub(super) fn events_stream(shared: &Shared) -> Response<ProxyBody> {
     let events = std::sync::Arc::clone(&shared.metrics.events);
     let mut live = events.subscribe();
@@ -178,13 +181,12 @@ pub(super) fn events_stream(shared: &Shared) -> Response<ProxyBody> {
                         let data = serde_json::to_string(&*e).unwrap_or_default();
                         Bytes::from(format!("id: {}\nevent: {}\ndata: {data}\n\n", e.id, "change"))
                     }
-                    Err(RecvError::Lagged(n)) => {
-                        Bytes::from(format!(": {n} events skipped: read /api/events\n\n"))
-                    }
-                    Err(RecvError::Closed) => return,
+                    // Fallen behind: end the stream; the reader reconnects and reads /api/events again.
+                    Err(RecvError::Lagged(_)) | Err(RecvError::Closed) => return,
                 },
                 () = tokio::time::sleep(Duration::from_secs(15)) => Bytes::from_static(b": keep-alive\n\n"),
                 () = events.closed() => return,
+                () = tx.closed() => return,
             };
             if tx.send(chunk).await.is_err() {
                 return;

@@ -42,8 +42,14 @@ pub(super) fn run(admin: &str, token_file: Option<&Path>, watch: bool) -> ExitCo
     };
     runtime.block_on(async {
         let mut code;
+        let interrupted = tokio::signal::ctrl_c();
+        tokio::pin!(interrupted);
         loop {
-            let shown = match fetch(admin, token.as_deref()).await {
+            let fetched = tokio::select! {
+                f = fetch(admin, token.as_deref()) => f,
+                _ = &mut interrupted => return ExitCode::from(CANNOT_ASK),
+            };
+            let shown = match fetched {
                 Ok(status) => {
                     let (text, all_usable) = render(&status);
                     code = if all_usable {
@@ -70,7 +76,7 @@ pub(super) fn run(admin: &str, token_file: Option<&Path>, watch: bool) -> ExitCo
             print!("\x1b[2J\x1b[H{shown}");
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                _ = tokio::signal::ctrl_c() => return ExitCode::from(code),
+                _ = &mut interrupted => return ExitCode::from(code),
             }
         }
     })

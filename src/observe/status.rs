@@ -32,6 +32,23 @@ struct Reading {
 }
 
 impl Reading {
+    /// What grew since `earlier` (nothing where a counter went down).
+    fn since(&self, earlier: &Reading) -> Reading {
+        let mut grown = Reading {
+            requests: self.requests.saturating_sub(earlier.requests),
+            errors: self.errors.saturating_sub(earlier.errors),
+            buckets: [0; BUCKETS],
+        };
+        for (g, (now, then)) in grown
+            .buckets
+            .iter_mut()
+            .zip(self.buckets.iter().zip(earlier.buckets))
+        {
+            *g = now.saturating_sub(then);
+        }
+        grown
+    }
+
     fn add(&mut self, other: &Reading) {
         self.requests += other.requests;
         self.errors += other.errors;
@@ -212,21 +229,29 @@ impl Live {
         state.backends.retain(|pool, _| readings.contains_key(pool));
         state.pools.retain(|pool, _| readings.contains_key(pool));
         for (pool, series) in readings {
-            let mut total = Reading::default();
+            // The pool's counters are its own running sum of its backends' growth, so that a backend added or
+            // removed (a reload, DNS) does not move them.
+            let mut grown = Reading::default();
             let windows = state.backends.entry(pool.clone()).or_default();
             windows.retain(|backend, _| series.contains_key(backend));
             for (backend, reading) in series {
-                total.add(&reading);
-                windows
-                    .entry(backend)
-                    .and_modify(|w| w.advance(now, reading))
-                    .or_insert_with(|| Window::new(now, reading));
+                match windows.get_mut(&backend) {
+                    Some(w) => {
+                        grown.add(&reading.since(&w.latest.1));
+                        w.advance(now, reading);
+                    }
+                    None => {
+                        windows.insert(backend, Window::new(now, reading));
+                    }
+                }
             }
             let p = state.pools.entry(pool).or_insert_with(|| PoolSeries {
-                window: Window::new(now, total),
+                window: Window::new(now, Reading::default()),
                 history: VecDeque::with_capacity(POINTS),
-                point_from: (now, total),
+                point_from: (now, Reading::default()),
             });
+            let mut total = p.window.latest.1;
+            total.add(&grown);
             p.window.advance(now, total);
             let (from, then) = p.point_from;
             let seconds = now.saturating_duration_since(from).as_secs_f64();
@@ -365,6 +390,36 @@ mod tests {
         let bytes = Live::size_for(50, 20);
         println!("status history for 50 pools x 20 backends: {bytes} bytes");
         assert!(bytes < 1 << 20, "{bytes}");
+    }
+
+    #[test]
+    fn a_removed_backend_does_not_move_the_pools_figures() {
+        let metrics = Metrics::new();
+        let a = metrics.for_backend("web", "127.0.0.1:1");
+        let b = metrics.for_backend("web", "127.0.0.1:2");
+        let start = Instant::now();
+        metrics.status.read(&metrics, start);
+        for second in 1..=12u64 {
+            for _ in 0..10 {
+                a.count_response(http::StatusCode::OK);
+                b.count_response(http::StatusCode::OK);
+            }
+            if second == 6 {
+                // b leaves the pool: its series go from the registry.
+                let _ = metrics
+                    .requests_total
+                    .remove_label_values(&["web", "127.0.0.1:2", "200"]);
+                let _ = metrics
+                    .request_duration_seconds
+                    .remove_label_values(&["web", "127.0.0.1:2"]);
+            }
+            metrics
+                .status
+                .read(&metrics, start + Duration::from_secs(second));
+        }
+        let rate = metrics.status.view().pool("web").rate;
+        // From second 7 on only a counts: 10/s; the window (seconds 5-12) holds one second of b's 20/s.
+        assert!(rate > 9.0 && rate < 13.0, "{rate}");
     }
 
     #[test]

@@ -52,11 +52,12 @@ $("token-form").addEventListener("submit", (e) => {
   $("token-form").hidden = true;
   $("forget-token").hidden = false;
   refresh();
-  loadEvents().then(followEvents);
+  followEvents();
 });
 
 $("forget-token").addEventListener("click", () => {
   sessionStorage.removeItem(TOKEN_KEY);
+  if (stream) stream.abort();
   $("forget-token").hidden = true;
   notice("Token forgotten for this tab.");
 });
@@ -132,9 +133,12 @@ function chart(history, intervalSeconds) {
 
 // ---- actions ----
 
+// Pool names and addresses are percent-encoded; ':' and brackets stay as written (IPv6 addresses).
+const part = (s) => encodeURIComponent(s).replace(/%3A/gi, ":").replace(/%5B/gi, "[").replace(/%5D/gi, "]");
+
 async function act(pool, address, action) {
   try {
-    const resp = await api(`/api/pools/${pool}/backends/${address}/${action}`, { method: "POST" });
+    const resp = await api(`/api/pools/${part(pool)}/backends/${part(address)}/${action}`, { method: "POST" });
     const body = await resp.json().catch(() => ({}));
     if (!resp.ok) throw new Error(body.error || `HTTP ${resp.status}`);
     notice(`${address} in ${pool}: ${action === "enable" ? "enabled" : action === "drain" ? "draining" : "disabled"}.`);
@@ -303,15 +307,19 @@ async function loadEvents() {
 }
 
 let following = false;
+let stream = null;
 
 // EventSource cannot send the Authorization header, and the token never goes into a URL: read the stream
-// with fetch instead.
+// with fetch instead. The stream is opened first and the backlog read after, so nothing falls in between; the
+// server ends the stream when this tab falls behind, and the reconnect reads the backlog again.
 async function followEvents() {
   if (following) return;
   following = true;
+  stream = new AbortController();
   try {
-    const resp = await api("/api/events/stream");
+    const resp = await api("/api/events/stream", { signal: stream.signal });
     if (!resp.ok || !resp.body) throw new Error(`HTTP ${resp.status}`);
+    loadEvents();
     const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
     let buffer = "";
     for (;;) {
@@ -332,11 +340,11 @@ async function followEvents() {
     if (e instanceof Unauthorized) { following = false; return; }
   }
   following = false;
-  // Reconnect, catching up on whatever happened meanwhile.
-  setTimeout(() => loadEvents().then(followEvents), 2000);
+  // Reconnect (it catches up on whatever happened meanwhile), unless the token was forgotten.
+  if (!stream.signal.aborted) setTimeout(followEvents, 2000);
 }
 
 if (token()) $("forget-token").hidden = false;
 refresh();
 setInterval(refresh, 1000);
-loadEvents().then(followEvents);
+followEvents();
