@@ -32,6 +32,8 @@ struct Seen {
     path: String,
     hosts: usize,
     host: String,
+    /// A header named `x-smuggled` (over HTTP/2 only ever sent hidden inside another header's value).
+    smuggled_header: bool,
     content_lengths: usize,
     transfer_encodings: usize,
     body: Vec<u8>,
@@ -64,6 +66,7 @@ async fn recording_backend() -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
                             .get("host")
                             .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
                             .unwrap_or_default();
+                        let smuggled_header = req.headers().contains_key("x-smuggled");
                         let method = req.method().to_string();
                         let path = req.uri().path().to_owned();
                         let body = match req.into_body().collect().await {
@@ -75,6 +78,7 @@ async fn recording_backend() -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
                             path: path.clone(),
                             hosts,
                             host,
+                            smuggled_header,
                             content_lengths,
                             transfer_encodings,
                             body,
@@ -328,6 +332,10 @@ const CASES: &[(&str, &str)] = &[
     (
         "bare CR in a header value",
         "GET {P} HTTP/1.1\r\nHost: a\r\nX-A: b\rc\r\n\r\n",
+    ),
+    (
+        "bare LF ending a header line (RFC 9112 allows it as a line end)",
+        "GET {P} HTTP/1.1\r\nHost: a\r\nX-A: b\nX-Smuggled: 1\r\n\r\n",
     ),
     (
         "DEL in a header name",
@@ -636,4 +644,308 @@ async fn the_desync_corpus_sent_in_one_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_desync_corpus_sent_byte_by_byte() {
     run_corpus(true).await;
+}
+
+// ---- the same over HTTP/2 (h2c by prior knowledge), frame by frame ----
+
+/// A header field as HPACK's "literal without indexing, new name" (no Huffman), short strings only.
+fn hpack(out: &mut Vec<u8>, name: &str, value: &str) {
+    assert!(name.len() < 127 && value.len() < 127);
+    out.push(0x00);
+    out.push(name.len() as u8);
+    out.extend_from_slice(name.as_bytes());
+    out.push(value.len() as u8);
+    out.extend_from_slice(value.as_bytes());
+}
+
+fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+    let len = payload.len() as u32;
+    out.extend_from_slice(&len.to_be_bytes()[1..]);
+    out.push(kind);
+    out.push(flags);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+}
+
+const DATA: u8 = 0x0;
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const GOAWAY: u8 = 0x7;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+
+/// HTTP/2 cases: the header list of stream 1 (`{P}` its path), and the DATA frames after it (the last one ends
+/// the stream; none: the HEADERS frame ends it).
+/// An HTTP/2 case: its name, the header list of stream 1, the DATA frames after it.
+type H2Case = (
+    &'static str,
+    Vec<(&'static str, &'static str)>,
+    Vec<&'static str>,
+);
+
+fn h2_cases() -> Vec<H2Case> {
+    let base = || {
+        vec![
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":authority", "a"),
+            (":path", "{P}"),
+        ]
+    };
+    let with = |extra: &[(&'static str, &'static str)]| {
+        let mut h = base();
+        h.extend_from_slice(extra);
+        h
+    };
+    vec![
+        ("unknown pseudo-header", with(&[(":foo", "bar")]), vec![]),
+        (
+            "pseudo-header after a regular one",
+            {
+                let mut h = vec![(":method", "GET"), (":scheme", "http"), ("x-a", "b")];
+                h.extend([(":authority", "a"), (":path", "{P}")]);
+                h
+            },
+            vec![],
+        ),
+        ("two :path", with(&[(":path", "/smuggled")]), vec![]),
+        (
+            "no :method",
+            vec![(":scheme", "http"), (":authority", "a"), (":path", "{P}")],
+            vec![],
+        ),
+        (
+            "no :path",
+            vec![(":method", "GET"), (":scheme", "http"), (":authority", "a")],
+            vec![],
+        ),
+        (
+            "empty :path",
+            vec![
+                (":method", "GET"),
+                (":scheme", "http"),
+                (":authority", "a"),
+                (":path", ""),
+            ],
+            vec![],
+        ),
+        (
+            "upper-case header name",
+            with(&[("Content-Length", "5")]),
+            vec!["hello"],
+        ),
+        (
+            "connection header",
+            with(&[("connection", "keep-alive")]),
+            vec!["hello"],
+        ),
+        (
+            "transfer-encoding header",
+            with(&[("transfer-encoding", "chunked")]),
+            vec!["0\r\n\r\n"],
+        ),
+        (
+            "te other than trailers",
+            with(&[("te", "gzip")]),
+            vec!["hello"],
+        ),
+        (
+            "keep-alive header",
+            with(&[("keep-alive", "timeout=5")]),
+            vec!["hello"],
+        ),
+        (
+            "upgrade header",
+            with(&[("upgrade", "websocket")]),
+            vec!["hello"],
+        ),
+        (
+            "content-length above the DATA sent",
+            with(&[("content-length", "10")]),
+            vec!["hello"],
+        ),
+        (
+            "content-length below the DATA sent",
+            with(&[("content-length", "3")]),
+            vec!["hello"],
+        ),
+        (
+            "two different content-lengths",
+            with(&[("content-length", "5"), ("content-length", "50")]),
+            vec!["hello"],
+        ),
+        (
+            "CR LF inside a value",
+            with(&[("x-a", "b\r\nx-smuggled: 1")]),
+            vec!["hello"],
+        ),
+        (
+            "NUL inside a value",
+            with(&[("x-a", "b\0c")]),
+            vec!["hello"],
+        ),
+        ("space inside a name", with(&[("x a", "b")]), vec!["hello"]),
+        (
+            "a request line smuggled in :path",
+            with(&[])
+                .into_iter()
+                .map(|(k, v)| {
+                    if k == ":path" {
+                        (k, "{P} HTTP/1.1\r\nHost: a\r\n\r\nGET /smuggled")
+                    } else {
+                        (k, v)
+                    }
+                })
+                .collect(),
+            vec!["hello"],
+        ),
+    ]
+}
+
+/// Stream 1 carries the case, stream 3 `GET /after-N`. Returns DATA text per stream, whether stream 1 was
+/// reset, and whether the connection was ended (GOAWAY or closed).
+async fn h2_exchange(
+    proxy: SocketAddr,
+    headers: &[(&str, String)],
+    data: &[&str],
+    after: &str,
+) -> (String, String, bool, bool) {
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    frame(&mut out, SETTINGS, 0, 0, &[]);
+    let mut block = Vec::new();
+    for (k, v) in headers {
+        hpack(&mut block, k, v);
+    }
+    let flags = END_HEADERS | if data.is_empty() { END_STREAM } else { 0 };
+    frame(&mut out, HEADERS, flags, 1, &block);
+    for (i, d) in data.iter().enumerate() {
+        let last = i + 1 == data.len();
+        frame(
+            &mut out,
+            DATA,
+            if last { END_STREAM } else { 0 },
+            1,
+            d.as_bytes(),
+        );
+    }
+    let mut follow = Vec::new();
+    for (k, v) in [
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":authority", "a"),
+        (":path", after),
+    ] {
+        hpack(&mut follow, k, v);
+    }
+    frame(&mut out, HEADERS, END_HEADERS | END_STREAM, 3, &follow);
+    let mut tcp = TcpStream::connect(proxy).await.unwrap();
+    tcp.write_all(&out).await.unwrap();
+    let (mut one, mut three, mut reset, mut ended) = (String::new(), String::new(), false, false);
+    let mut buf = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    let mut chunk = [0u8; 8192];
+    loop {
+        // Parse whole frames.
+        while buf.len() >= 9 {
+            let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
+            if buf.len() < 9 + len {
+                break;
+            }
+            let (kind, flags) = (buf[3], buf[4]);
+            let stream = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
+            let payload = buf[9..9 + len].to_vec();
+            buf.drain(..9 + len);
+            match (kind, stream) {
+                (SETTINGS, 0) if flags & 1 == 0 => {
+                    let mut ack = Vec::new();
+                    frame(&mut ack, SETTINGS, 1, 0, &[]);
+                    let _ = tcp.write_all(&ack).await;
+                }
+                (DATA, 1) => one.push_str(&String::from_utf8_lossy(&payload)),
+                (DATA, 3) => three.push_str(&String::from_utf8_lossy(&payload)),
+                (RST_STREAM, 1) => reset = true,
+                (GOAWAY, _) => ended = true,
+                _ => {}
+            }
+        }
+        if three.contains(&format!("ok:{after}")) || ended {
+            break;
+        }
+        match tokio::time::timeout_at(deadline, tcp.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                ended = true;
+                break;
+            }
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => break,
+        }
+    }
+    (one, three, reset, ended)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http2_desync_corpus() {
+    let (backend, seen) = recording_backend().await;
+    let server = start_proxy(&pool_config(
+        &[backend],
+        "[pools.p.retry]\nmax_retries = 0\n",
+    ))
+    .await;
+    let proxy = server.listen_addrs[0];
+    for (i, (name, headers, data)) in h2_cases().into_iter().enumerate() {
+        let path = format!("/h{i}");
+        let after = format!("/after-h{i}");
+        let headers: Vec<(&str, String)> = headers
+            .into_iter()
+            .map(|(k, v)| (k, v.replace("{P}", &path)))
+            .collect();
+        let (one, three, reset, ended) = h2_exchange(proxy, &headers, &data, &after).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let got: Vec<Seen> = std::mem::take(&mut *seen.lock().unwrap());
+        let ctx = format!(
+            "h2 case {i} {name:?}: stream 1 {one:?} (reset {reset}), stream 3 {three:?}, ended {ended}, backend saw {got:?}"
+        );
+        // Never a request the client did not send as one, never a smuggled header or line.
+        assert!(got.iter().all(|s| !s.path.contains("smuggled")), "{ctx}");
+        for s in &got {
+            assert!(s.content_lengths + s.transfer_encodings <= 1, "{ctx}");
+            assert!(!s.smuggled_header, "{ctx}");
+        }
+        let case: Vec<&Seen> = got.iter().filter(|s| s.path == path).collect();
+        let others: Vec<&Seen> = got
+            .iter()
+            .filter(|s| s.path != path && s.path != after)
+            .collect();
+        assert!(others.is_empty(), "{ctx}");
+        assert!(case.len() <= 1, "{ctx}");
+        match case.first() {
+            // Refused: reset, a 4xx from the proxy, or the connection ended.
+            None => assert!(reset || ended || one.contains("switchyard"), "{ctx}"),
+            // Reached: the body was sent whole and answered, or cut and the stream reset.
+            Some(s) if s.body == b"<body error>" => assert!(reset || ended, "{ctx}"),
+            Some(_) => assert!(one.contains(&format!("ok:{path}")) || reset, "{ctx}"),
+        }
+        // The other stream on the same connection is untouched unless the whole connection was ended.
+        if !ended {
+            assert!(
+                three.contains(&format!("ok:{after}")),
+                "the next stream was harmed: {ctx}"
+            );
+            let followed: Vec<&Seen> = got.iter().filter(|s| s.path == after).collect();
+            assert_eq!(followed.len(), 1, "{ctx}");
+            assert!(
+                followed[0].method == "GET" && followed[0].body.is_empty(),
+                "{ctx}"
+            );
+        }
+        eprintln!(
+            "h2 | {i} | {name} | backend saw the case: {}, reset: {reset}, connection ended: {ended}",
+            !case.is_empty()
+        );
+        let (status, _, _) = get(proxy, "/ok", None).await;
+        assert_eq!(status, 200, "after h2 case {i} {name:?}");
+        seen.lock().unwrap().clear();
+    }
+    server.shutdown().await;
 }
