@@ -299,7 +299,7 @@ impl Metrics {
     }
 
     /// Counts one refusal: `header_too_large`, `header_timeout`, `max_connections`, `body_too_large`,
-    /// `malformed`, `connect_method`.
+    /// `malformed`, `connect_method`, `out_of_file_descriptors`, ….
     pub(crate) fn reject(&self, reason: &str) {
         self.rejected_requests_total
             .with_label_values(&[reason])

@@ -234,6 +234,10 @@ where
     /// Accepts and serves connections until stopped, then drains them.
     async fn run(self, listener: TcpListener, mut stop: watch::Receiver<Option<Duration>>) {
         let graceful = GracefulShutdown::new();
+        // A descriptor held in reserve: out of descriptors, it is given up for a moment to take a waiting
+        // connection and close it, so the client sees a close instead of hanging in the backlog.
+        let mut spare = open_spare();
+        let mut warned: Option<tokio::time::Instant> = None;
         let drain = loop {
             let accepted = tokio::select! {
                 biased;
@@ -245,8 +249,32 @@ where
             match accepted {
                 Ok((tcp, peer)) => self.serve(tcp, peer, &graceful),
                 Err(e) => {
-                    // Out of file descriptors and the like: back off a little instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
+                    let out_of_files =
+                        matches!(e.raw_os_error(), Some(code) if code == EMFILE || code == ENFILE);
+                    let shed = if out_of_files {
+                        shed_waiting(&listener, &mut spare)
+                    } else {
+                        0
+                    };
+                    if shed > 0 {
+                        if let Some(p) = &self.limits_from {
+                            for _ in 0..shed {
+                                p.metrics.reject("out_of_file_descriptors");
+                            }
+                        }
+                    }
+                    // Once a second at most: a flood must not become a flood of log lines.
+                    let now = tokio::time::Instant::now();
+                    if warned.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1)) {
+                        warned = Some(now);
+                        if out_of_files {
+                            tracing::warn!(error = %e, closed = shed,
+                                "accept failed: out of file descriptors; closing waiting connections until some are free");
+                        } else {
+                            tracing::warn!(error = %e, "accept failed");
+                        }
+                    }
+                    // Back off a little instead of spinning.
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
@@ -529,4 +557,32 @@ fn rejection(error: &(dyn std::error::Error + 'static)) -> Option<&'static str> 
     } else {
         None
     }
+}
+
+/// `EMFILE` and `ENFILE` on Linux (and the BSDs): the process's or the system's descriptors are all in use.
+const EMFILE: i32 = 24;
+const ENFILE: i32 = 23;
+
+fn open_spare() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
+}
+
+/// Out of descriptors: frees the spare, takes the connections already waiting in the backlog and closes each at
+/// once, then takes the spare back. Returns how many were closed (at most 64 per call).
+fn shed_waiting(listener: &TcpListener, spare: &mut Option<std::fs::File>) -> usize {
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    let mut closed = 0;
+    *spare = None;
+    while closed < 64 {
+        match listener.poll_accept(&mut cx) {
+            std::task::Poll::Ready(Ok((tcp, _))) => {
+                drop(tcp);
+                closed += 1;
+            }
+            _ => break,
+        }
+    }
+    *spare = open_spare();
+    closed
 }
