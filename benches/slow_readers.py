@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Slow readers: N clients (default 10,000) each ask switchyard for a 1 MiB response (env BODY_KIB) and read it at about 1 KB/s
+"""Slow readers: N clients (default 10,000) each ask switchyard for a 1 MiB response (env BODY_KIB; env HEAD_KIB sets the pool's max_response_header_bytes) and read it at about 1 KB/s
 (receive buffer 4 KiB, 1 KiB a second), so every response is held up by its client. Reports the proxy's RSS
 before and while they read, the RSS per slow client, its open descriptors, and how long a normal request takes
 meanwhile (the proxy must stay responsive). NGINX is the upstream (on CPU 1), switchyard `--workers 1` on CPU 0.
@@ -127,6 +127,8 @@ http {{ access_log off; client_body_temp_path {D}/b; proxy_temp_path {D}/p; fast
   server {{ listen 127.0.0.1:{UP} backlog=4096; root {D};
     location = /big {{ try_files /big =404; }}
     location = /small {{ return 200 "ok\\n"; }} }} }}""")
+    head = os.environ.get("HEAD_KIB")
+    head_limit = f"max_response_header_bytes = {int(head) * 1024}" if head else ""
     open(f"{D}/sy.toml", "w").write(f"""[[listeners]]
 address = "127.0.0.1:{P}"
 [admin]
@@ -138,6 +140,7 @@ idle_timeout = "120s"
 pool = "up"
 [pools.up]
 backends = [{{ address = "127.0.0.1:{UP}" }}]
+{head_limit}
 [pools.up.timeouts]
 request = "300s"
 """)

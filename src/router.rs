@@ -73,6 +73,7 @@ impl Snapshot {
             let connections = PoolConnections::new(
                 settings.protocol,
                 settings.tls.as_ref(),
+                settings.max_response_header_bytes,
                 pool.backends
                     .iter()
                     .map(|b| (b.address.as_str(), b.metrics.connections_opened.clone())),

@@ -274,3 +274,37 @@ async fn a_response_head_over_the_limit_is_refused_however_it_arrives() {
     .await;
     assert_eq!(protocol_errors, 1.0);
 }
+
+/// Each pool's upstream read buffer follows its own `max_response_header_bytes` (it bounds what a slow client
+/// holds up): a pool at 16 KiB takes a 12 KiB head and refuses a 20 KiB one, while a pool at the default takes
+/// 200 KiB, in one write or in pieces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_pool_reads_heads_up_to_its_own_limit() {
+    let small = "max_response_header_bytes = 16384";
+    let cases = [
+        ("small-under", 12 * 1024, small, 200),
+        ("small-over", 20 * 1024, small, 502),
+        ("default-large", 200 * 1024, "", 200),
+    ];
+    let mut pools = Vec::new();
+    for (name, size, extra, _) in cases {
+        for (suffix, piece) in [("whole", 0), ("pieces", 4096)] {
+            let (addr, _) = scripted_backend(Script {
+                piece,
+                ..Script::answering(head_of(size))
+            })
+            .await;
+            pools.push((format!("{name}-{suffix}"), addr, extra));
+        }
+    }
+    let named: Vec<(&str, SocketAddr, &str)> =
+        pools.iter().map(|(n, a, e)| (n.as_str(), *a, *e)).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let (_proc, proxy, _admin) = proxy_for(dir.path(), &named).await;
+    for (name, _, _, want) in cases {
+        for suffix in ["whole", "pieces"] {
+            let host = format!("{name}-{suffix}");
+            assert_eq!(try_get_host(proxy, &host).await, Some(want), "{host}");
+        }
+    }
+}

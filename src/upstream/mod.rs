@@ -133,6 +133,7 @@ impl PoolConnections {
     pub(crate) fn new<'a>(
         protocol: Protocol,
         tls: Option<&UpstreamTlsSettings>,
+        max_response_header_bytes: usize,
         backends: impl Iterator<Item = (&'a str, IntCounter)>,
         previous: Option<&PoolConnections>,
     ) -> Self {
@@ -144,10 +145,16 @@ impl PoolConnections {
         let backends = backends
             .map(|(address, opened)| {
                 let kept = previous.and_then(|p| p.backends.iter().find(|c| c.address == address));
-                match kept {
+                let c = match kept {
                     Some(c) => Arc::clone(c),
                     None => Arc::new(ConnectionPool::new(address, opened, kind.clone())),
-                }
+                };
+                // New connections from now on; open ones keep the buffer they have.
+                c.read_buffer.store(
+                    read_buffer_for(max_response_header_bytes),
+                    Ordering::Relaxed,
+                );
+                c
             })
             .collect();
         Self { kind, backends }
@@ -190,6 +197,10 @@ pub(crate) struct ConnectionPool {
     /// instead of each opening its own. Taken only when there is no usable shared connection.
     connecting: tokio::sync::Mutex<()>,
     opened: IntCounter,
+    /// The most an HTTP/1.1 connection's read buffer may hold: the pool's `max_response_header_bytes` and a
+    /// margin. It also bounds each piece of a response body (a piece is what one read brought), and so what a
+    /// slow client holds up: hyper keeps a few pieces in flight.
+    read_buffer: AtomicUsize,
 }
 
 impl ConnectionPool {
@@ -208,7 +219,12 @@ impl ConnectionPool {
                 .collect(),
             connecting: tokio::sync::Mutex::new(()),
             opened,
+            read_buffer: AtomicUsize::new(read_buffer_for(MAX_RESPONSE_HEADER_BYTES)),
         }
+    }
+
+    fn read_buffer(&self) -> usize {
+        self.read_buffer.load(Ordering::Relaxed)
     }
 
     pub(crate) fn protocol(&self) -> Protocol {
@@ -284,7 +300,7 @@ impl ConnectionPool {
             };
             let _ = tcp.set_nodelay(true);
             if !self.kind.protocol.is_tls() {
-                return handshake(Tcp::new(tcp), self.kind.protocol).await;
+                return handshake(Tcp::new(tcp), self.kind.protocol, self.read_buffer()).await;
             }
             let (Some(connector), Some(name)) = (&self.kind.connector, &self.server_name) else {
                 return Err(io::Error::other(
@@ -292,7 +308,7 @@ impl ConnectionPool {
                 ));
             };
             let tls = connector.connect(name.clone(), Tcp::new(tcp)).await?;
-            handshake(tls, self.kind.protocol).await
+            handshake(tls, self.kind.protocol, self.read_buffer()).await
         };
         match tokio::time::timeout(timeout, connecting).await {
             Ok(result) => result,
@@ -307,8 +323,13 @@ impl ConnectionPool {
     }
 }
 
+/// The read buffer for a pool whose response heads may take `max_response_header_bytes`.
+pub(crate) fn read_buffer_for(max_response_header_bytes: usize) -> usize {
+    max_response_header_bytes + 16 * 1024
+}
+
 /// Speaks HTTP/1.1 or HTTP/2 over an open connection; the connection's I/O runs in its own task.
-async fn handshake<T>(io: T, protocol: Protocol) -> io::Result<Sender>
+async fn handshake<T>(io: T, protocol: Protocol, read_buffer: usize) -> io::Result<Sender>
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -326,9 +347,10 @@ where
         });
         Ok(Sender::H2(sender))
     } else {
-        // `max_response_header_bytes` is checked on each response; this only bounds the read buffer.
+        // `max_response_header_bytes` is checked on each response; this bounds the read buffer (at least
+        // hyper's minimum of 8 KiB).
         let (sender, conn) = http1::Builder::new()
-            .max_buf_size(MAX_RESPONSE_HEADER_BYTES + 64 * 1024)
+            .max_buf_size(read_buffer.max(8192))
             .handshake::<_, RequestBody>(io)
             .await
             .map_err(io::Error::other)?;
@@ -467,6 +489,7 @@ mod tests {
         PoolConnections::new(
             protocol,
             Some(&tls),
+            64 * 1024,
             [("127.0.0.1:9", opened)].into_iter(),
             previous,
         )
