@@ -13,6 +13,8 @@ Needs nginx, haproxy and wrk (and redis-server for limit_global). Traffic stays 
 everything started is stopped.
 """
 import os, subprocess, sys, time, re, signal, statistics, socket, tempfile
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from procs import close_browsers, open_browsers
 D = tempfile.mkdtemp(prefix="switchyard-ab-")
 B1, B2, P, A = 18081, 18082, 18080, 18089
 def nginx_conf():
@@ -115,12 +117,7 @@ def main():
                 wait_port(P); time.sleep(0.5)
                 browsers = []
                 if v.endswith(":browsers5"):
-                    for i in range(5):
-                        browsers.append(subprocess.Popen(
-                            ["taskset", "-c", "1", "chromium", "--headless=new", "--no-sandbox", "--disable-gpu",
-                             f"--user-data-dir={D}/chromium-{i}", "--remote-debugging-port=0", "--no-first-run",
-                             f"http://127.0.0.1:{A}/"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+                    browsers = open_browsers(5, f"http://127.0.0.1:{A}/", D)
                     time.sleep(4)
                 subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c50", "-d2s", f"http://127.0.0.1:{P}/"], capture_output=True)
                 c0 = cpu(p.pid)
@@ -129,8 +126,7 @@ def main():
                 n = int(re.search(r"(\d+) requests in", out).group(1))
                 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
                 res[v].append((rps, n / (c1 - c0)))
-                for b in browsers:
-                    os.killpg(b.pid, signal.SIGKILL); b.wait()
+                close_browsers(browsers)
                 p.send_signal(signal.SIGTERM if v != "haproxy" else signal.SIGUSR1); 
                 try: p.wait(10)
                 except subprocess.TimeoutExpired: p.kill(); p.wait()

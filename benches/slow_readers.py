@@ -11,29 +11,19 @@ below that, N shrinks to fit and says so. Traffic stays on
 """
 import asyncio, os, resource, signal, socket, subprocess, sys, tempfile, time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from procs import rss_kib, wait_port
+
 D = tempfile.mkdtemp(prefix="switchyard-slow-")
 UP, P, A = 18281, 18280, 18289
 
 
-def rss_kib(pid):
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 def fds(pid):
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def wait_port(p):
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", p), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"port {p} not up")
 
 
 async def slow_client(stop, stats):

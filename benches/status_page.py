@@ -8,7 +8,10 @@ Also prints the size of one `/api/status` answer and the process's RSS.
 Usage: python3 benches/status_page.py [BINARY]   (default target/release/switchyard; env SECONDS, default 30)
 Needs chromium. Traffic stays on 127.0.0.1 (ports 18180-18189); everything started is stopped.
 """
-import os, signal, subprocess, sys, tempfile, time, urllib.request, socket
+import os, signal, subprocess, sys, tempfile, time, urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from procs import close_browsers, cpu, open_browsers, rss_kib, wait_port
 
 D = tempfile.mkdtemp(prefix="switchyard-status-")
 P, A = 18180, 18189
@@ -26,26 +29,10 @@ def config(pools, backends):
     return "".join(lines)
 
 
-def cpu(pid):
-    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def rss_kib(pid):
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
-def wait_port(p):
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", p), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"port {p} not up")
 
 
 def main():
@@ -64,21 +51,14 @@ def main():
             size = len(urllib.request.urlopen(f"http://127.0.0.1:{A}/api/status").read())
             time.sleep(3)
             c0 = cpu(sy.pid); time.sleep(seconds); idle = (cpu(sy.pid) - c0) / seconds
-            for i in range(5):
-                browsers.append(subprocess.Popen(
-                    ["taskset", "-c", "1", "chromium", "--headless=new", "--no-sandbox", "--disable-gpu",
-                     f"--user-data-dir={D}/chromium-{i}", "--remote-debugging-port=0", "--no-first-run",
-                     f"http://127.0.0.1:{A}/"],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+            browsers = open_browsers(5, f"http://127.0.0.1:{A}/", D)
             time.sleep(8)
             c0 = cpu(sy.pid); time.sleep(seconds); watched = (cpu(sy.pid) - c0) / seconds
             rss = rss_kib(sy.pid)
             print(f"| {name} | {size} | {idle * 100:.2f}% | {watched * 100:.2f}% | {(watched - idle) * 100:.2f}% "
                   f"| {rss / 1024:.1f} MiB |", flush=True)
         finally:
-            for b in browsers:
-                os.killpg(b.pid, signal.SIGKILL)
-                b.wait()
+            close_browsers(browsers)
             sy.send_signal(signal.SIGTERM)
             sy.wait(10)
 

@@ -1,0 +1,40 @@
+"""Helpers the Python benches share: a process's CPU time and RSS from /proc, waiting for a port, and headless
+Chromium tabs kept open on a page (each in a session of its own, so it can be stopped with all its children)."""
+import os, signal, socket, subprocess, time
+
+
+def cpu(pid):
+    """User + system CPU seconds of `pid`."""
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_kib(pid):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def wait_port(p):
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", p), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"port {p} not up")
+
+
+def open_browsers(n, url, profile_dir):
+    """`n` headless Chromium tabs on `url`, on CPU 1."""
+    return [subprocess.Popen(
+        ["taskset", "-c", "1", "chromium", "--headless=new", "--no-sandbox", "--disable-gpu",
+         f"--user-data-dir={profile_dir}/chromium-{i}", "--remote-debugging-port=0", "--no-first-run", url],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True) for i in range(n)]
+
+
+def close_browsers(browsers):
+    for b in browsers:
+        os.killpg(b.pid, signal.SIGKILL)
+        b.wait()
