@@ -296,3 +296,106 @@ async fn a_backend_that_never_reads_an_upload_gets_a_timeout_and_the_upload_is_n
     );
     assert!(no_request_left(&server).await);
 }
+
+/// A backend that answers `head`, then sends `body` one byte every `every`.
+async fn trickler(head: &'static str, body: &'static [u8], every: Duration) -> SocketAddr {
+    upstream(move |mut tcp| async move {
+        if read_head(&mut tcp).await {
+            if tcp.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            for byte in body {
+                tokio::time::sleep(every).await;
+                if tcp.write_all(std::slice::from_ref(byte)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_trickling_a_byte_at_a_time_is_cut_when_timeouts_request_runs_out() {
+    // 100 bytes at one per 50 ms would take 5 s; no single silence comes near the 1 s timeout.
+    static BODY: [u8; 100] = [b'x'; 100];
+    let addr = trickler(
+        "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n",
+        &BODY,
+        Duration::from_millis(50),
+    )
+    .await;
+    let server = proxy_to(addr, "").await;
+    let started = Instant::now();
+    let (status, body) = fetch(server.listen_addrs[0], "/").await;
+    let took = started.elapsed();
+    assert_eq!(status, 200);
+    assert!(body.is_err(), "a trickled body must be cut: {body:?}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "cut after {took:?}, not near the 1 s timeout"
+    );
+    assert!(no_request_left(&server).await);
+    let (_, metrics) = admin_get(&server, "/metrics").await;
+    let series = format!(
+        "switchyard_upstream_errors_total{{backend=\"{addr}\",kind=\"timeout\",pool=\"p\"}}"
+    );
+    assert_eq!(metric(&metrics, &series), Some(1.0), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_is_cut_only_by_a_silence_and_a_slow_client_is_not_charged_to_the_backend() {
+    // Server-sent events: 30 events 100 ms apart (3 s in all, past the 1 s timeout) pass whole.
+    static EVENTS: [u8; 30] = [b'.'; 30];
+    let stream = trickler(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: 30\r\n\r\n",
+        &EVENTS,
+        Duration::from_millis(100),
+    )
+    .await;
+    let server = proxy_to(stream, "").await;
+    let (status, body) = fetch(server.listen_addrs[0], "/").await;
+    assert_eq!(status, 200);
+    assert_eq!(body.as_deref().map(<[u8]>::len), Ok(30), "{body:?}");
+    server.shutdown().await;
+
+    // A backend that sends 8 MiB at once, read by a client that takes 3 s over it: the backend kept no one
+    // waiting, so the 1 s timeout does not cut it.
+    const SIZE: usize = 8 << 20;
+    let fast = upstream(|mut tcp| async move {
+        if read_head(&mut tcp).await {
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {SIZE}\r\n\r\n");
+            let _ = tcp.write_all(head.as_bytes()).await;
+            let _ = tcp.write_all(&vec![b'y'; SIZE]).await;
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+    })
+    .await;
+    let server = proxy_to(fast, "").await;
+    let resp = client()
+        .request(
+            http::Request::get(format!("http://{}/", server.listen_addrs[0]))
+                .body(full(""))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let started = Instant::now();
+    let mut got = 0;
+    while let Some(frame) = tokio::time::timeout(Duration::from_secs(10), body.frame())
+        .await
+        .expect("the body neither ended nor failed in 10 s")
+    {
+        let frame = frame.unwrap_or_else(|e| panic!("cut after {got} bytes: {e}"));
+        got += frame.data_ref().map_or(0, Bytes::len);
+        // Paced to take about 3 s over the whole body.
+        let due = Duration::from_secs_f64(3.0 * got as f64 / SIZE as f64);
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+    assert_eq!(got, SIZE);
+    assert!(started.elapsed() >= Duration::from_secs(2));
+}

@@ -21,6 +21,8 @@ use crate::balance::backend::InFlight;
 use crate::observe::access_log::Pending;
 use crate::upstream::{ConnectionPool, Sender};
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 pub(crate) enum ProxyBody {
     Upstream(UpstreamBody),
     Local(Option<Bytes>),
@@ -32,17 +34,28 @@ pub(crate) struct UpstreamBody {
     body: Incoming,
     ended: bool,
     bytes_out: u64,
-    /// The longest silence allowed between two pieces of the body (the pool's request timeout).
-    idle_timeout: Duration,
+    wait: BodyWait,
+    /// Since when the body has kept us waiting on the backend (not on the client, which stops polling).
+    waiting_since: Option<Instant>,
     /// Armed only when the upstream keeps us waiting, so a body that flows costs no timer.
-    idle: Option<Pin<Box<Sleep>>>,
+    timer: Option<Pin<Box<Sleep>>>,
     done: Completion,
 }
 
-/// The upstream went silent in the middle of a response body for longer than the pool's request timeout.
+/// How long a response body may keep the proxy waiting on its backend.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum BodyWait {
+    /// In all, over the whole body: what is left of `timeouts.request` after the head. A body trickling in
+    /// byte by byte is cut when its pauses add up to that; time spent waiting for a slow client is not counted.
+    InAll(Duration),
+    /// Each silence between two pieces (a stream: gRPC, server-sent events).
+    EachSilence(Duration),
+}
+
+/// The backend kept the proxy waiting on the response body past the pool's request timeout.
 #[derive(Debug, thiserror::Error)]
-#[error("the backend stopped sending the response body")]
-pub(crate) struct BodyStalled;
+#[error("the backend did not finish the response body within timeouts.request")]
+pub(crate) struct BodyTimedOut;
 
 impl ProxyBody {
     pub(crate) fn local(text: &'static str) -> Self {
@@ -53,13 +66,14 @@ impl ProxyBody {
         Self::Local(Some(Bytes::from(bytes)))
     }
 
-    pub(crate) fn upstream(body: Incoming, done: Completion, idle_timeout: Duration) -> Self {
+    pub(crate) fn upstream(body: Incoming, done: Completion, wait: BodyWait) -> Self {
         Self::Upstream(UpstreamBody {
             body,
             ended: false,
             bytes_out: 0,
-            idle_timeout,
-            idle: None,
+            wait,
+            waiting_since: None,
+            timer: None,
             done,
         })
     }
@@ -76,6 +90,8 @@ pub(crate) struct Completion {
     pub(crate) idle_cap: Duration,
     /// The access log line, sent when the body ends.
     pub(crate) log: Option<Box<Pending>>,
+    /// What is left of the pool's request timeout for the body, once the head has come.
+    pub(crate) wait_left: Duration,
 }
 
 impl Drop for UpstreamBody {
@@ -96,40 +112,71 @@ impl Drop for UpstreamBody {
     }
 }
 
+impl UpstreamBody {
+    fn poll_body(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.body).poll_frame(cx) {
+            Poll::Ready(polled) => {
+                match &polled {
+                    None => self.ended = true,
+                    Some(Ok(frame)) => {
+                        self.bytes_out += frame.data_ref().map_or(0, |d| d.len() as u64)
+                    }
+                    Some(Err(_)) => {}
+                }
+                if let Some(since) = self.waiting_since.take() {
+                    if let BodyWait::InAll(left) = &mut self.wait {
+                        *left = left.saturating_sub(since.elapsed());
+                    }
+                }
+                Poll::Ready(polled.map(|r| r.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                if self.waiting_since.is_none() {
+                    let now = Instant::now();
+                    self.waiting_since = Some(now);
+                    let due = now
+                        + match self.wait {
+                            BodyWait::InAll(left) | BodyWait::EachSilence(left) => left,
+                        };
+                    match self.timer.as_mut() {
+                        Some(timer) => timer.as_mut().reset(due),
+                        None => self.timer = Some(Box::pin(tokio::time::sleep_until(due))),
+                    }
+                }
+                let Some(timer) = self.timer.as_mut() else {
+                    return Poll::Pending;
+                };
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => {
+                        let backend = self.done.in_flight.backend();
+                        backend.metrics.count_error("timeout");
+                        if let Some(log) = self.done.log.as_deref_mut() {
+                            log.reason = "timeout";
+                        }
+                        tracing::debug!(pool = %backend.pool, backend = %backend.address,
+                            "response body cut: {BodyTimedOut}");
+                        Poll::Ready(Some(Err(Box::new(BodyTimedOut))))
+                    }
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
-            Self::Upstream(up) => match Pin::new(&mut up.body).poll_frame(cx) {
-                Poll::Ready(polled) => {
-                    match &polled {
-                        None => up.ended = true,
-                        Some(Ok(frame)) => {
-                            up.bytes_out += frame.data_ref().map_or(0, |d| d.len() as u64)
-                        }
-                        Some(Err(_)) => {}
-                    }
-                    if let Some(idle) = up.idle.as_mut() {
-                        idle.as_mut().reset(Instant::now() + up.idle_timeout);
-                    }
-                    Poll::Ready(polled.map(|r| r.map_err(Into::into)))
-                }
-                Poll::Pending => {
-                    let timeout = up.idle_timeout;
-                    let idle = up
-                        .idle
-                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                    match idle.as_mut().poll(cx) {
-                        Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyStalled)))),
-                        Poll::Pending => Poll::Pending,
-                    }
-                }
-            },
+            Self::Upstream(up) => up.poll_body(cx),
             Self::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Self::Feed(rx) => rx.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b)))),
         }

@@ -18,13 +18,13 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use http::header::{self, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 
-pub(crate) use body::{Completion, ProxyBody};
+pub(crate) use body::{BodyWait, Completion, ProxyBody};
 pub(crate) use tunnel::OpenTunnels;
 
 use self::affinity::Affinity;
@@ -585,6 +585,7 @@ impl Exchange<'_> {
                     connections: Arc::clone(self.connections),
                     idle_cap: upstream::keep_alive_cap(resp.headers()),
                     log: None,
+                    wait_left: self.wait_left(),
                 };
                 if matches!(status.as_u16(), 502..=504) {
                     return Err((Failure::Response(Box::new((resp, done))), None));
@@ -615,6 +616,17 @@ impl Exchange<'_> {
         outcome.record(false, &error);
         log_failure(backend, &error);
         Err((Failure::Error(error), None))
+    }
+
+    /// What is left of the pool's request timeout once the response head has come: the body may keep the
+    /// proxy waiting that much longer in all (`timeouts.request` bounds the backend's whole exchange).
+    fn wait_left(&self) -> Duration {
+        let timeout = self.pool.timeouts.request;
+        let now = Instant::now();
+        let due = self.watch.map_or(self.attempt_started + timeout, |w| {
+            w.answer_due(timeout, now)
+        });
+        due.saturating_duration_since(now)
     }
 
     /// Sends on a pooled connection (once more, on a new one, when the pooled one turns out closed and the
@@ -722,12 +734,34 @@ fn pass_on(
     mut done: Completion,
     log: Option<Box<Pending>>,
     attempts: u32,
-    idle_timeout: Duration,
+    request_timeout: Duration,
 ) -> Response<ProxyBody> {
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
     record::upstream_answered(&mut done, parts.status, log, attempts);
-    Response::from_parts(parts, ProxyBody::upstream(body, done, idle_timeout))
+    let wait = if is_stream(&parts.headers) {
+        BodyWait::EachSilence(request_timeout)
+    } else {
+        BodyWait::InAll(done.wait_left)
+    };
+    Response::from_parts(parts, ProxyBody::upstream(body, done, wait))
+}
+
+/// A response that is a stream by its nature (gRPC, server-sent events) may run for as long as it keeps
+/// talking: for it, `timeouts.request` bounds each silence, not the whole exchange.
+fn is_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .map(HeaderValue::as_bytes)
+        .is_some_and(|t| {
+            let t = t.trim_ascii_start();
+            starts_with_ignore_case(t, b"application/grpc")
+                || starts_with_ignore_case(t, b"text/event-stream")
+        })
+}
+
+fn starts_with_ignore_case(value: &[u8], prefix: &[u8]) -> bool {
+    value.len() >= prefix.len() && value[..prefix.len()].eq_ignore_ascii_case(prefix)
 }
 
 /// The start of a request's access log line.
