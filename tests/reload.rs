@@ -58,6 +58,8 @@ async fn reloads(server: &Server, result: &str) -> f64 {
 async fn rewriting_the_file_in_place_adds_removes_and_reweights() {
     let a = named_backend("a", Duration::ZERO).await;
     let b = named_backend("b", Duration::ZERO).await;
+    // Removed backends' series stay 5 minutes by default; this test waits 2 s.
+    switchyard::control::set_series_grace(Duration::from_secs(2));
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("switchyard.toml");
     std::fs::write(&path, config_text(&[(a, 1)], "")).unwrap();
@@ -98,7 +100,13 @@ async fn rewriting_the_file_in_place_adds_removes_and_reweights() {
         metric(&metrics, "switchyard_config_last_reload_successful"),
         Some(1.0)
     );
-    // The removed backend's series are gone once it has drained.
+    // The removed backend's series stay for the grace after it has drained, so scrapes see its last
+    // counts, then go.
+    let (_, text) = admin_get(&server, "/metrics").await;
+    assert!(
+        text.contains(&format!("backend=\"{a}\"")),
+        "series of the removed backend {a} went at once"
+    );
     let gone = eventually(DEADLINE, || async {
         let (_, text) = admin_get(&server, "/metrics").await;
         !text.contains(&format!("backend=\"{a}\""))

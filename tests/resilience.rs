@@ -770,6 +770,26 @@ async fn a_pool_whose_usable_backends_are_all_open_tries_them_at_once() {
     );
     // Still failing: the client gets a's own answer from a trial, not a 503 for the rest of the minute.
     assert_eq!(get(proxy, "/", None).await.0, 500);
+    // Each request is an early trial (half-open, then open again): all counted, but not a log line and an
+    // event each; about one pair a second is.
+    let t = Instant::now();
+    for _ in 0..30 {
+        assert_eq!(get(proxy, "/", None).await.0, 500);
+    }
+    let took = t.elapsed().as_secs() as usize;
+    let (_, _, text) = get(([127, 0, 0, 1], admin).into(), "/metrics", None).await;
+    let series = format!(
+        "switchyard_circuit_breaker_transitions_total{{backend=\"{}\",pool=\"p\",to=\"half_open\"}}",
+        a.addr
+    );
+    assert!(metric(&text, &series).unwrap_or(0.0) >= 31.0, "{text}");
+    let logged = admin_json(admin, "/api/events").await["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "circuit_half_open")
+        .count();
+    assert!(logged <= took + 2, "{logged} half-open events in {took} s");
     a.set_status(200);
     let t = Instant::now();
     assert_eq!(get(proxy, "/", None).await.0, 200);

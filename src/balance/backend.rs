@@ -78,7 +78,22 @@ pub struct Backend {
     pub(crate) outlier: Outlier,
     /// What the backend's pool shares across rebuilds (its members, its queue); set once by the pool.
     pool_state: std::sync::OnceLock<Arc<PoolState>>,
+    early_trials: std::sync::Mutex<EarlyTrials>,
 }
+
+/// When every usable backend of a pool is open, each request makes an early trial: open → half-open → open
+/// again, a pair of transitions per request. The first pair in a second is logged and recorded as events; the
+/// others are only counted (metrics), and the next one logged says how many there were.
+#[derive(Default)]
+struct EarlyTrials {
+    last_logged: Option<Instant>,
+    /// The circuit is half-open for an early trial that was not logged: its return to open is not either.
+    quiet: bool,
+    unlogged: u64,
+}
+
+/// How often an early trial on an open circuit is logged, at most.
+const EARLY_TRIAL_LOG_EVERY: Duration = Duration::from_secs(1);
 
 impl Backend {
     pub fn new(
@@ -115,6 +130,7 @@ impl Backend {
             ramp: Ramp::default(),
             outlier: Outlier::default(),
             pool_state: std::sync::OnceLock::new(),
+            early_trials: std::sync::Mutex::default(),
         }
     }
 
@@ -467,8 +483,35 @@ impl Backend {
     /// backend left otherwise).
     pub(crate) fn admit_early(&self) -> bool {
         let (admitted, transition) = self.breaker.admit_early();
-        if let Some(t) = transition {
-            self.on_transition(&t);
+        if let Some(mut t) = transition {
+            let now = Instant::now();
+            let logged = match self.early_trials.lock() {
+                Ok(mut early) => {
+                    let recent = early
+                        .last_logged
+                        .is_some_and(|l| now.saturating_duration_since(l) < EARLY_TRIAL_LOG_EVERY);
+                    early.quiet = recent;
+                    if recent {
+                        early.unlogged += 1;
+                    } else {
+                        early.last_logged = Some(now);
+                        if early.unlogged > 0 {
+                            t.reason = format!(
+                                "{} ({} more early trials in the last second, not logged)",
+                                t.reason, early.unlogged
+                            );
+                            early.unlogged = 0;
+                        }
+                    }
+                    !recent
+                }
+                Err(_) => true,
+            };
+            if logged {
+                self.on_transition(&t);
+            } else {
+                self.count_transition(&t);
+            }
         }
         admitted
     }
@@ -493,11 +536,25 @@ impl Backend {
         }
     }
 
-    fn on_transition(&self, t: &Transition) {
+    /// The flag and the metrics of a transition, without a log line or an event.
+    fn count_transition(&self, t: &Transition) {
         // A hint for the lock-free fast path; `admit` reads the breaker itself.
         self.set_flag(BREAKER, t.to != State::Closed);
         let index = State::ALL.iter().position(|s| *s == t.to).unwrap_or(0);
         self.metrics.breaker_transition(index, t.to.as_str());
+    }
+
+    fn on_transition(&self, t: &Transition) {
+        self.count_transition(t);
+        let quiet = self
+            .early_trials
+            .lock()
+            .map(|mut early| std::mem::take(&mut early.quiet))
+            .unwrap_or(false);
+        if quiet && t.to == State::Open {
+            // The unlogged early trial failed: back to open, as the log last said.
+            return;
+        }
         let (kind, level) = match t.to {
             State::Open => (Kind::CircuitOpen, Level::Warn),
             State::HalfOpen => (Kind::CircuitHalfOpen, Level::Info),

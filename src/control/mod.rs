@@ -12,7 +12,8 @@ mod watch;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use serde::Serialize;
@@ -20,6 +21,20 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::observe::metrics::Metrics;
 use crate::router::Snapshot;
+
+/// How long a removed backend's metric series stay once it has drained: long enough for every scrape
+/// (Prometheus' default interval is a minute) to see its last counts, so `increase()` over the pool loses none.
+static SERIES_GRACE_MS: AtomicU64 = AtomicU64::new(5 * 60 * 1000);
+
+/// Shortens [`series_grace`] for the whole process (tests).
+#[doc(hidden)]
+pub fn set_series_grace(grace: Duration) {
+    SERIES_GRACE_MS.store(grace.as_millis() as u64, Ordering::Relaxed);
+}
+
+pub(crate) fn series_grace() -> Duration {
+    Duration::from_millis(SERIES_GRACE_MS.load(Ordering::Relaxed))
+}
 
 /// What the data path and the control plane share.
 pub struct Shared {

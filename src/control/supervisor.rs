@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use super::discovery::{self, Discovered};
 use super::health;
 use super::watch::{Watched, watch_files};
-use super::{Command, ReloadError, ReloadOutcome, Shared, Trigger};
+use super::{Command, ReloadError, ReloadOutcome, Shared, Trigger, series_grace};
 use crate::balance::backend::Backend;
 use crate::config::{
     self, BackendSettings, BackendSource, Config, DiscoverySettings, ResolverSettings,
@@ -286,23 +286,25 @@ impl Supervisor {
         (added, removed_names)
     }
 
-    /// Lets removed backends finish their requests, then drops their metric series (unless a backend of the same
-    /// name replaced them).
+    /// Lets removed backends finish their requests, then, [`SERIES_GRACE`] later, drops their metric series
+    /// (unless a backend of the same pool and address is there again by then: DNS answers come and go).
     fn retire(&self, removed: Vec<Arc<Backend>>) {
-        let current = self.shared.snapshot.load_full();
         for backend in removed {
-            let metrics = Arc::clone(&self.shared.metrics);
-            let renamed = current
-                .pools
-                .get(&backend.pool)
-                .is_some_and(|p| p.backends.iter().any(|b| b.address == backend.address));
-            if renamed {
-                continue;
-            }
+            let shared = Arc::clone(&self.shared);
             tokio::spawn(async move {
-                // Requests in flight finish on the old backend; its series go once it is idle.
+                // Requests in flight finish on the old backend; its series go once it is idle and every
+                // scrape has had time to see its last counts.
                 backend.idle().await;
-                backend.metrics.remove_series(&metrics);
+                tokio::time::sleep(series_grace()).await;
+                let back = shared
+                    .snapshot
+                    .load()
+                    .pools
+                    .get(&backend.pool)
+                    .is_some_and(|p| p.backends.iter().any(|b| b.address == backend.address));
+                if !back {
+                    backend.metrics.remove_series(&shared.metrics);
+                }
             });
         }
     }

@@ -10,6 +10,7 @@ use switchyard::server::Server;
 mod admin;
 mod backends;
 mod clients;
+mod dns;
 mod metrics;
 mod process;
 mod scripted;
@@ -21,6 +22,8 @@ pub use admin::*;
 pub use backends::*;
 #[allow(unused_imports)]
 pub use clients::*;
+#[allow(unused_imports)]
+pub use dns::*;
 #[allow(unused_imports)]
 pub use metrics::*;
 #[allow(unused_imports)]
