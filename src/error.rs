@@ -26,7 +26,7 @@ pub(crate) enum ProxyError {
     Connect(#[source] std::io::Error),
     #[error("the backend did not answer in time")]
     Timeout,
-    #[error("the backend's answer was not valid HTTP")]
+    #[error("{}", protocol_text(.0))]
     Protocol(#[source] hyper::Error),
     #[error("upgrade requested to a pool that speaks HTTP/2")]
     UpgradeUnsupported,
@@ -87,7 +87,12 @@ impl ProxyError {
             }
             Self::Connect(_) => "switchyard: could not connect to the backend\n",
             Self::Timeout => "switchyard: the backend did not answer in time\n",
-            Self::Protocol(_) => "switchyard: the backend's answer was not valid HTTP\n",
+            Self::Protocol(e) if is_malformed(e) => {
+                "switchyard: the backend's answer was not valid HTTP\n"
+            }
+            Self::Protocol(_) => {
+                "switchyard: the backend closed the connection before it answered\n"
+            }
             Self::UpgradeUnsupported => {
                 "switchyard: this route's backends speak HTTP/2, which cannot carry an upgrade (WebSocket)\n"
             }
@@ -187,5 +192,18 @@ impl ProxyError {
             | Self::UnsupportedTransferCoding
             | Self::Client(_) => None,
         }
+    }
+}
+
+/// Did the backend send bytes that are not HTTP (rather than close or reset the connection mid-exchange)?
+fn is_malformed(e: &hyper::Error) -> bool {
+    e.is_parse() || e.is_parse_status() || e.is_parse_too_large()
+}
+
+fn protocol_text(e: &hyper::Error) -> &'static str {
+    if is_malformed(e) {
+        "the backend's answer was not valid HTTP"
+    } else {
+        "the backend closed the connection before it answered"
     }
 }

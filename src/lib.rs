@@ -12,7 +12,8 @@
 //! in [`balance::backend::Backend`], which is made of atomics. [`server::Server`] starts both.
 #![forbid(unsafe_code)]
 
-pub(crate) mod admin;
+#[doc(hidden)]
+pub mod admin;
 pub mod balance;
 pub mod cli;
 pub mod config;

@@ -399,3 +399,35 @@ async fn a_stream_is_cut_only_by_a_silence_and_a_slow_client_is_not_charged_to_t
     assert_eq!(got, SIZE);
     assert!(started.elapsed() >= Duration::from_secs(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_502_says_whether_the_backend_closed_or_sent_something_that_is_not_http() {
+    let closes = upstream(|mut tcp| async move {
+        read_head(&mut tcp).await;
+    })
+    .await;
+    let garbage = upstream(|mut tcp| async move {
+        if read_head(&mut tcp).await {
+            let _ = tcp.write_all(b"HELLO THERE\r\n\r\n").await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    })
+    .await;
+    for (addr, reason) in [
+        (
+            closes,
+            "the backend closed the connection before it answered",
+        ),
+        (garbage, "the backend's answer was not valid HTTP"),
+    ] {
+        let server = proxy_to(addr, "").await;
+        let (status, body) = fetch(server.listen_addrs[0], "/").await;
+        assert_eq!(status, 502);
+        let body = body.unwrap();
+        assert!(
+            String::from_utf8_lossy(&body).contains(reason),
+            "{reason}: {body:?}"
+        );
+        server.shutdown().await;
+    }
+}

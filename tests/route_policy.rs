@@ -103,6 +103,7 @@ async fn a_runtime_weight_applies_at_once_survives_a_reload_and_is_removed() {
         r#"{"weight": 1001}"#,
         r#"{"weight": -1}"#,
         "3",
+        "[3]",
         r#"{"w": 3}"#,
         "",
     ] {

@@ -197,7 +197,8 @@ async fn set_weight(
 }
 
 /// `{"weight": N}` from a request body of at most 4 KiB.
-async fn read_weight(req: Request<Incoming>) -> Result<u32, String> {
+#[doc(hidden)]
+pub async fn read_weight(req: Request<Incoming>) -> Result<u32, String> {
     use http_body_util::BodyExt;
     let body = http_body_util::Limited::new(req.into_body(), 4096)
         .collect()
@@ -209,9 +210,12 @@ async fn read_weight(req: Request<Incoming>) -> Result<u32, String> {
     struct Body {
         weight: i64,
     }
-    let parsed: Body = serde_json::from_slice(&body).map_err(|e| {
-        format!("the body must be {{\"weight\": N}} with N from 0 to {MAX_WEIGHT}: {e}")
-    })?;
+    let shape = || format!("the body must be {{\"weight\": N}} with N from 0 to {MAX_WEIGHT}");
+    // serde would also read the struct from an array of its fields (`[N]`); only the object is the API.
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(shape());
+    }
+    let parsed: Body = serde_json::from_slice(&body).map_err(|e| format!("{}: {e}", shape()))?;
     u32::try_from(parsed.weight)
         .ok()
         .filter(|&w| w <= MAX_WEIGHT)

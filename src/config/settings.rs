@@ -11,7 +11,8 @@ use http::StatusCode;
 pub(crate) use super::certs::{CertPaths, ListenerTlsSettings, TlsVersion, UpstreamTlsSettings};
 
 /// The highest accepted backend weight (HAProxy's is 256; a little more room, still cheap to expand).
-pub(crate) const MAX_WEIGHT: u32 = 1000;
+#[doc(hidden)]
+pub const MAX_WEIGHT: u32 = 1000;
 /// Where the admin listener binds when the file has no `[admin]` address.
 pub(crate) const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9901";
 pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -77,7 +78,8 @@ impl BackendSource {
 
 /// `[limits]`.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct Limits {
+#[doc(hidden)]
+pub struct Limits {
     /// Request line and headers; over it the client gets 431.
     pub(crate) max_header_bytes: usize,
     /// From a request head's first byte (or a new connection) until the head is complete (slowloris).
@@ -614,7 +616,8 @@ impl StatusRanges {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Format {
+#[doc(hidden)]
+pub enum Format {
     Json,
     Text,
 }

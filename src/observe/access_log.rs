@@ -20,24 +20,25 @@ const QUEUE: usize = 8192;
 
 /// One request, as logged.
 #[derive(Debug)]
-pub(crate) struct Entry {
-    pub(crate) time: SystemTime,
-    pub(crate) client: IpAddr,
-    pub(crate) method: Method,
-    pub(crate) host: String,
-    pub(crate) path: String,
-    pub(crate) status: u16,
-    pub(crate) pool: String,
-    pub(crate) backend: String,
-    pub(crate) attempts: u32,
-    pub(crate) duration: Duration,
-    pub(crate) bytes_in: u64,
-    pub(crate) bytes_out: u64,
+#[doc(hidden)]
+pub struct Entry {
+    pub time: SystemTime,
+    pub client: IpAddr,
+    pub method: Method,
+    pub host: String,
+    pub path: String,
+    pub status: u16,
+    pub pool: String,
+    pub backend: String,
+    pub attempts: u32,
+    pub duration: Duration,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
     /// Why the proxy answered itself (`queue_full`, `no_backend`, …); empty when an upstream answered.
-    pub(crate) reason: &'static str,
+    pub reason: &'static str,
     /// The request's ID and trace ID (`[request_id]`); empty without.
-    pub(crate) request_id: String,
-    pub(crate) trace_id: String,
+    pub request_id: String,
+    pub trace_id: String,
 }
 
 #[derive(Serialize)]
@@ -63,7 +64,8 @@ struct JsonLine<'a> {
 }
 
 impl Entry {
-    fn write(&self, format: Format, out: &mut Vec<u8>) {
+    #[doc(hidden)]
+    pub fn write(&self, format: Format, out: &mut Vec<u8>) {
         let time = humantime::format_rfc3339_millis(self.time).to_string();
         let duration_ms = (self.duration.as_secs_f64() * 1e6).round() / 1e3;
         match format {

@@ -2,7 +2,8 @@
 //! ([`events`]) and the status page's live figures ([`status`]). All are written to without blocking the data
 //! path and read by the admin listener and the log writer.
 
-pub(crate) mod access_log;
+#[doc(hidden)]
+pub mod access_log;
 pub(crate) mod balancing;
 pub(crate) mod events;
 pub mod metrics;

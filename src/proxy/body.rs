@@ -23,14 +23,16 @@ use crate::upstream::{ConnectionPool, Sender};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-pub(crate) enum ProxyBody {
+#[doc(hidden)]
+pub enum ProxyBody {
     Upstream(UpstreamBody),
     Local(Option<Bytes>),
     /// A stream the admin listener writes as it goes (server-sent events); ends when the sender is dropped.
     Feed(tokio::sync::mpsc::Receiver<Bytes>),
 }
 
-pub(crate) struct UpstreamBody {
+#[doc(hidden)]
+pub struct UpstreamBody {
     body: Incoming,
     ended: bool,
     bytes_out: u64,
@@ -113,10 +115,7 @@ impl Drop for UpstreamBody {
 }
 
 impl UpstreamBody {
-    fn poll_body(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match Pin::new(&mut self.body).poll_frame(cx) {
             Poll::Ready(polled) => {
                 match &polled {

@@ -24,7 +24,9 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 
-pub(crate) use body::{BodyWait, Completion, ProxyBody};
+#[doc(hidden)]
+pub use body::ProxyBody;
+pub(crate) use body::{BodyWait, Completion};
 pub(crate) use tunnel::OpenTunnels;
 
 use self::affinity::Affinity;
@@ -42,18 +44,20 @@ use crate::upstream::{self, ConnectionPool, Outgoing, SendError, Sender};
 
 /// What the proxy knows of the client connection a request came on.
 #[derive(Debug, Clone)]
-pub(crate) struct ConnInfo {
-    pub(crate) peer: SocketAddr,
+#[doc(hidden)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
     /// `peer`'s address as a header value (`X-Forwarded-For`), made once per connection.
-    pub(crate) peer_value: HeaderValue,
+    pub peer_value: HeaderValue,
     /// The connection is TLS (`X-Forwarded-Proto: https`).
-    pub(crate) https: bool,
+    pub https: bool,
     /// The listener only redirects to https.
-    pub(crate) redirect_https: bool,
+    pub redirect_https: bool,
 }
 
 /// The proxy service shared by every connection of every listener.
-pub(crate) struct Proxy {
+#[doc(hidden)]
+pub struct Proxy {
     pub(crate) snapshot: Arc<ArcSwap<Snapshot>>,
     pub(crate) metrics: Arc<Metrics>,
     /// Upgraded connections (WebSocket) open now.
@@ -69,7 +73,7 @@ enum Failure {
 }
 
 impl Proxy {
-    pub(crate) fn new(snapshot: Arc<ArcSwap<Snapshot>>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, metrics: Arc<Metrics>) -> Self {
         let tunnels = Arc::new(OpenTunnels::new(metrics.upgraded_connections.clone()));
         Self {
             snapshot,
@@ -81,7 +85,7 @@ impl Proxy {
     /// Serves one client request, in phases: admit it (checks, route, limits), pick a backend, prepare the
     /// request for the upstream — all at once, before the returned future is first polled — then forward it
     /// (attempts, retries) and answer. The future holds only what forwarding needs, so it stays small.
-    pub(crate) fn handle(
+    pub fn handle(
         &self,
         req: Request<Incoming>,
         conn: ConnInfo,

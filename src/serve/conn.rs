@@ -141,10 +141,11 @@ impl Drop for RequestGuard {
 }
 
 /// A response body that holds its request's [`RequestGuard`] until it is done.
-pub(crate) struct GuardedBody<B> {
-    pub(crate) inner: B,
+#[doc(hidden)]
+pub struct GuardedBody<B> {
+    pub inner: B,
     /// Held, not read: released when the body is done.
-    pub(crate) _guard: RequestGuard,
+    pub _guard: RequestGuard,
 }
 
 impl<B: Body + Unpin> Body for GuardedBody<B> {

@@ -200,7 +200,8 @@ impl Drop for ConnectionCount {
 
 /// Which HTTP versions a connection may speak.
 #[derive(Clone, Copy)]
-enum Versions {
+#[doc(hidden)]
+pub enum Versions {
     /// Plain TCP: HTTP/1.1, or HTTP/2 with prior knowledge (told apart by the preface).
     Any,
     Http1,
@@ -451,7 +452,8 @@ fn finish(
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Serves HTTP on one client connection until it closes (or hands its socket to an upgrade).
-async fn serve_http<T, S>(
+#[doc(hidden)]
+pub async fn serve_http<T, S>(
     io: TimedIo<T>,
     versions: Versions,
     service: S,
@@ -506,7 +508,8 @@ fn ambiguous_framing() -> Response<ProxyBody> {
 }
 
 /// The service one client connection runs: each request to a guarded response.
-trait ClientService:
+#[doc(hidden)]
+pub trait ClientService:
     hyper::service::Service<
         Request<Incoming>,
         Response = Response<GuardedBody<ProxyBody>>,
