@@ -493,3 +493,47 @@ async fn keep_alive_idle_time_is_bounded_by_idle_timeout_not_the_header_timeout(
     // Idle closes are routine, not refusals.
     assert_eq!(rejected(&server, "header_timeout").await, 0.0);
 }
+
+/// A client that asks for a large response and never reads it holds nothing for good: once the proxy's writes
+/// have waited `limits.idle_timeout`, the connection closes and the backend's request ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_after_the_idle_timeout() {
+    static BIG: std::sync::OnceLock<bytes::Bytes> = std::sync::OnceLock::new();
+    let big = BIG.get_or_init(|| bytes::Bytes::from(vec![b'z'; 64 << 20]));
+    let b = backend(move |_req| async move { http::Response::new(full(big.clone())) }).await;
+    let server = start_proxy(&config_top(
+        "[limits]\nidle_timeout = \"1s\"\n",
+        &format!("[[routes]]\npool = \"p\"\n[pools.p]\nbackends = [{{ address = \"{b}\" }}]\n"),
+    ))
+    .await;
+    let mut tcp = TcpStream::connect(server.listen_addrs[0]).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    // Never read: first the request is in flight, then it is not any more.
+    let in_flight = || async {
+        admin_get(&server, "/api/pools")
+            .await
+            .1
+            .contains("\"active_requests\": 1")
+    };
+    assert!(eventually(WAIT, in_flight).await);
+    let started = std::time::Instant::now();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            admin_get(&server, "/api/pools")
+                .await
+                .1
+                .contains("\"active_requests\": 0")
+        })
+        .await,
+        "a client that does not read held its request for good"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // What it gets when it finally reads: part of the body, then the end.
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "the connection is still open");
+    assert!(got.len() < 64 << 20, "{} bytes", got.len());
+    still_serves(server.listen_addrs[0]).await;
+}

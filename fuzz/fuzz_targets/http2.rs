@@ -146,9 +146,9 @@ async fn connection(input: &[u8]) -> bool {
 /// raises it) carries answers for. Every answer here is local and under 1 KiB.
 ///
 /// Such a connection stays open for good: the answer's request stays in flight, so `TimedIo` sets no read
-/// deadline, and nothing bounds how long a response may wait on the client (no send timeout, for HTTP/1 either).
-/// A known gap, not checked here: a minimal reproducer is a SETTINGS frame with INITIAL_WINDOW_SIZE = 0 and one
-/// GET.
+/// deadline, and its write-stall bound (`limits.idle_timeout`) sees no blocked write, since the socket takes
+/// everything h2 sends; h2 holds the answer back for want of window. A known gap, not checked here: a minimal
+/// reproducer is a SETTINGS frame with INITIAL_WINDOW_SIZE = 0 and one GET.
 fn windows_may_stall(input: &[u8]) -> bool {
     const ANSWER: u32 = 1024;
     let mut requests = 0u32;

@@ -4,7 +4,8 @@
 //!
 //! [`TimedIo`] wraps the socket and fails a read whose deadline has passed; the connection's [`ConnClock`]
 //! knows which deadline applies because the service marks each request's start and end ([`RequestGuard`]).
-//! While a request is in flight there is no deadline here (the pool's timeouts apply upstream).
+//! While a request is in flight there is no read deadline here (the pool's timeouts apply upstream); a write
+//! the client leaves waiting (it does not read the response) fails after `limits.idle_timeout`.
 //!
 //! It also looks at each HTTP/1 request head as it arrives (with httparse, the parser hyper itself uses) for
 //! the framing hyper accepts but a careful proxy refuses: `Content-Length` together with `Transfer-Encoding`,
@@ -168,12 +169,21 @@ impl<B: Body + Unpin> Body for GuardedBody<B> {
     }
 }
 
-/// The client socket, with the read deadlines of its [`ConnClock`].
+/// A client took nothing of what the proxy had to send for `limits.idle_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("the client stopped reading")]
+pub(crate) struct WriteStalled;
+
+/// The client socket, with the read deadlines of its [`ConnClock`], and a bound on how long a write may wait
+/// for a client that does not read (`limits.idle_timeout`).
 pub struct TimedIo<T> {
     inner: T,
     clock: Arc<ConnClock>,
     /// Armed only while a read waits.
     sleep: Option<Pin<Box<Sleep>>>,
+    /// Armed only while a write waits; `write_blocked` says it is counting.
+    write_stall: Option<Pin<Box<Sleep>>>,
+    write_blocked: bool,
     head: HeadCheck,
     /// Request heads seen so far on this connection.
     heads_checked: u64,
@@ -200,8 +210,40 @@ impl<T> TimedIo<T> {
             inner,
             clock,
             sleep: None,
+            write_stall: None,
+            write_blocked: false,
             head: HeadCheck::Head(Vec::new()),
             heads_checked: 0,
+        }
+    }
+
+    /// What a write that polled `polled` returns: a write the client has left waiting for the idle timeout
+    /// fails (an upgraded tunnel keeps its own timeout).
+    fn write_outcome<R>(
+        &mut self,
+        polled: Poll<io::Result<R>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<R>> {
+        if polled.is_ready() {
+            self.write_blocked = false;
+            return polled;
+        }
+        if self.clock.upgraded.load(Ordering::Relaxed) {
+            return Poll::Pending;
+        }
+        let due = || Instant::now() + self.clock.idle_timeout;
+        if !self.write_blocked {
+            self.write_blocked = true;
+            match self.write_stall.as_mut() {
+                Some(timer) => timer.as_mut().reset(due()),
+                None => self.write_stall = Some(Box::pin(tokio::time::sleep_until(due()))),
+            }
+        }
+        match self.write_stall.as_mut().map(|t| t.as_mut().poll(cx)) {
+            Some(Poll::Ready(())) => {
+                Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, WriteStalled)))
+            }
+            _ => Poll::Pending,
         }
     }
 
@@ -437,7 +479,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.write_outcome(polled, cx)
     }
 
     fn poll_write_vectored(
@@ -445,7 +489,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.write_outcome(polled, cx)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -453,7 +499,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        this.write_outcome(polled, cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
