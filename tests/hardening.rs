@@ -535,5 +535,58 @@ async fn a_client_that_stops_reading_is_cut_after_the_idle_timeout() {
     let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut got)).await;
     assert!(read.is_ok(), "the connection is still open");
     assert!(got.len() < 64 << 20, "{} bytes", got.len());
+    assert!(
+        eventually(WAIT, || async {
+            rejected(&server, "client_stalled").await >= 1.0
+        })
+        .await
+    );
     still_serves(server.listen_addrs[0]).await;
+}
+
+/// Over HTTP/2 a client can take every byte the socket is given and still take nothing of its answers: it opens
+/// no flow-control window for them. Once every answer has waited on it for `limits.idle_timeout`, the
+/// connection closes, and the backend's request ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_client_that_opens_no_window_is_cut_after_the_idle_timeout() {
+    let (server, _b) = proxy_with("[limits]\nidle_timeout = \"1s\"\n").await;
+    let tcp = TcpStream::connect(server.listen_addrs[0]).await.unwrap();
+    let (mut client, connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    let (answer, _) = client
+        .send_request(http::Request::get("http://a/").body(()).unwrap(), true)
+        .unwrap();
+    // The head needs no window; the body does, and never gets it.
+    let resp = answer.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let started = std::time::Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(10), connection).await;
+    assert!(
+        ended.is_ok(),
+        "a client with no window held its connection for good"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        eventually(WAIT, || async {
+            admin_get(&server, "/api/pools")
+                .await
+                .1
+                .contains("\"active_requests\": 0")
+        })
+        .await
+    );
+    assert!(
+        eventually(WAIT, || async {
+            rejected(&server, "client_stalled").await >= 1.0
+        })
+        .await
+    );
 }

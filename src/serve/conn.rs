@@ -51,6 +51,10 @@ pub struct ConnClock {
     heads_served: AtomicU64,
     /// The number (from 1) of the first request head with ambiguous framing; 0: none.
     ambiguous_head: AtomicU64,
+    /// Response bodies whose next move is the client's: they handed out a frame (or are not polled yet).
+    awaiting_client: AtomicUsize,
+    /// Bumped by every poll of a response body, and its end: a stall shows as no change.
+    body_moves: AtomicU64,
 }
 
 impl ConnClock {
@@ -68,6 +72,8 @@ impl ConnClock {
             awaiting_head: AtomicBool::new(false),
             heads_served: AtomicU64::new(0),
             ambiguous_head: AtomicU64::new(0),
+            awaiting_client: AtomicUsize::new(0),
+            body_moves: AtomicU64::new(0),
         })
     }
 
@@ -141,12 +147,34 @@ impl Drop for RequestGuard {
     }
 }
 
-/// A response body that holds its request's [`RequestGuard`] until it is done.
+/// A response body that holds its request's [`RequestGuard`] until it is done, and tells its connection's
+/// clock whether it waits on the client (it handed out a frame the client has not made room for).
 #[doc(hidden)]
 pub struct GuardedBody<B> {
-    pub inner: B,
-    /// Held, not read: released when the body is done.
-    pub _guard: RequestGuard,
+    inner: B,
+    guard: RequestGuard,
+    awaiting_client: bool,
+}
+
+impl<B> GuardedBody<B> {
+    pub fn new(inner: B, guard: RequestGuard) -> Self {
+        guard.0.awaiting_client.fetch_add(1, Ordering::Relaxed);
+        Self {
+            inner,
+            guard,
+            awaiting_client: true,
+        }
+    }
+}
+
+impl<B> Drop for GuardedBody<B> {
+    fn drop(&mut self) {
+        let clock = &self.guard.0;
+        clock.body_moves.fetch_add(1, Ordering::Relaxed);
+        if self.awaiting_client {
+            clock.awaiting_client.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl<B: Body + Unpin> Body for GuardedBody<B> {
@@ -157,7 +185,20 @@ impl<B: Body + Unpin> Body for GuardedBody<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        let clock = &this.guard.0;
+        clock.body_moves.fetch_add(1, Ordering::Relaxed);
+        let awaiting = matches!(polled, Poll::Ready(Some(Ok(_))));
+        if awaiting != this.awaiting_client {
+            this.awaiting_client = awaiting;
+            if awaiting {
+                clock.awaiting_client.fetch_add(1, Ordering::Relaxed);
+            } else {
+                clock.awaiting_client.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -169,7 +210,8 @@ impl<B: Body + Unpin> Body for GuardedBody<B> {
     }
 }
 
-/// A client took nothing of what the proxy had to send for `limits.idle_timeout`.
+/// A client took nothing of what the proxy had to send for `limits.idle_timeout` (it stopped reading, or over
+/// HTTP/2 opened no window for the answers).
 #[derive(Debug, thiserror::Error)]
 #[error("the client stopped reading")]
 pub(crate) struct WriteStalled;
@@ -184,9 +226,21 @@ pub struct TimedIo<T> {
     /// Armed only while a write waits; `write_blocked` says it is counting.
     write_stall: Option<Pin<Box<Sleep>>>,
     write_blocked: bool,
+    /// Not HTTP/1 (HTTP/2): while requests are in flight, a timer that checks every `limits.idle_timeout`
+    /// whether the responses all wait on the client and none moved (its flow-control windows hold them back),
+    /// and `body_moves` when it was armed.
+    window_stall: Option<WindowStall>,
     head: HeadCheck,
     /// Request heads seen so far on this connection.
     heads_checked: u64,
+}
+
+/// The timer of [`TimedIo::window_stalled`], and `body_moves` when it was armed.
+struct WindowStall {
+    timer: Pin<Box<Sleep>>,
+    moves: u64,
+    /// Counting for the requests now in flight (not left over from earlier ones).
+    armed: bool,
 }
 
 /// Where the framing check stands in the bytes the client sends.
@@ -212,6 +266,7 @@ impl<T> TimedIo<T> {
             sleep: None,
             write_stall: None,
             write_blocked: false,
+            window_stall: None,
             head: HeadCheck::Head(Vec::new()),
             heads_checked: 0,
         }
@@ -244,6 +299,50 @@ impl<T> TimedIo<T> {
                 Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, WriteStalled)))
             }
             _ => Poll::Pending,
+        }
+    }
+
+    /// Over HTTP/2: has every response in flight waited on the client, none moving, for a whole
+    /// `limits.idle_timeout`? (A client that opens no window takes every byte the socket is given, so no write
+    /// waits; h2 holds the answers back.) Checked while a read waits; armed only while requests are in flight.
+    fn window_stalled(&mut self, cx: &mut Context<'_>) -> bool {
+        let clock = &self.clock;
+        if !matches!(self.head, HeadCheck::Off) || clock.upgraded.load(Ordering::Relaxed) {
+            return false;
+        }
+        let due = || Instant::now() + clock.idle_timeout;
+        let moves = clock.body_moves.load(Ordering::Relaxed);
+        if clock.active.load(Ordering::Relaxed) == 0 {
+            // Nothing in flight: the next request starts counting afresh.
+            if let Some(stall) = self.window_stall.as_mut() {
+                stall.armed = false;
+            }
+            return false;
+        }
+        let stall = self.window_stall.get_or_insert_with(|| WindowStall {
+            timer: Box::pin(tokio::time::sleep_until(due())),
+            moves,
+            armed: true,
+        });
+        if !stall.armed {
+            stall.timer.as_mut().reset(due());
+            stall.moves = moves;
+            stall.armed = true;
+        }
+        loop {
+            if stall.timer.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            let active = clock.active.load(Ordering::Relaxed);
+            let moves = clock.body_moves.load(Ordering::Relaxed);
+            if moves == stall.moves
+                && active > 0
+                && clock.awaiting_client.load(Ordering::Relaxed) >= active
+            {
+                return true;
+            }
+            stall.moves = moves;
+            stall.timer.as_mut().reset(due());
         }
     }
 
@@ -440,6 +539,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for TimedIo<T> {
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
+                if this.window_stalled(cx) {
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, WriteStalled)));
+                }
                 if let Ok(mut reader) = this.clock.reader.lock() {
                     if !reader.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                         *reader = Some(cx.waker().clone());

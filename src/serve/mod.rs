@@ -31,7 +31,7 @@ use crate::proxy::{ConnInfo, Proxy, ProxyBody};
 use crate::socket::Tcp;
 pub(crate) use crate::tls::ListenerMode;
 use crate::tls::ListenerTls;
-use conn::{ConnClock, GuardedBody, ReadTimeout, TimedIo};
+use conn::{ConnClock, GuardedBody, ReadTimeout, TimedIo, WriteStalled};
 
 /// A listener that could not be bound or set up.
 #[derive(Debug, thiserror::Error)]
@@ -360,10 +360,7 @@ where
                         // The socket now carries a tunnel, with its own idle timeout.
                         clock.upgraded();
                     }
-                    Ok::<_, Infallible>(resp.map(|inner| GuardedBody {
-                        inner,
-                        _guard: guard,
-                    }))
+                    Ok::<_, Infallible>(resp.map(|inner| GuardedBody::new(inner, guard)))
                 }
             });
             let served = match mode.tls() {
@@ -543,9 +540,19 @@ fn rejection(error: &(dyn std::error::Error + 'static)) -> Option<&'static str> 
             // An idle keep-alive connection closing is routine, not a refusal.
             return timeout.header.then_some("header_timeout");
         }
+        if e.is::<WriteStalled>() {
+            return Some("client_stalled");
+        }
         if let Some(io) = e.downcast_ref::<io::Error>() {
             if let Some(timeout) = io.get_ref().and_then(|i| i.downcast_ref::<ReadTimeout>()) {
                 return timeout.header.then_some("header_timeout");
+            }
+            // h2 keeps only an I/O error's kind and text, so over HTTP/2 the type is gone: the text tells.
+            if io.get_ref().is_some_and(|i| i.is::<WriteStalled>())
+                || (io.kind() == io::ErrorKind::TimedOut
+                    && io.to_string() == WriteStalled.to_string())
+            {
+                return Some("client_stalled");
             }
         }
         source = e.source();
