@@ -212,7 +212,7 @@ pub async fn read_weight(req: Request<Incoming>) -> Result<u32, String> {
     }
     let shape = || format!("the body must be {{\"weight\": N}} with N from 0 to {MAX_WEIGHT}");
     // serde would also read the struct from an array of its fields (`[N]`); only the object is the API.
-    if body.trim_ascii_start().first() != Some(&b'{') {
+    if !body.trim_ascii_start().starts_with(b"{") {
         return Err(shape());
     }
     let parsed: Body = serde_json::from_slice(&body).map_err(|e| format!("{}: {e}", shape()))?;

@@ -9,6 +9,17 @@ use switchyard::server::Server;
 #[allow(unused_imports)]
 use super::*;
 
+/// Waits (up to `within`) until no backend of the in-process proxy has a request in flight.
+pub async fn no_request_left(server: &Server, within: Duration) -> bool {
+    super::eventually(within, || async {
+        admin_get(server, "/api/pools")
+            .await
+            .1
+            .contains("\"active_requests\": 0")
+    })
+    .await
+}
+
 pub async fn admin_get(server: &Server, path: &str) -> (StatusCode, String) {
     let (s, _, b) = get(server.admin_addr, path, None).await;
     (s, b)
