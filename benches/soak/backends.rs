@@ -8,7 +8,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -40,12 +40,33 @@ pub enum Kind {
 /// The ids of the POSTs that reached a backend (their head arrived), whichever backend it was.
 pub type Seen = Arc<Mutex<HashSet<u64>>>;
 
+/// A backend's deaths: how many, and when the last was.
+#[derive(Default)]
+pub struct Deaths {
+    pub count: AtomicU64,
+    pub last: Mutex<Option<Instant>>,
+}
+
+impl Deaths {
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// Did the backend die in the last `within`?
+    pub fn within(&self, within: Duration) -> bool {
+        self.last
+            .lock()
+            .unwrap()
+            .is_some_and(|at| at.elapsed() < within)
+    }
+}
+
 pub struct Backend {
     pub name: &'static str,
     pub addr: SocketAddr,
     kind: Kind,
     pub mode: Arc<AtomicU8>,
-    pub deaths: Arc<AtomicU64>,
+    pub deaths: Arc<Deaths>,
     seen: Seen,
     stop: Option<watch::Sender<bool>>,
 }
@@ -58,7 +79,7 @@ impl Backend {
             addr: listener.local_addr().unwrap(),
             kind,
             mode: Arc::new(AtomicU8::new(NORMAL)),
-            deaths: Arc::new(AtomicU64::new(0)),
+            deaths: Arc::default(),
             seen,
             stop: None,
         };
@@ -74,7 +95,8 @@ impl Backend {
     /// its connection cut also sees the count grown.
     pub fn kill(&mut self) {
         if let Some(stop) = self.stop.take() {
-            self.deaths.fetch_add(1, Ordering::SeqCst);
+            *self.deaths.last.lock().unwrap() = Some(Instant::now());
+            self.deaths.count.fetch_add(1, Ordering::SeqCst);
             let _ = stop.send(true);
         }
     }
@@ -106,7 +128,7 @@ impl Backend {
                     a = listener.accept() => a,
                 };
                 let Ok((tcp, _)) = accepted else { continue };
-                let epoch = deaths.load(Ordering::SeqCst);
+                let epoch = deaths.count();
                 let (mode, seen) = (mode.clone(), seen.clone());
                 let mut stopped_conn = stopped.clone();
                 tokio::spawn(async move {

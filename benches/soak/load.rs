@@ -60,6 +60,8 @@ impl Tally {
 pub struct Lived {
     pub opened: u64,
     pub open_failed: Tally,
+    /// Could not open because a backend of the pool had just died.
+    pub open_cut_by_backend: u64,
     pub messages: u64,
     pub ended: u64,
     /// Closed because their own backend died.
@@ -90,7 +92,7 @@ pub struct Load {
     pub connector: TlsConnector,
     pub until: Instant,
     /// Deaths so far per backend name, to judge a closed WebSocket or stream.
-    pub deaths: BTreeMap<&'static str, Arc<AtomicU64>>,
+    pub deaths: BTreeMap<&'static str, Arc<crate::backends::Deaths>>,
     /// The POST ids a backend saw.
     pub seen: crate::backends::Seen,
     pub ids: AtomicU64,
@@ -112,9 +114,28 @@ impl Load {
     }
 
     fn died_since(&self, backend: &str, epoch: u64) -> bool {
+        self.deaths.get(backend).is_some_and(|d| d.count() > epoch)
+    }
+
+    /// Did a backend of the pool whose names start with `pool` die in the last 3 s (the proxy's health checks
+    /// see it within about 0.6 s; an attempt already on its way may still meet it)?
+    fn pool_lost_a_backend(&self, pool: &str) -> bool {
         self.deaths
-            .get(backend)
-            .is_some_and(|d| d.load(Ordering::SeqCst) > epoch)
+            .iter()
+            .any(|(name, d)| name.starts_with(pool) && d.within(Duration::from_secs(3)))
+    }
+
+    /// A WebSocket or stream that could not open: allowed when a backend of its pool had just died (its
+    /// request met the dying backend), with a 502/503 and the proxy's reason; a failure otherwise.
+    fn open_failed(&self, pool: &str, lived: impl Fn(&mut Stats) -> &mut Lived, what: String) {
+        let allowed = self.pool_lost_a_backend(pool);
+        let mut stats = self.stats.lock().unwrap();
+        let lived = lived(&mut stats);
+        if allowed {
+            lived.open_cut_by_backend += 1;
+        } else {
+            lived.open_failed.record(Err(what));
+        }
     }
 
     fn next_id(&self) -> u64 {
@@ -455,15 +476,7 @@ async fn websocket(load: &Load, lifetime: Duration) {
             load.status(resp.status());
             ws
         }
-        Ok(Err(e)) => {
-            return load
-                .stats
-                .lock()
-                .unwrap()
-                .websockets
-                .open_failed
-                .record(Err(e));
-        }
+        Ok(Err(e)) => return load.open_failed("ws", |s| &mut s.websockets, e),
         Err(_) => {
             load.stats.lock().unwrap().hangs += 1;
             return load
@@ -478,13 +491,8 @@ async fn websocket(load: &Load, lifetime: Duration) {
     // The backend says who it is first.
     let hello = tokio::time::timeout(DEADLINE, ws.next()).await;
     let Ok(Some(Ok(Message::Text(hello)))) = hello else {
-        return load
-            .stats
-            .lock()
-            .unwrap()
-            .websockets
-            .open_failed
-            .record(Err(format!("no greeting: {hello:?}")));
+        let what = format!("no greeting: {hello:?}");
+        return load.open_failed("ws", |s| &mut s.websockets, what);
     };
     let (backend, epoch) = parse_greeting(&hello);
     {
@@ -568,15 +576,7 @@ async fn stream(load: &Load, lifetime: Duration) {
     .await;
     let resp = match opened {
         Ok(Ok(resp)) => resp,
-        Ok(Err(e)) => {
-            return load
-                .stats
-                .lock()
-                .unwrap()
-                .streams
-                .open_failed
-                .record(Err(e));
-        }
+        Ok(Err(e)) => return load.open_failed("grpc", |s| &mut s.streams, e),
         Err(_) => {
             load.stats.lock().unwrap().hangs += 1;
             return load
@@ -598,13 +598,8 @@ async fn stream(load: &Load, lifetime: Duration) {
     };
     let (backend, epoch) = (header("x-backend"), header("x-epoch").parse().unwrap_or(0));
     if resp.status() != StatusCode::OK {
-        return load
-            .stats
-            .lock()
-            .unwrap()
-            .streams
-            .open_failed
-            .record(Err(format!("{}", resp.status())));
+        let what = format!("{}", resp.status());
+        return load.open_failed("grpc", |s| &mut s.streams, what);
     }
     {
         let mut stats = load.stats.lock().unwrap();

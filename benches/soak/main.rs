@@ -131,7 +131,7 @@ async fn soak(minutes: f64, seed: u64) -> (Vec<Line>, tempfile::TempDir) {
     )
     .unwrap();
     let (plain, tls, admin) = (layout.plain, layout.tls, layout.admin);
-    let deaths: BTreeMap<&'static str, Arc<AtomicU64>> =
+    let deaths: BTreeMap<&'static str, Arc<backends::Deaths>> =
         all.iter().map(|b| (b.name, b.deaths.clone())).collect();
     let mut chaos = Chaos::new(
         layout,
@@ -364,8 +364,9 @@ fn report(
             check: if what == "WebSockets" { "WebSockets: closed only when their own backend died" } else { "streams: closed only when their own backend died" },
             pass: lived.cut.failed == 0 && lived.open_failed.failed == 0 && lived.opened > 0,
             detail: format!(
-                "{what}: {} opened ({} failed to open{}), {} messages echoed, {} ended by the client, {} cut by their backend's death, {} cut otherwise{}",
+                "{what}: {} opened ({} could not as their backend had just died, {} failed to open otherwise{}), {} messages echoed, {} ended by the client, {} cut by their backend's death, {} cut otherwise{}",
                 lived.opened,
+                lived.open_cut_by_backend,
                 lived.open_failed.failed,
                 examples(&lived.open_failed),
                 lived.messages,
@@ -376,14 +377,14 @@ fn report(
             ),
         });
     }
-    // Growth after the first minute: the median of the last tenth of the run against the median of the ten
-    // seconds after the first minute.
+    // Growth after the first minute: the median of the samples' last tenth against the median of their first
+    // tenth (10 samples at least, as RSS moves by ±15% from second to second with the allocator's caches).
     let settle = 60.0_f64.min(length.as_secs_f64() / 2.0);
     let after: Vec<&watch::Sample> = samples
         .iter()
         .filter(|s| s.at >= settle && s.at <= length.as_secs_f64())
         .collect();
-    let tail = (after.len() / 10).max(5).min(after.len());
+    let tail = (after.len() / 10).max(10).min(after.len() / 2).max(1);
     for (what, get, limit) in [
         (
             "RSS (KiB)",
@@ -393,7 +394,15 @@ fn report(
         ("open file descriptors", |s: &watch::Sample| s.fds, 0.10),
     ] {
         let values: Vec<u64> = after.iter().map(|s| get(s)).collect();
-        let first = watch::spread(&values[..values.len().min(10)]).1;
+        if values.is_empty() {
+            lines.push(Line {
+                check: "process samples",
+                pass: false,
+                detail: format!("no {what} sample after {settle:.0} s"),
+            });
+            continue;
+        }
+        let first = watch::spread(&values[..tail.min(values.len())]).1;
         let last = watch::spread(&values[values.len() - tail..]).1;
         let growth = if first == 0 {
             0.0
@@ -405,9 +414,14 @@ fn report(
             check: if what.starts_with("RSS") { "RSS after the first minute: growth ≤ 10%" } else { "open fds after the first minute: growth ≤ 10%" },
             pass: !values.is_empty() && growth <= limit,
             detail: format!(
-                "{what}: {} samples from {settle:.0} s; min {min}, median {median}, max {max}; at {settle:.0} s {first}, at the end {last}: {:+.1}%",
+                "{what}: {} samples from {settle:.0} s; min {min}, median {median}, max {max}; first tenth {first}, last tenth {last}: {:+.1}%; median of each tenth: {}",
                 values.len(),
-                growth * 100.0
+                growth * 100.0,
+                values
+                    .chunks(values.len().div_ceil(10).max(1))
+                    .map(|c| watch::spread(c).1.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" ")
             ),
         });
     }
