@@ -5,8 +5,9 @@ before and while they read, the RSS per slow client, its open descriptors, and h
 meanwhile (the proxy must stay responsive). NGINX is the upstream (on CPU 1), switchyard `--workers 1` on CPU 0.
 
 Usage: python3 benches/slow_readers.py [BINARY] [N]   (default target/release/switchyard, 10000; env SECONDS: how
-long the clients read, default 30). Needs nginx and a hard descriptor limit of 2N + 1000 (or root to raise it);
-below that, N shrinks to fit and says so. Traffic stays on
+long the clients read, default 30; env INSTANCES: switchyard processes sharing the port with `reuse_port`, default
+1, each `--workers 1`, RSS and descriptors summed). Needs nginx and a hard descriptor limit of 2N/INSTANCES + 1000
+(or root to raise it); below that, N shrinks to fit and says so. Traffic stays on
 127.0.0.1 (ports 18280-18289); everything started is stopped, every socket closed at the end.
 """
 import asyncio, os, resource, signal, socket, subprocess, sys, tempfile, time
@@ -69,7 +70,11 @@ async def probe_latency():
         s.close()
 
 
-async def run(pid, n, seconds):
+def total(measure, pids):
+    return sum(measure(p) for p in pids)
+
+
+async def run(pids, n, seconds):
     stop = asyncio.Event()
     stats = {"connected": 0, "closed_early": 0, "failed": 0, "bytes": 0}
     tasks = []
@@ -81,7 +86,7 @@ async def run(pid, n, seconds):
     samples = []
     end = time.monotonic() + seconds
     while time.monotonic() < end:
-        samples.append((rss_kib(pid), fds(pid)))
+        samples.append((total(rss_kib, pids), total(fds, pids)))
         await asyncio.sleep(1)
     latency = await probe_latency()
     stop.set()
@@ -93,14 +98,15 @@ def main():
     binary = sys.argv[1] if len(sys.argv) > 1 else "target/release/switchyard"
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 10000
     seconds = int(os.environ.get("SECONDS", "30"))
-    # Each slow client costs the proxy two descriptors (its own, and the upstream connection its response holds).
+    instances = int(os.environ.get("INSTANCES", "1"))
+    # Each slow client costs a proxy two descriptors (its own, and the upstream connection its response holds).
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    want = 2 * n + 1000
+    want = max(2 * n // instances, n) + 1000
     if hard != resource.RLIM_INFINITY and want > hard:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
         except (ValueError, OSError):
-            n = (hard - 1000) // 2
+            n = (hard - 1000) * instances // 2
             want = hard
             print(f"the hard descriptor limit is {hard} and cannot be raised here: {n} slow clients", flush=True)
     resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
@@ -119,10 +125,12 @@ http {{ access_log off; client_body_temp_path {D}/b; proxy_temp_path {D}/p; fast
     location = /small {{ return 200 "ok\\n"; }} }} }}""")
     head = os.environ.get("HEAD_KIB")
     head_limit = f"max_response_header_bytes = {int(head) * 1024}" if head else ""
-    open(f"{D}/sy.toml", "w").write(f"""[[listeners]]
+    for i in range(instances):
+        open(f"{D}/sy{i}.toml", "w").write(f"""[[listeners]]
 address = "127.0.0.1:{P}"
+reuse_port = {"true" if instances > 1 else "false"}
 [admin]
-address = "127.0.0.1:{A}"
+address = "127.0.0.1:{A - i}"
 [limits]
 max_connections = {n + 1000}
 idle_timeout = "120s"
@@ -135,17 +143,19 @@ backends = [{{ address = "127.0.0.1:{UP}" }}]
 request = "300s"
 """)
     ng = subprocess.Popen(["taskset", "-c", "1", "nginx", "-p", D + "/", "-e", f"{D}/ng.early", "-c", f"{D}/ng.conf"])
-    sy = subprocess.Popen(["taskset", "-c", "0", binary, "run", "--config", f"{D}/sy.toml", "--workers", "1"],
-                          stdout=subprocess.DEVNULL, stderr=open(f"{D}/sy.err", "w"))
+    sys_ = [subprocess.Popen(["taskset", "-c", "0", binary, "run", "--config", f"{D}/sy{i}.toml", "--workers", "1"],
+                             stdout=subprocess.DEVNULL, stderr=open(f"{D}/sy{i}.err", "w")) for i in range(instances)]
+    pids = [p.pid for p in sys_]
     try:
         wait_port(UP)
         wait_port(P)
         time.sleep(1)
-        base = rss_kib(sy.pid)
-        stats, samples, (ms, head) = asyncio.run(run(sy.pid, n, seconds))
+        base = total(rss_kib, pids)
+        stats, samples, (ms, head) = asyncio.run(run(pids, n, seconds))
         peak = max(r for r, _ in samples)
         last = samples[-1][0]
         first = samples[0][0]
+        print(f"switchyard processes: {instances}")
         print(f"| slow clients | connected | failed | closed early | RSS idle | RSS while reading (first / last / peak) "
               f"| per slow client | open fds | a normal request meanwhile |")
         print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -158,8 +168,9 @@ request = "300s"
         print(f"growth over the {seconds} s of reading: {(last - first) / 1024:+.1f} MiB; "
               f"bytes the clients read in all: {stats['bytes'] / (1 << 20):.1f} MiB")
     finally:
-        sy.send_signal(signal.SIGKILL)
-        sy.wait()
+        for p in sys_:
+            p.send_signal(signal.SIGKILL)
+            p.wait()
         ng.send_signal(signal.SIGQUIT)
         ng.wait()
 
