@@ -88,7 +88,10 @@ async def run(pids, n, seconds):
     while time.monotonic() < end:
         samples.append((total(rss_kib, pids), total(fds, pids)))
         await asyncio.sleep(1)
-    latency = await probe_latency()
+    try:
+        latency = await probe_latency()
+    except (OSError, asyncio.TimeoutError) as e:
+        latency = (float("nan"), f"no answer: {type(e).__name__}".encode())
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
     return stats, samples, latency
@@ -120,6 +123,7 @@ worker_rlimit_nofile {want};
 events {{ worker_connections {want}; }}
 http {{ access_log off; client_body_temp_path {D}/b; proxy_temp_path {D}/p; fastcgi_temp_path {D}/f;
   uwsgi_temp_path {D}/u; scgi_temp_path {D}/s; keepalive_requests 1000000;
+  open_file_cache max=16 inactive=600s; open_file_cache_valid 600s;
   server {{ listen 127.0.0.1:{UP} backlog=4096; root {D};
     location = /big {{ try_files /big =404; }}
     location = /small {{ return 200 "ok\\n"; }} }} }}""")
