@@ -12,7 +12,7 @@ use arc_swap::ArcSwapOption;
 use tokio::time::Instant;
 
 use crate::balance::adaptive::{Latency, Outlier, Ramp, stamp};
-use crate::balance::breaker::{BreakerSettings, CircuitBreaker, State, Transition};
+use crate::balance::breaker::{BreakerSettings, CircuitBreaker, EarlyTrials, State, Transition};
 use crate::balance::pool::PoolState;
 use crate::observe::events::{Kind, Level};
 use crate::observe::metrics::BackendMetrics;
@@ -80,20 +80,6 @@ pub struct Backend {
     pool_state: std::sync::OnceLock<Arc<PoolState>>,
     early_trials: std::sync::Mutex<EarlyTrials>,
 }
-
-/// When every usable backend of a pool is open, each request makes an early trial: open → half-open → open
-/// again, a pair of transitions per request. The first pair in a second is logged and recorded as events; the
-/// others are only counted (metrics), and the next one logged says how many there were.
-#[derive(Default)]
-struct EarlyTrials {
-    last_logged: Option<Instant>,
-    /// The circuit is half-open for an early trial that was not logged: its return to open is not either.
-    quiet: bool,
-    unlogged: u64,
-}
-
-/// How often an early trial on an open circuit is logged, at most.
-const EARLY_TRIAL_LOG_EVERY: Duration = Duration::from_secs(1);
 
 impl Backend {
     pub fn new(
@@ -479,35 +465,16 @@ impl Backend {
         held
     }
 
-    /// Claims a trial on an open circuit now, without waiting out its open period (the pool has no usable
-    /// backend left otherwise).
+    /// Claims a trial on an open circuit now, not waiting out its open period (the pool has no usable one left).
     pub(crate) fn admit_early(&self) -> bool {
         let (admitted, transition) = self.breaker.admit_early();
         if let Some(mut t) = transition {
             let now = Instant::now();
-            let logged = match self.early_trials.lock() {
-                Ok(mut early) => {
-                    let recent = early
-                        .last_logged
-                        .is_some_and(|l| now.saturating_duration_since(l) < EARLY_TRIAL_LOG_EVERY);
-                    early.quiet = recent;
-                    if recent {
-                        early.unlogged += 1;
-                    } else {
-                        early.last_logged = Some(now);
-                        if early.unlogged > 0 {
-                            t.reason = format!(
-                                "{} ({} more early trials in the last second, not logged)",
-                                t.reason, early.unlogged
-                            );
-                            early.unlogged = 0;
-                        }
-                    }
-                    !recent
-                }
-                Err(_) => true,
-            };
-            if logged {
+            if self
+                .early_trials
+                .lock()
+                .map_or(true, |mut e| e.log(now, &mut t.reason))
+            {
                 self.on_transition(&t);
             } else {
                 self.count_transition(&t);
@@ -549,8 +516,7 @@ impl Backend {
         let quiet = self
             .early_trials
             .lock()
-            .map(|mut early| std::mem::take(&mut early.quiet))
-            .unwrap_or(false);
+            .is_ok_and(|mut early| early.take_quiet());
         if quiet && t.to == State::Open {
             // The unlogged early trial failed: back to open, as the log last said.
             return;

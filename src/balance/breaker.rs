@@ -56,6 +56,48 @@ pub struct Transition {
     pub(crate) reason: String,
 }
 
+/// When every usable backend of a pool is open, each request makes an early trial: open → half-open → open
+/// again, a pair of transitions per request. The first pair in a second is logged and recorded as events; the
+/// others are only counted (metrics), and the next one logged says how many there were.
+#[derive(Default)]
+pub(crate) struct EarlyTrials {
+    last_logged: Option<Instant>,
+    /// The circuit is half-open for an early trial that was not logged: its return to open is not either.
+    quiet: bool,
+    unlogged: u64,
+}
+
+/// How often an early trial on an open circuit is logged, at most.
+const EARLY_TRIAL_LOG_EVERY: Duration = Duration::from_secs(1);
+
+impl EarlyTrials {
+    /// An early trial begins at `now`: true to log it (its `reason` then says how many before it were not),
+    /// false to count it only.
+    pub(crate) fn log(&mut self, now: Instant, reason: &mut String) -> bool {
+        let recent = self
+            .last_logged
+            .is_some_and(|l| now.saturating_duration_since(l) < EARLY_TRIAL_LOG_EVERY);
+        self.quiet = recent;
+        if recent {
+            self.unlogged += 1;
+            return false;
+        }
+        self.last_logged = Some(now);
+        let unlogged = std::mem::take(&mut self.unlogged);
+        if unlogged > 0 {
+            reason.push_str(&format!(
+                " ({unlogged} more early trials in the last second, not logged)"
+            ));
+        }
+        true
+    }
+
+    /// Was the circuit half-open for an unlogged early trial? (Its next transition is that trial's end.)
+    pub(crate) fn take_quiet(&mut self) -> bool {
+        std::mem::take(&mut self.quiet)
+    }
+}
+
 /// The pure state machine.
 #[derive(Debug, Clone)]
 pub struct Breaker {
@@ -604,5 +646,28 @@ mod tests {
         b.cancel_trial();
         assert_eq!(b.admit_early(), (true, None));
         assert_eq!(b.on_success().map(|t| t.to), Some(State::Closed));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn early_trials_are_logged_once_a_second_and_say_how_many_were_not() {
+        let mut early = EarlyTrials::default();
+        let start = Instant::now();
+        let mut reason = String::from("trying this one now");
+        assert!(early.log(start, &mut reason));
+        assert!(!early.take_quiet());
+        assert_eq!(reason, "trying this one now");
+        for ms in [10, 500, 999] {
+            assert!(!early.log(start + Duration::from_millis(ms), &mut reason));
+            assert!(
+                early.take_quiet(),
+                "its return to open is not logged either"
+            );
+            assert!(!early.take_quiet());
+        }
+        assert!(early.log(start + Duration::from_millis(1000), &mut reason));
+        assert_eq!(
+            reason,
+            "trying this one now (3 more early trials in the last second, not logged)"
+        );
     }
 }
