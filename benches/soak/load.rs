@@ -138,6 +138,16 @@ impl Load {
         }
     }
 
+    fn record_get(&self, what: &'static str, result: Result<(), String>) {
+        self.stats
+            .lock()
+            .unwrap()
+            .gets
+            .entry(what)
+            .or_default()
+            .record(result);
+    }
+
     fn next_id(&self) -> u64 {
         self.ids.fetch_add(1, Ordering::Relaxed)
     }
@@ -261,13 +271,7 @@ async fn gets(
         })
         .await;
         let result = judge_get(&load, answer, size);
-        load.stats
-            .lock()
-            .unwrap()
-            .gets
-            .entry(what)
-            .or_default()
-            .record(result);
+        load.record_get(what, result);
         pace(&mut rng).await;
     }
 }
@@ -293,13 +297,7 @@ async fn new_connection_gets(load: Arc<Load>, seed: u64) {
         })
         .await;
         let result = judge_get(&load, answer, size);
-        load.stats
-            .lock()
-            .unwrap()
-            .gets
-            .entry("HTTP/1.1 new connection each")
-            .or_default()
-            .record(result);
+        load.record_get("HTTP/1.1 new connection each", result);
         pace(&mut rng).await;
     }
 }
@@ -394,13 +392,7 @@ async fn http2_over_tls(load: Arc<Load>, seed: u64) {
                     s
                 }
                 Err(e) => {
-                    load.stats
-                        .lock()
-                        .unwrap()
-                        .gets
-                        .entry("HTTP/2 over TLS")
-                        .or_default()
-                        .record(Err(e));
+                    load.record_get("HTTP/2 over TLS", Err(e));
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -428,13 +420,7 @@ async fn http2_over_tls(load: Arc<Load>, seed: u64) {
                     load.stats.lock().unwrap().posts.record(result);
                 } else {
                     let result = judge_get(&load, answer, size);
-                    load.stats
-                        .lock()
-                        .unwrap()
-                        .gets
-                        .entry("HTTP/2 over TLS")
-                        .or_default()
-                        .record(result);
+                    load.record_get("HTTP/2 over TLS", result);
                 }
             }));
         }
