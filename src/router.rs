@@ -5,6 +5,7 @@
 //! `/api/v1` and `/apix`; write `/api/` to match whole segments only.
 
 use std::collections::BTreeMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
@@ -367,41 +368,55 @@ fn rate_limits(
     (limits, store)
 }
 
-type Prefixes = Vec<(String, Arc<Route>)>;
+/// Hosts hash with xxh3 and no random seed: the keys come from the config, so a request cannot choose
+/// collisions.
+type HostMap =
+    std::collections::HashMap<Box<str>, Prefixes<Arc<Route>>, BuildHasherDefault<HostHasher>>;
 
 #[derive(Default)]
+struct HostHasher(u64);
+
+impl Hasher for HostHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = self.0.rotate_left(17) ^ twox_hash::XxHash3_64::oneshot(bytes);
+    }
+
+    /// The terminator `str` hashes after its bytes: the length of a key is in its xxh3 already.
+    fn write_u8(&mut self, byte: u8) {
+        self.0 ^= u64::from(byte);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// The routes: a prefix tree per host (keys lowercased) and one for host-less routes. A lookup costs one hash of
+/// the host and one walk down the path's bytes, however many routes there are.
+#[derive(Default)]
 pub(crate) struct RouteTable {
-    by_host: Vec<(String, Prefixes)>,
-    any_host: Prefixes,
+    by_host: HostMap,
+    any_host: Prefixes<Arc<Route>>,
 }
 
 impl RouteTable {
     fn add(&mut self, host: Option<&str>, prefix: &str, route: Arc<Route>) {
-        let list = match host {
+        let tree = match host {
             None => &mut self.any_host,
-            Some(h) => match self.by_host.iter().position(|(name, _)| name == h) {
-                Some(i) => &mut self.by_host[i].1,
-                None => {
-                    self.by_host.push((h.to_owned(), Vec::new()));
-                    let last = self.by_host.len() - 1;
-                    &mut self.by_host[last].1
-                }
-            },
+            Some(h) => self
+                .by_host
+                .entry(h.to_ascii_lowercase().into())
+                .or_default(),
         };
-        list.push((prefix.to_owned(), route));
+        tree.insert(prefix.as_bytes(), route);
     }
 
-    /// Longest prefix first; among equal prefixes, most header conditions first, then file order (stable).
+    /// Among equal prefixes: most header conditions first, then file order (stable).
     fn finish(&mut self) {
-        let key = |e: &(String, Arc<Route>)| {
-            (
-                std::cmp::Reverse(e.0.len()),
-                std::cmp::Reverse(e.1.headers.len()),
-            )
-        };
-        self.any_host.sort_by_key(key);
-        for (_, list) in &mut self.by_host {
-            list.sort_by_key(key);
+        let conditions = |r: &Arc<Route>| r.headers.len();
+        self.any_host.finish(conditions);
+        for tree in self.by_host.values_mut() {
+            tree.finish(conditions);
         }
     }
 
@@ -414,28 +429,151 @@ impl RouteTable {
         path: &str,
         headers: &HeaderMap,
     ) -> Option<&Arc<Route>> {
-        if let Some(host) = host.map(normalize_host).filter(|h| !h.is_empty()) {
-            let by_host = self
-                .by_host
-                .iter()
-                .find(|(name, _)| name.eq_ignore_ascii_case(host))
-                .and_then(|(_, list)| longest_prefix(list, path, headers));
+        if !self.by_host.is_empty()
+            && let Some(host) = host.map(normalize_host).filter(|h| !h.is_empty())
+        {
+            let by_host = with_lowercase(host, |h| self.by_host.get(h))
+                .and_then(|tree| tree.longest(path.as_bytes(), |r| r.matches(headers)));
             if by_host.is_some() {
                 return by_host;
             }
         }
-        longest_prefix(&self.any_host, path, headers)
+        self.any_host
+            .longest(path.as_bytes(), |r| r.matches(headers))
     }
 }
 
-fn longest_prefix<'a>(
-    list: &'a Prefixes,
-    path: &str,
-    headers: &HeaderMap,
-) -> Option<&'a Arc<Route>> {
-    list.iter()
-        .find(|(prefix, route)| path.starts_with(prefix.as_str()) && route.matches(headers))
-        .map(|(_, route)| route)
+/// Calls `f` with `host` in lowercase, copied (to the stack, up to 256 bytes) only when it has capitals: most
+/// hosts have none.
+fn with_lowercase<T>(host: &str, f: impl FnOnce(&str) -> Option<T>) -> Option<T> {
+    if !host.bytes().any(|b| b.is_ascii_uppercase()) {
+        return f(host);
+    }
+    let mut buf = [0u8; 256];
+    let Some(bytes) = buf.get_mut(..host.len()) else {
+        return f(&host.to_ascii_lowercase());
+    };
+    bytes.copy_from_slice(host.as_bytes());
+    bytes.make_ascii_lowercase();
+    f(std::str::from_utf8(bytes).ok()?)
+}
+
+/// Path prefixes as a radix tree over their bytes: each node holds the bytes of its edge and the routes whose
+/// prefix ends there, so the longest matching prefix is found in one walk down the path.
+struct Prefixes<T> {
+    /// `nodes[0]` is the root (the empty prefix) once anything was inserted.
+    nodes: Vec<PrefixNode<T>>,
+}
+
+impl<T> Default for Prefixes<T> {
+    fn default() -> Self {
+        Self { nodes: Vec::new() }
+    }
+}
+
+struct PrefixNode<T> {
+    edge: Box<[u8]>,
+    /// The first byte of each child's edge, and the child (same order).
+    first_bytes: Vec<u8>,
+    children: Vec<u32>,
+    routes: Vec<T>,
+}
+
+impl<T> PrefixNode<T> {
+    fn new(edge: &[u8]) -> Self {
+        Self {
+            edge: edge.into(),
+            first_bytes: Vec::new(),
+            children: Vec::new(),
+            routes: Vec::new(),
+        }
+    }
+
+    fn child(&self, first: u8) -> Option<usize> {
+        if self.first_bytes.len() <= 16 {
+            self.first_bytes.iter().position(|&b| b == first)
+        } else {
+            memchr::memchr(first, &self.first_bytes)
+        }
+    }
+
+    fn add_child(&mut self, first: u8, child: u32) {
+        self.first_bytes.push(first);
+        self.children.push(child);
+    }
+}
+
+impl<T> Prefixes<T> {
+    fn insert(&mut self, prefix: &[u8], route: T) {
+        if self.nodes.is_empty() {
+            self.nodes.push(PrefixNode::new(b""));
+        }
+        let mut at = 0;
+        let mut rest = prefix;
+        while let Some(&first) = rest.first() {
+            let Some(slot) = self.nodes[at].child(first) else {
+                let leaf = self.push(PrefixNode::new(rest));
+                self.nodes[at].add_child(first, leaf);
+                at = leaf as usize;
+                break;
+            };
+            let child = self.nodes[at].children[slot] as usize;
+            let edge = &self.nodes[child].edge;
+            let common = edge.iter().zip(rest).take_while(|(a, b)| a == b).count();
+            if common < edge.len() {
+                let mut middle = PrefixNode::new(&edge[..common]);
+                let tail: Box<[u8]> = edge[common..].into();
+                middle.add_child(tail[0], child as u32);
+                self.nodes[child].edge = tail;
+                let middle = self.push(middle);
+                self.nodes[at].children[slot] = middle;
+                at = middle as usize;
+            } else {
+                at = child;
+            }
+            rest = &rest[common..];
+        }
+        self.nodes[at].routes.push(route);
+    }
+
+    fn push(&mut self, node: PrefixNode<T>) -> u32 {
+        self.nodes.push(node);
+        u32::try_from(self.nodes.len() - 1).unwrap_or(u32::MAX)
+    }
+
+    /// Orders each prefix's routes by `conditions`, most first, keeping insertion order among equals.
+    fn finish(&mut self, conditions: impl Fn(&T) -> usize) {
+        for node in &mut self.nodes {
+            node.routes
+                .sort_by_key(|r| std::cmp::Reverse(conditions(r)));
+        }
+    }
+
+    /// The first route that `matches` at the longest prefix of `path` that has one.
+    fn longest(&self, path: &[u8], matches: impl Fn(&T) -> bool) -> Option<&T> {
+        let mut node = self.nodes.first()?;
+        let mut rest = path;
+        let mut best = None;
+        loop {
+            if let Some(route) = node.routes.iter().find(|r| matches(r)) {
+                best = Some(route);
+            }
+            let Some(&first) = rest.first() else {
+                return best;
+            };
+            let Some(slot) = node.child(first) else {
+                return best;
+            };
+            let child = &self.nodes[node.children[slot] as usize];
+            let edge = &*child.edge;
+            // Edges are short: a byte loop beats a call to memcmp.
+            if rest.len() < edge.len() || !edge.iter().zip(rest).skip(1).all(|(a, b)| a == b) {
+                return best;
+            }
+            rest = &rest[edge.len()..];
+            node = child;
+        }
+    }
 }
 
 /// `API.example.com:8443` → `API.example.com`; `example.com.` → `example.com`.
@@ -444,6 +582,8 @@ pub(crate) fn normalize_host(host: &str) -> &str {
         host.find(']')
             .and_then(|end| host.get(..=end))
             .unwrap_or(host)
+    } else if !host.ends_with(|c: char| c.is_ascii_digit() || c == ':') {
+        host
     } else {
         match host.rsplit_once(':') {
             Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
@@ -455,7 +595,80 @@ pub(crate) fn normalize_host(host: &str) -> &str {
 
 #[cfg(test)]
 mod tests {
-    use super::normalize_host;
+    use super::{Prefixes, normalize_host, with_lowercase};
+    use proptest::prelude::*;
+
+    /// What the tree must answer: of the prefixes that `path` starts with, the longest one with an entry that
+    /// `matches`; among its entries, most conditions first, then insertion order.
+    fn by_scan<'a>(
+        entries: &'a [(String, usize, bool)],
+        path: &str,
+        matches: impl Fn(&(String, usize, bool)) -> bool,
+    ) -> Option<&'a (String, usize, bool)> {
+        let mut sorted: Vec<&(String, usize, bool)> = entries.iter().collect();
+        sorted.sort_by_key(|e| (std::cmp::Reverse(e.0.len()), std::cmp::Reverse(e.1)));
+        sorted
+            .into_iter()
+            .find(|e| path.starts_with(e.0.as_str()) && matches(e))
+    }
+
+    proptest! {
+        #[test]
+        fn tree_finds_what_a_scan_finds(
+            entries in proptest::collection::vec(("[/ab]{0,6}", 0usize..3, any::<bool>()), 0..24),
+            paths in proptest::collection::vec("[/abc]{0,8}", 1..16),
+        ) {
+            let mut tree = Prefixes::default();
+            for (i, e) in entries.iter().enumerate() {
+                tree.insert(e.0.as_bytes(), (i, e));
+            }
+            tree.finish(|(_, e)| e.1);
+            for path in &paths {
+                let found = tree.longest(path.as_bytes(), |(_, e)| e.2).map(|(_, e)| *e);
+                let want = by_scan(&entries, path, |e| e.2);
+                prop_assert_eq!(found.map(|e| (&e.0, e.1)), want.map(|e| (&e.0, e.1)));
+                if let (Some(a), Some(b)) = (found, want) {
+                    prop_assert!(std::ptr::eq(a, b), "same prefix and conditions, but not the first in file order");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn split_edges_keep_their_routes() {
+        let mut tree = Prefixes::default();
+        for (i, p) in ["/api/v1", "/api", "/apiary", "/", "/api/v2/x"]
+            .iter()
+            .enumerate()
+        {
+            tree.insert(p.as_bytes(), i);
+        }
+        tree.finish(|_| 0);
+        let at = |p: &str| tree.longest(p.as_bytes(), |_| true).copied();
+        assert_eq!(at("/api/v1/users"), Some(0));
+        assert_eq!(at("/api/v2"), Some(1));
+        assert_eq!(at("/apiar"), Some(1));
+        assert_eq!(at("/apiary/bees"), Some(2));
+        assert_eq!(at("/other"), Some(3));
+        assert_eq!(at("/api/v2/x"), Some(4));
+        assert_eq!(at(""), None);
+    }
+
+    #[test]
+    fn hosts_are_compared_in_lowercase() {
+        assert_eq!(
+            with_lowercase("Api.Example.COM", |h| Some(h.to_owned())).as_deref(),
+            Some("api.example.com")
+        );
+        assert_eq!(
+            with_lowercase("api.example.com", |h| Some(h.to_owned())).as_deref(),
+            Some("api.example.com")
+        );
+        assert_eq!(
+            with_lowercase(&"A".repeat(300), |h| Some(h.bytes().all(|b| b == b'a'))),
+            Some(true)
+        );
+    }
 
     #[test]
     fn host_normalization() {
@@ -463,5 +676,8 @@ mod tests {
         assert_eq!(normalize_host("a.example.com."), "a.example.com");
         assert_eq!(normalize_host("a.example.com"), "a.example.com");
         assert_eq!(normalize_host("[::1]:80"), "[::1]");
+        assert_eq!(normalize_host("a.example.com:"), "a.example.com");
+        assert_eq!(normalize_host("10.0.0.1"), "10.0.0.1");
+        assert_eq!(normalize_host("10.0.0.1:80"), "10.0.0.1");
     }
 }
