@@ -221,6 +221,56 @@ async fn slowloris_is_cut_off_after_the_header_read_timeout() {
     );
 }
 
+/// The proxy peeks at a plain connection's first bytes to tell HTTP/2's preface from HTTP/1.1: a client that
+/// sends nothing is closed at the idle timeout, and one that sends part of the preface and stops, at the header
+/// read timeout; an HTTP/1.1 request that starts like the preface (`PRI` is a method name) is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_half_preface_connections_are_cut_by_their_timeouts() {
+    let (server, _b) =
+        proxy_with("[limits]\nheader_read_timeout = \"300ms\"\nidle_timeout = \"800ms\"\n").await;
+    let proxy = server.listen_addrs[0];
+    async fn closed_after(tcp: &mut TcpStream) -> Duration {
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 256];
+        let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf))
+            .await
+            .expect("the server never closed the connection")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(&buf[..n]));
+        started.elapsed()
+    }
+    let mut silent = TcpStream::connect(proxy).await.unwrap();
+    let took = closed_after(&mut silent).await;
+    assert!(
+        took >= Duration::from_millis(600) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    // Closing an idle connection is routine, not a refusal.
+    assert_eq!(rejected(&server, "header_timeout").await, 0.0);
+    let mut half = TcpStream::connect(proxy).await.unwrap();
+    half.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    let took = closed_after(&mut half).await;
+    assert!(took < Duration::from_millis(750), "{took:?}");
+    assert!(
+        eventually(WAIT, || async {
+            rejected(&server, "header_timeout").await == 1.0
+        })
+        .await
+    );
+    let mut pri = TcpStream::connect(proxy).await.unwrap();
+    pri.write_all(b"PRI /x HTTP/1.1\r\nHost: shop.example\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = tokio::time::timeout(WAIT, pri.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 "), "{answer}");
+    still_serves(proxy).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn absolute_form_goes_by_the_routes_and_connect_gets_405() {
     let (server, b) = proxy_with("").await;

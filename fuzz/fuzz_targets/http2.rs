@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use hyper::service::service_fn;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::runtime::Runtime;
 
@@ -23,7 +22,7 @@ use switchyard::observe::metrics::Metrics;
 use switchyard::proxy::{ConnInfo, Proxy, headers};
 use switchyard::router::Snapshot;
 use switchyard::serve::conn::{ConnClock, GuardedBody, TimedIo};
-use switchyard::serve::{Versions, serve_http};
+use switchyard::serve::{Drain, Versions, serve_http};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
@@ -108,10 +107,10 @@ async fn connection(input: &[u8]) -> bool {
         }
     });
     let (client, server) = tokio::io::duplex(64 * 1024);
-    let graceful = GracefulShutdown::new();
+    let graceful = Drain::new();
     let served = serve_http(
         TimedIo::new(server, clock),
-        Versions::Any,
+        Versions::Http2,
         service,
         Some(&limits),
         graceful.watcher(),

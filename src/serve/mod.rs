@@ -5,6 +5,7 @@
 //! listener. It reads the `[limits]` of the current snapshot once per connection.
 
 pub mod conn;
+mod drain;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -18,7 +19,6 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use prometheus::IntGauge;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -32,6 +32,7 @@ use crate::socket::Tcp;
 pub(crate) use crate::tls::ListenerMode;
 use crate::tls::ListenerTls;
 use conn::{ConnClock, GuardedBody, ReadTimeout, TimedIo, WriteStalled};
+pub use drain::{Drain, DrainWatch};
 
 /// A listener that could not be bound or set up.
 #[derive(Debug, thiserror::Error)]
@@ -234,7 +235,7 @@ where
 {
     /// Accepts and serves connections until stopped, then drains them.
     async fn run(self, listener: TcpListener, mut stop: watch::Receiver<Option<Duration>>) {
-        let graceful = GracefulShutdown::new();
+        let graceful = Drain::new();
         // A descriptor held in reserve: out of descriptors, it is given up for a moment to take a waiting
         // connection and close it, so the client sees a close instead of hanging in the backlog.
         let mut spare = open_spare();
@@ -289,7 +290,7 @@ where
         }
     }
 
-    fn serve(&self, tcp: TcpStream, peer: SocketAddr, graceful: &GracefulShutdown) {
+    fn serve(&self, tcp: TcpStream, peer: SocketAddr, graceful: &Drain) {
         // One snapshot load for the connection's limits and mode.
         let snapshot = self.limits_from.as_ref().map(|p| p.snapshot.load_full());
         let mode = match &self.mode {
@@ -332,7 +333,7 @@ where
         let handler = self.handler.clone();
         let metrics = limits.map(|(_, m)| Arc::clone(m));
         let limits = limits.map(|(l, _)| l);
-        let watcher = graceful.watcher();
+        let mut watcher = graceful.watcher();
         tokio::spawn(async move {
             let timing = limits.unwrap_or_default();
             let clock = ConnClock::new(timing.header_read_timeout, timing.idle_timeout);
@@ -364,10 +365,14 @@ where
                 }
             });
             let served = match mode.tls() {
-                None => {
-                    let io = TimedIo::new(Tcp::new(tcp), clock);
-                    serve_http(io, Versions::Any, service, limits.as_ref(), watcher).await
-                }
+                None => match sniff(&tcp, &timing, &mut watcher).await {
+                    Ok(versions) => {
+                        let io = TimedIo::new(Tcp::new(tcp), clock);
+                        serve_http(io, versions, service, limits.as_ref(), watcher).await
+                    }
+                    Err(Unsniffed::HeaderTimeout) => Err(ReadTimeout { header: true }.into()),
+                    Err(Unsniffed::Closed) => Ok(()),
+                },
                 // Boxed: a TLS stream is large, and a plain connection's task should not carry its space.
                 Some(tls) => {
                     Box::pin(serve_tls(
@@ -397,7 +402,7 @@ async fn serve_tls<S>(
     clock: Arc<ConnClock>,
     service: S,
     limits: Option<Limits>,
-    watcher: Watcher,
+    watcher: DrainWatch,
     metrics: Option<&Arc<Metrics>>,
     peer: SocketAddr,
 ) -> Result<(), BoxError>
@@ -455,40 +460,125 @@ pub async fn serve_http<T, S>(
     versions: Versions,
     service: S,
     limits: Option<&Limits>,
-    watcher: Watcher,
+    watcher: DrainWatch,
 ) -> Result<(), BoxError>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     S: ClientService,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    let mut http1 = builder.http1();
+    let io = TokioIo::new(io);
     // Header and idle deadlines are kept by `TimedIo`, which can tell them apart.
-    http1
-        .timer(TokioTimer::new())
-        .keep_alive(true)
-        .header_read_timeout(None);
-    if let Some(limits) = limits {
-        http1.max_buf_size(limits.max_header_bytes);
+    macro_rules! http1_settings {
+        ($http1:expr) => {{
+            $http1
+                .timer(TokioTimer::new())
+                .keep_alive(true)
+                .header_read_timeout(None);
+            if let Some(limits) = limits {
+                $http1.max_buf_size(limits.max_header_bytes);
+            }
+        }};
     }
-    let mut http2 = builder.http2();
-    http2.timer(TokioTimer::new());
-    if let Some(limits) = limits {
-        http2
-            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
-            .max_concurrent_streams(limits.max_concurrent_streams)
-            .initial_stream_window_size(H2_STREAM_WINDOW)
-            .initial_connection_window_size(H2_CONNECTION_WINDOW);
+    macro_rules! http2_settings {
+        ($http2:expr) => {{
+            $http2.timer(TokioTimer::new());
+            if let Some(limits) = limits {
+                $http2
+                    .max_header_list_size(
+                        u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX),
+                    )
+                    .max_concurrent_streams(limits.max_concurrent_streams)
+                    .initial_stream_window_size(H2_STREAM_WINDOW)
+                    .initial_connection_window_size(H2_CONNECTION_WINDOW);
+            }
+        }};
     }
-    let builder = match versions {
-        Versions::Any => builder,
-        Versions::Http1 => builder.http1_only(),
-        Versions::Http2 => builder.http2_only(),
+    match versions {
+        Versions::Http1 => {
+            let mut http1 = hyper::server::conn::http1::Builder::new();
+            http1_settings!(http1);
+            let conn = http1.serve_connection(io, service).with_upgrades();
+            Ok(watcher.watch(conn, |c| c.graceful_shutdown()).await?)
+        }
+        Versions::Http2 => {
+            let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            http2_settings!(http2);
+            let conn = http2.serve_connection(io, service);
+            Ok(watcher.watch(conn, |c| c.graceful_shutdown()).await?)
+        }
+        // TLS without ALPN: hyper-util reads the first bytes to tell.
+        Versions::Any => {
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            http1_settings!(builder.http1());
+            http2_settings!(builder.http2());
+            let conn = builder.serve_connection_with_upgrades(io, service);
+            watcher.watch(conn, |c| c.graceful_shutdown()).await
+        }
+    }
+}
+
+/// HTTP/2's connection preface: a client with prior knowledge starts with it.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Why a plain connection closes before its version is known.
+enum Unsniffed {
+    /// The client closed, sent nothing within `limits.idle_timeout`, or the drain started first.
+    Closed,
+    /// Part of the preface, and not the rest within `limits.header_read_timeout`.
+    HeaderTimeout,
+}
+
+/// Tells HTTP/2 with prior knowledge from HTTP/1.1 on a plain connection by peeking at its first bytes (they stay
+/// in the socket for hyper to read).
+///
+/// hyper-util's auto builder does the same by reading the bytes and handing them back in front of the socket;
+/// hyper's read buffer then grows to twice its size to hold them, for the connection's whole life.
+async fn sniff(
+    tcp: &TcpStream,
+    limits: &Limits,
+    watcher: &mut DrainWatch,
+) -> Result<Versions, Unsniffed> {
+    let mut first = [0u8; 24];
+    let peek = async {
+        let mut wait = limits.idle_timeout;
+        let mut partial_since = None;
+        loop {
+            let timed_out = match partial_since {
+                None => Unsniffed::Closed,
+                Some(_) => Unsniffed::HeaderTimeout,
+            };
+            let n = match tokio::time::timeout(wait, tcp.peek(&mut first)).await {
+                Ok(Ok(n)) => n,
+                Ok(Err(_)) => return Err(Unsniffed::Closed),
+                Err(_) => return Err(timed_out),
+            };
+            let seen = first.get(..n).ok_or(Unsniffed::Closed)?;
+            if n == 0 {
+                return Err(Unsniffed::Closed);
+            }
+            if H2_PREFACE.get(..n) != Some(seen) {
+                return Ok(Versions::Http1);
+            }
+            if n == H2_PREFACE.len() {
+                return Ok(Versions::Http2);
+            }
+            // Part of the preface: peeking again returns at once, so wait a little for the rest, within the
+            // header deadline.
+            let since = *partial_since.get_or_insert_with(tokio::time::Instant::now);
+            wait = limits
+                .header_read_timeout
+                .checked_sub(since.elapsed())
+                .ok_or(Unsniffed::HeaderTimeout)?;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     };
-    let conn = builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service)
-        .into_owned();
-    watcher.watch(conn).await
+    if watcher.draining() {
+        return Err(Unsniffed::Closed);
+    }
+    tokio::select! {
+        versions = peek => versions,
+        () = watcher.started() => Err(Unsniffed::Closed),
+    }
 }
 
 /// The answer to a request whose framing other hops could read differently; the connection closes after it.
