@@ -577,27 +577,26 @@ impl Supervisor {
 }
 
 fn added_backends(previous: &Snapshot, next: &Snapshot) -> Vec<String> {
-    next.pools
-        .values()
-        .flat_map(|p| p.backends.iter())
-        .filter(|b| !contains(previous, b))
+    let before = backend_set(previous);
+    backends(next)
+        .filter(|b| !before.contains(&Arc::as_ptr(b)))
         .map(|b| format!("{}/{}", b.pool, b.address))
         .collect()
 }
 
 fn removed_backends(previous: &Snapshot, next: &Snapshot) -> Vec<Arc<Backend>> {
-    previous
-        .pools
-        .values()
-        .flat_map(|p| p.backends.iter())
-        .filter(|b| !contains(next, b))
+    let after = backend_set(next);
+    backends(previous)
+        .filter(|b| !after.contains(&Arc::as_ptr(b)))
         .cloned()
         .collect()
 }
 
-fn contains(snapshot: &Snapshot, backend: &Arc<Backend>) -> bool {
-    snapshot
-        .pools
-        .get(&backend.pool)
-        .is_some_and(|p| p.backends.iter().any(|b| Arc::ptr_eq(b, backend)))
+fn backends(snapshot: &Snapshot) -> impl Iterator<Item = &Arc<Backend>> {
+    snapshot.pools.values().flat_map(|p| p.backends.iter())
+}
+
+/// A reload carries a kept backend over as the same `Arc`: its address tells it apart.
+fn backend_set(snapshot: &Snapshot) -> std::collections::HashSet<*const Backend> {
+    backends(snapshot).map(Arc::as_ptr).collect()
 }
