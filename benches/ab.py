@@ -1,9 +1,15 @@
 #!/usr/bin/env python3
 """A/B of switchyard builds: the same two NGINX upstreams (CPU 1), each build in turn with `--workers 1` on CPU 0,
 `wrk -t1 -c50` on CPU 1, rounds alternating in order; prints req/s and requests per proxy CPU-second, and each
-build's ratio to the first (paired by round, median). `haproxy` may be given as a build, as a yardstick.
+build's ratio to the first (paired by round, median). `haproxy` and `nginx` may be given as builds, as yardsticks
+(one thread / one worker, round-robin over the same upstreams with kept-alive upstream connections, configured as
+../shared/bench/compare.sh configures them).
 
-Usage: python3 benches/ab.py BINARY_A BINARY_B [haproxy]    (env: DUR seconds per run, default 6; ROUNDS, default 4)
+Usage: python3 benches/ab.py BINARY_A BINARY_B [haproxy] [nginx]    (env: DUR seconds per run, default 6; ROUNDS,
+default 4; CLOSE=1: every request on a new client connection, `wrk -H "Connection: close"`, so each costs an
+accept, a handshake and a close on the client side while the upstream connections stay kept alive)
+
+The close mode, switchyard against both C proxies: CLOSE=1 ROUNDS=5 python3 benches/ab.py target/release/switchyard haproxy nginx
 A build may be given as BINARY:VARIANT to run it on another config: `peak_ewma`, `consistent_hash` (the pool's
 algorithm), `limit_instance` or `limit_global` (a rate limit that never refuses on the route; global starts a
 redis-server on 127.0.0.1:18088 for the run), `request_id` (`[request_id]` with its defaults), `browsers5` (the default
@@ -82,9 +88,30 @@ def sy_config(variant):
         text = text.replace('pool = "bench"\n', 'pool = "bench"\nrate_limits = ["bench"]\n')
         text += LIMIT.format(scope=variant.removeprefix("limit_"), redis=REDIS)
     return text
+NGINX_PROXY = f"""worker_processes 1; daemon off; master_process on; pid {D}/ngp.pid; error_log {D}/ngp.err warn;
+worker_rlimit_nofile 16384;
+events {{ worker_connections 8192; multi_accept on; }}
+http {{ access_log off; client_body_temp_path {D}/pb; proxy_temp_path {D}/pp; fastcgi_temp_path {D}/pf;
+uwsgi_temp_path {D}/pu; scgi_temp_path {D}/ps; keepalive_requests 1000000; keepalive_timeout 65s;
+upstream backends {{ server 127.0.0.1:{B1}; server 127.0.0.1:{B2}; keepalive 128; keepalive_requests 1000000; }}
+server {{ listen 127.0.0.1:{P} backlog=4096; location / {{ proxy_pass http://backends; proxy_http_version 1.1;
+proxy_set_header Connection ""; proxy_buffering on; }} }} }}
+"""
 def cpu(pid):
-    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    """utime + stime of the process and its children that are still running (NGINX's worker), in seconds."""
+    total = 0.0
+    for q in [pid] + children(pid):
+        try:
+            f = open(f"/proc/{q}/stat").read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+def children(pid):
+    try:
+        return [int(c) for c in open(f"/proc/{pid}/task/{pid}/children").read().split()]
+    except OSError:
+        return []
 def wait_port(p):
     for _ in range(200):
         try:
@@ -99,7 +126,8 @@ def main():
         binary, _, variant = v.partition(":")
         configs[v] = f"{D}/sy-{len(configs)}.toml"
         open(configs[v], "w").write(sy_config(variant))
-    open(f"{D}/ha.cfg", "w").write(HA); nginx_conf()
+    open(f"{D}/ha.cfg", "w").write(HA); nginx_conf(); open(f"{D}/ngp.conf", "w").write(NGINX_PROXY)
+    close = ["-H", "Connection: close"] if os.environ.get("CLOSE") == "1" else []
     ng = subprocess.Popen(["taskset", "-c", "1", "nginx", "-p", D + "/", "-e", f"{D}/ng.early", "-c", f"{D}/ng.conf"])
     wait_port(B1)
     redis = None
@@ -112,22 +140,27 @@ def main():
         for r in range(rounds):
             order = variants if r % 2 == 0 else variants[::-1]
             for v in order:
-                argv = ["haproxy", "-f", f"{D}/ha.cfg"] if v == "haproxy" else [v.partition(":")[0], "run", "--config", configs[v], "--workers", "1"]
+                if v == "haproxy":
+                    argv = ["haproxy", "-f", f"{D}/ha.cfg"]
+                elif v == "nginx":
+                    argv = ["nginx", "-p", D + "/", "-e", f"{D}/ngp.early", "-c", f"{D}/ngp.conf"]
+                else:
+                    argv = [v.partition(":")[0], "run", "--config", configs[v], "--workers", "1"]
                 p = subprocess.Popen(["taskset", "-c", "0"] + argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 wait_port(P); time.sleep(0.5)
                 browsers = []
                 if v.endswith(":browsers5"):
                     browsers = open_browsers(5, f"http://127.0.0.1:{A}/", D)
                     time.sleep(4)
-                subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c50", "-d2s", f"http://127.0.0.1:{P}/"], capture_output=True)
+                subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c50", "-d2s"] + close + [f"http://127.0.0.1:{P}/"], capture_output=True)
                 c0 = cpu(p.pid)
-                out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c50", f"-d{dur}s", f"http://127.0.0.1:{P}/"], capture_output=True, text=True).stdout
+                out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c50", f"-d{dur}s"] + close + [f"http://127.0.0.1:{P}/"], capture_output=True, text=True).stdout
                 c1 = cpu(p.pid)
                 n = int(re.search(r"(\d+) requests in", out).group(1))
                 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
                 res[v].append((rps, n / (c1 - c0)))
                 close_browsers(browsers)
-                p.send_signal(signal.SIGTERM if v != "haproxy" else signal.SIGUSR1); 
+                p.send_signal({"haproxy": signal.SIGUSR1, "nginx": signal.SIGQUIT}.get(v, signal.SIGTERM))
                 try: p.wait(10)
                 except subprocess.TimeoutExpired: p.kill(); p.wait()
                 time.sleep(0.5)
