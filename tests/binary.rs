@@ -188,6 +188,40 @@ backends = [{{ address = "127.0.0.1:{}" }}, {{ address = "127.0.0.1:{}" }}, {{ a
     panic!("the demo never started");
 }
 
+/// The control plane runs on a thread of its own at a lower priority than the worker that serves requests
+/// (`--workers 1` included), so a large reload on a shared CPU waits for requests rather than the other way.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_plane_yields_to_the_worker() {
+    let a = named_backend("a", Duration::ZERO).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (proc, port, _admin) = spawn(dir.path(), |port, admin| config_for(port, admin, a)).await;
+    assert_eq!(get(([127, 0, 0, 1], port).into(), "/", None).await.0, 200);
+    let pid = proc.0.id();
+    // Field 19 of /proc/PID/task/TID/stat (after the command in parentheses) is the thread's nice value.
+    let nice = |tid: &str| -> (String, i32) {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap();
+        let name = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap();
+        let after = stat.rsplit_once(')').unwrap().1;
+        (
+            name.trim().to_owned(),
+            after.split_whitespace().nth(16).unwrap().parse().unwrap(),
+        )
+    };
+    let threads: Vec<(String, i32)> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|t| nice(t.unwrap().file_name().to_str().unwrap()))
+        .collect();
+    let main = threads.iter().find(|(name, _)| name == "switchyard");
+    assert_eq!(main.map(|t| t.1), Some(10), "{threads:?}");
+    assert!(
+        threads
+            .iter()
+            .any(|(name, nice)| name.starts_with("switchyard-w") && *nice == 0),
+        "{threads:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_always_reloads() {
     let a = named_backend("a", Duration::ZERO).await;

@@ -281,6 +281,7 @@ impl Supervisor {
             .map(|b| format!("{}/{}", b.pool, b.address))
             .collect();
         self.shared.snapshot.store(Arc::new(snapshot));
+        drop_here(previous);
         self.reconcile_health();
         self.retire(removed);
         (added, removed_names)
@@ -574,6 +575,19 @@ impl Supervisor {
             let _ = admin.stop(Duration::from_millis(200)).await;
         }
     }
+}
+
+/// Drops a replaced snapshot on the control plane once no request holds it any more. Freeing one of 10,000
+/// backends takes milliseconds, which a worker dropping the last reference would spend on a request's path.
+fn drop_here(previous: Arc<Snapshot>) {
+    tokio::spawn(async move {
+        let mut wait = Duration::from_millis(10);
+        while Arc::strong_count(&previous) > 1 {
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(1));
+        }
+        drop(previous);
+    });
 }
 
 fn added_backends(previous: &Snapshot, next: &Snapshot) -> Vec<String> {
