@@ -1,6 +1,19 @@
-"""Helpers the Python benches share: a process's CPU time and RSS from /proc, waiting for a port, and headless
+"""Helpers the Python benches share: missing tools installed with apt-get, a process's CPU time and RSS from /proc,
+waiting for a port, and headless
 Chromium tabs kept open on a page (each in a session of its own, so it can be stopped with all its children)."""
-import os, signal, socket, subprocess, time
+import os, shutil, signal, socket, subprocess, sys, time
+
+
+def ensure_tools(tools):
+    """Installs with apt-get the Debian packages of the `tools` ({command: package}) not on PATH."""
+    missing = sorted({pkg for tool, pkg in tools.items() if not shutil.which(tool)})
+    if missing:
+        sudo = [] if os.geteuid() == 0 else ["sudo"]
+        print(f"# installing: {' '.join(missing)}", file=sys.stderr)
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(sudo + ["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(sudo + ["apt-get", "install", "-y", "-qq"] + missing, check=True, env=env,
+                       stdout=subprocess.DEVNULL)
 
 
 def cpu(pid):

@@ -35,6 +35,9 @@ is stopped by PID on every exit path (error, Ctrl-C, SIGTERM). About 1.5 minutes
 import argparse, asyncio, json, math, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 import urllib.error, urllib.request
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import procs  # noqa: E402
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OHA_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "switchyard-bench", "cargo", "bin", "oha")
 TOOLS = {"nginx": "nginx", "taskset": "util-linux"}
@@ -47,14 +50,7 @@ LOAD_CPU = ["taskset", "-c", "1"] if TWO_CPUS else []
 
 # ---- processes
 def ensure_tools():
-    missing = sorted({pkg for tool, pkg in TOOLS.items() if not shutil.which(tool)})
-    if missing:
-        sudo = [] if os.geteuid() == 0 else ["sudo"]
-        print(f"# installing: {' '.join(missing)}", file=sys.stderr)
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        subprocess.run(sudo + ["apt-get", "update", "-qq"], check=True, env=env)
-        subprocess.run(sudo + ["apt-get", "install", "-y", "-qq"] + missing, check=True, env=env,
-                       stdout=subprocess.DEVNULL)
+    procs.ensure_tools(TOOLS)
 
 
 def find_oha():

@@ -26,19 +26,15 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import procs  # noqa: E402
+
 TOOLS = {"haproxy": "haproxy", "nginx": "nginx", "wrk": "wrk", "h2load": "nghttp2-client",
          "openssl": "openssl", "taskset": "util-linux"}
 
 
 def ensure_tools():
-    missing = sorted({pkg for tool, pkg in TOOLS.items() if not shutil.which(tool)})
-    if missing:
-        sudo = [] if os.geteuid() == 0 else ["sudo"]
-        print(f"# installing: {' '.join(missing)}", file=sys.stderr)
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        subprocess.run(sudo + ["apt-get", "update", "-qq"], check=True, env=env)
-        subprocess.run(sudo + ["apt-get", "install", "-y", "-qq"] + missing, check=True, env=env,
-                       stdout=subprocess.DEVNULL)
+    procs.ensure_tools(TOOLS)
 
 
 def free_port():
