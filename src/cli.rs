@@ -245,8 +245,9 @@ const EVENT_INTERVAL: u32 = 256;
 
 /// How much less this thread (the control plane) weighs than a worker when they share a CPU: a nice value. With
 /// the process on one CPU, a 20 ms reload otherwise holds requests up for its share of every scheduler slice
-/// (benches/reload.py: p99 during reloads 2.4× the p99 without, and 1.3× with this); the control plane's work is
-/// never urgent by the millisecond. Linux only: there a nice value belongs to one thread.
+/// (benches/reload.py: p99 during reloads 2.4× the p99 without; 1.2–1.7× with this and the snapshot dropped on
+/// the control plane); its work is never urgent by the millisecond. Linux only: there a nice value belongs to one
+/// thread.
 const CONTROL_PLANE_NICE: i32 = 10;
 
 fn yield_to_workers() {
