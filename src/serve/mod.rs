@@ -6,6 +6,7 @@
 
 pub mod conn;
 mod drain;
+mod spread;
 mod version;
 
 use std::convert::Infallible;
@@ -32,6 +33,7 @@ pub(crate) use crate::tls::ListenerMode;
 use crate::tls::ListenerTls;
 use conn::{ConnClock, GuardedBody, ReadTimeout, TimedIo, WriteStalled};
 pub use drain::{Drain, DrainWatch};
+use spread::{Held, Spread};
 pub use version::serve_http;
 use version::{Unsniffed, sniff};
 
@@ -146,24 +148,33 @@ impl ListenerTask {
                 mode,
                 limits_from,
                 handler,
+                spread: None,
             };
             vec![tokio::spawn(accept.run(tcp, stopped))]
         } else {
-            // One socket, one accept loop on each worker runtime: the kernel hands each connection to one.
+            // One socket, one accept loop on each worker runtime: the kernel hands each connection to one, and
+            // the spread keeps their counts even.
             let socket = tcp.into_std().map_err(bind_error)?;
+            let spread = (workers.len() > 1).then(|| Spread::new(workers.len()));
             let mut tasks = Vec::new();
-            for worker in workers {
+            for (me, worker) in workers.iter().enumerate() {
                 let socket = socket.try_clone().map_err(bind_error)?;
                 let stopped = stopped.clone();
                 let accept = Acceptor {
                     mode: mode.clone(),
                     limits_from: limits_from.clone(),
                     handler: handler.clone(),
+                    spread: spread.clone().map(|s| (s, me)),
                 };
                 tasks.push(worker.spawn(async move {
                     match TcpListener::from_std(socket) {
                         Ok(listener) => accept.run(listener, stopped).await,
-                        Err(e) => tracing::error!(error = %e, "a worker cannot accept on {bound}"),
+                        Err(e) => {
+                            if let Some((spread, me)) = &accept.spread {
+                                spread.leave(*me);
+                            }
+                            tracing::error!(error = %e, "a worker cannot accept on {bound}");
+                        }
                     }
                 }));
             }
@@ -227,6 +238,8 @@ struct Acceptor<H> {
     /// listener.
     limits_from: Option<Arc<Proxy>>,
     handler: H,
+    /// With several workers: this worker's place among them.
+    spread: Option<(Arc<Spread>, usize)>,
 }
 
 impl<H, F> Acceptor<H>
@@ -247,7 +260,7 @@ where
                 stopped = stop.wait_for(Option::is_some) => {
                     break stopped.ok().and_then(|d| *d).unwrap_or(Duration::ZERO);
                 }
-                accepted = listener.accept() => accepted,
+                accepted = self.accept(&listener) => accepted,
             };
             match accepted {
                 Ok((tcp, peer)) => self.serve(tcp, peer, &graceful),
@@ -283,12 +296,23 @@ where
             }
         };
         drop(listener);
+        if let Some((spread, me)) = &self.spread {
+            spread.leave(*me);
+        }
         if tokio::time::timeout(drain, graceful.shutdown())
             .await
             .is_err()
         {
             tracing::warn!(?drain, "drain time over with connections still open");
         }
+    }
+
+    /// The next connection, once it is this worker's turn.
+    async fn accept(&self, listener: &TcpListener) -> io::Result<(TcpStream, SocketAddr)> {
+        if let Some((spread, me)) = &self.spread {
+            spread.my_turn(*me).await;
+        }
+        listener.accept().await
     }
 
     fn serve(&self, tcp: TcpStream, peer: SocketAddr, graceful: &Drain) {
@@ -325,6 +349,7 @@ where
         };
         let _ = tcp.set_nodelay(true);
         let count = ConnectionCount(gauge);
+        let held: Option<Held> = self.spread.as_ref().map(|(s, me)| s.hold(*me));
         let info = ConnInfo {
             peer,
             peer_value: crate::proxy::headers::peer_value(peer.ip()),
@@ -390,6 +415,7 @@ where
                 }
             };
             finish(served, peer, metrics, count);
+            drop(held);
         });
     }
 }
