@@ -398,6 +398,15 @@ impl Checker<'_, '_> {
     }
 }
 
+/// `text` in ASCII lower case, copied only when it has an upper-case letter (addresses seldom do).
+fn lowercase(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(text.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
+}
+
 /// Is `text` a `host:port` we can connect to (an IP address, or a DNS name, and a non-zero port)?
 pub(crate) fn is_backend_address(text: &str) -> bool {
     if let Ok(addr) = text.parse::<SocketAddr>() {
@@ -748,16 +757,17 @@ impl Checker<'_, '_> {
         let mut backends = Vec::new();
         let mut seen = HashSet::new();
         for (i, b) in pool.backends.iter().enumerate() {
-            let bfield = field.key("backends").index(i);
+            // Made only for a message: a pool of thousands of backends is checked on every reload.
+            let bfield = || field.key("backends").index(i);
             let address = b.address.trim();
             if !is_backend_address(address) {
                 self.err(
-                    bfield.key("address"),
+                    bfield().key("address"),
                     format!("{:?} is not a backend address; expected host:port, like \"127.0.0.1:9001\"", b.address),
                 );
-            } else if !seen.insert(address.to_ascii_lowercase()) {
+            } else if !seen.insert(lowercase(address)) {
                 self.err(
-                    bfield.key("address"),
+                    bfield().key("address"),
                     format!("{address:?} appears twice in pool {name:?}"),
                 );
             }
@@ -766,7 +776,7 @@ impl Checker<'_, '_> {
                 Some(w) if (1..=i64::from(MAX_WEIGHT)).contains(&w) => w as u32,
                 Some(w) => {
                     self.err(
-                        bfield.key("weight"),
+                        bfield().key("weight"),
                         format!("weight {w} is out of range; allowed values: 1 to {MAX_WEIGHT}"),
                     );
                     1
@@ -950,5 +960,23 @@ impl Checker<'_, '_> {
                 path: a.path.as_ref().map(|p| folder.join(p)),
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn backend_addresses_are_compared_without_case() {
+        let text = "[[listeners]]\naddress = \"127.0.0.1:0\"\n[[routes]]\npool = \"p\"\n[pools.p]\n\
+            backends = [{ address = \"API.internal:80\" }, { address = \"api.internal:80\" }, { address = \"10.0.0.1:80\" }]\n";
+        let err = crate::config::parse(text, "t.toml")
+            .err()
+            .map(|e| e.to_string());
+        let err = err.unwrap_or_default();
+        assert!(
+            err.contains("t.toml:6:58: pools.p.backends[1].address: \"api.internal:80\" appears twice in pool \"p\""),
+            "{err}"
+        );
+        assert!(!err.contains("10.0.0.1"), "{err}");
     }
 }

@@ -6,6 +6,7 @@
 //! sent: safe to retry for any method) from "sent, then failed", take a request back when a pooled connection
 //! turns out closed, and count every connection it opens.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -142,9 +143,12 @@ impl PoolConnections {
             Some(p) => p.kind.clone(),
             None => UpstreamKind::new(protocol, tls),
         };
+        let kept: HashMap<&str, &Arc<ConnectionPool>> = previous
+            .map(|p| p.backends.iter().map(|c| (c.address.as_str(), c)).collect())
+            .unwrap_or_default();
         let backends = backends
             .map(|(address, opened)| {
-                let kept = previous.and_then(|p| p.backends.iter().find(|c| c.address == address));
+                let kept = kept.get(address);
                 let c = match kept {
                     Some(c) => Arc::clone(c),
                     None => Arc::new(ConnectionPool::new(address, opened, kind.clone())),

@@ -64,6 +64,11 @@ pub(crate) fn smooth_sequence(weights: &[u32]) -> Vec<u32> {
         .iter()
         .map(|&w| i64::from(w.max(1) / divisor).max(1))
         .collect();
+    if reduced.iter().all(|&w| w == 1) {
+        // Equal weights take their turns in order: what the loop below gives, without its n² steps (a reload
+        // of 100 pools of 100 backends spent 5% of its time here).
+        return (0..weights.len() as u32).collect();
+    }
     let total: i64 = reduced.iter().sum();
     let mut current = vec![0i64; reduced.len()];
     let mut out = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
@@ -94,6 +99,8 @@ mod tests {
     fn equal_weights_alternate() {
         assert_eq!(smooth_sequence(&[1, 1, 1]), vec![0, 1, 2]);
         assert_eq!(smooth_sequence(&[5, 5]), vec![0, 1]);
+        assert_eq!(smooth_sequence(&[3; 100]), (0..100).collect::<Vec<u32>>());
+        assert_eq!(smooth_sequence(&[2, 2, 4]), vec![2, 0, 1, 2]);
     }
 
     #[test]
