@@ -14,6 +14,7 @@
 
 #[doc(hidden)]
 pub mod admin;
+pub(crate) mod background;
 pub mod balance;
 pub mod cli;
 pub mod config;

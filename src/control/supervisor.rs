@@ -18,6 +18,7 @@ use super::discovery::{self, Discovered};
 use super::health;
 use super::watch::{Watched, watch_files};
 use super::{Command, ReloadError, ReloadOutcome, Shared, Trigger, series_grace};
+use crate::background;
 use crate::balance::backend::Backend;
 use crate::config::{
     self, BackendSettings, BackendSource, Config, DiscoverySettings, ResolverSettings,
@@ -155,14 +156,20 @@ impl Supervisor {
     }
 
     /// The config the data path runs: the file's, with each pool's discovered backends added (a backend listed
-    /// in the file and found in DNS counts as static).
-    fn effective(&self, config: &Config) -> Config {
-        let mut config = config.clone();
-        for (name, d) in &self.discovery {
-            let Some(pool) = config.pools.get_mut(name) else {
-                continue;
-            };
-            for found in d.known.backends() {
+    /// in the file and found in DNS counts as static). The file's own when nothing was discovered.
+    fn effective(&self, config: &Arc<Config>) -> Arc<Config> {
+        let found = |name: &String| {
+            self.discovery
+                .get(name)
+                .map(|d| d.known.backends())
+                .unwrap_or_default()
+        };
+        if config.pools.keys().all(|name| found(name).is_empty()) {
+            return Arc::clone(config);
+        }
+        let mut config = Config::clone(config);
+        for (name, pool) in &mut config.pools {
+            for found in found(name) {
                 if !pool.backends.iter().any(|b| b.address == found.address) {
                     pool.backends.push(BackendSettings {
                         address: found.address.clone(),
@@ -172,12 +179,12 @@ impl Supervisor {
                 }
             }
         }
-        config
+        Arc::new(config)
     }
 
     /// Applies a discovery answer: a change is published like a reload; failures and fresh empty answers keep
     /// what is known.
-    fn discovered(&mut self, pool: &str, answer: discovery::Answer) {
+    async fn discovered(&mut self, pool: &str, answer: discovery::Answer) {
         let Some(d) = self.discovery.get_mut(pool) else {
             return;
         };
@@ -244,27 +251,27 @@ impl Supervisor {
             .discovery_backends
             .with_label_values(&[pool])
             .set(d.known.backends().len() as i64);
-        self.rebuild();
+        self.rebuild().await;
     }
 
     /// Publishes a snapshot of the config in force again (selectors rebuilt for runtime weights).
-    fn rebuild(&mut self) {
-        let config = Arc::clone(&self.config);
-        let effective = self.effective(&config);
+    async fn rebuild(&mut self) {
+        let effective = self.effective(&self.config);
         let current = self.shared.snapshot.load_full();
         self.install(
-            &effective,
+            effective,
             current.access_log.clone(),
             current.listeners.clone(),
-        );
+        )
+        .await;
     }
 
     /// Publishes the routing snapshot for `effective` (backends that stay are carried over), starts and stops
     /// health checks to match, and retires the removed backends. Returns the backends added and removed, as
-    /// `pool/address`.
-    fn install(
+    /// `pool/address`. The snapshot is built, and the one it replaces freed, on the [`background`] thread.
+    async fn install(
         &mut self,
-        effective: &Config,
+        effective: Arc<Config>,
         access_log: Option<(
             crate::observe::access_log::AccessLogSettings,
             Arc<crate::observe::access_log::AccessLog>,
@@ -272,10 +279,16 @@ impl Supervisor {
         listeners: Vec<(std::net::SocketAddr, Arc<ListenerMode>)>,
     ) -> (Vec<String>, Vec<String>) {
         let previous = self.shared.snapshot.load_full();
-        let metrics = &self.shared.metrics;
-        let snapshot = Snapshot::build(effective, metrics, Some(&previous), access_log, listeners);
-        let added = added_backends(&previous, &snapshot);
-        let removed = removed_backends(&previous, &snapshot);
+        let metrics = Arc::clone(&self.shared.metrics);
+        let before = Arc::clone(&previous);
+        let (snapshot, added, removed) = background::run_unless_busy(move || {
+            let snapshot =
+                Snapshot::build(&effective, &metrics, Some(&before), access_log, listeners);
+            let added = added_backends(&before, &snapshot);
+            let removed = removed_backends(&before, &snapshot);
+            (snapshot, added, removed)
+        })
+        .await;
         let removed_names = removed
             .iter()
             .map(|b| format!("{}/{}", b.pool, b.address))
@@ -364,7 +377,7 @@ impl Supervisor {
             let command = tokio::select! {
                 command = commands.recv() => command,
                 Some(answer) = discovered.recv() => {
-                    self.discovered(&answer.pool, answer.answer);
+                    self.discovered(&answer.pool, answer.answer).await;
                     continue;
                 }
             };
@@ -382,7 +395,7 @@ impl Supervisor {
                     return;
                 }
                 Command::Rebuild { reply } => {
-                    self.rebuild();
+                    self.rebuild().await;
                     let _ = reply.send(());
                 }
             }
@@ -406,7 +419,13 @@ impl Supervisor {
             self.reload_certificates();
             return Ok(ReloadOutcome::default());
         }
-        let config = match config::parse(&text, &path.display().to_string()) {
+        let origin = path.display().to_string();
+        let (text, parsed) = background::run_unless_busy(move || {
+            let parsed = config::parse(&text, &origin);
+            (text, parsed)
+        })
+        .await;
+        let config = match parsed {
             Ok(c) => c,
             Err(e) => return self.failed(e.to_string()),
         };
@@ -498,12 +517,12 @@ impl Supervisor {
         .await
         .map_err(|e| format!("{e}; reload refused"))?;
         self.reconcile_discovery(&new);
-        let effective = self.effective(&new);
-        (outcome.backends_added, outcome.backends_removed) =
-            self.install(&effective, access_log, modes.clone());
         let drain = new.drain_timeout;
         let wanted: Vec<_> = new.listeners.iter().map(|l| l.address).collect();
         self.config = Arc::new(new);
+        let effective = self.effective(&self.config);
+        (outcome.backends_added, outcome.backends_removed) =
+            self.install(effective, access_log, modes.clone()).await;
 
         // Certificate expiry series: those of TLS states no longer in use go, then those in use are set (a
         // listener whose certificates stayed keeps its labels).
@@ -547,6 +566,8 @@ impl Supervisor {
             .store(Arc::new(self.listeners.iter().map(|l| l.bound).collect()));
 
         self.rewatch();
+        // The last reference to the replaced config: freed after requests, like the snapshot built from it.
+        background::spawn(move || drop(old));
         Ok(outcome)
     }
 
@@ -577,8 +598,9 @@ impl Supervisor {
     }
 }
 
-/// Drops a replaced snapshot on the control plane once no request holds it any more. Freeing one of 10,000
-/// backends takes milliseconds, which a worker dropping the last reference would spend on a request's path.
+/// Frees a replaced snapshot on the [`background`] thread once no request holds it any more. Freeing one of
+/// 10,000 backends takes milliseconds, which a worker dropping the last reference would spend on a request's
+/// path.
 fn drop_here(previous: Arc<Snapshot>) {
     tokio::spawn(async move {
         let mut wait = Duration::from_millis(10);
@@ -586,7 +608,7 @@ fn drop_here(previous: Arc<Snapshot>) {
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(1));
         }
-        drop(previous);
+        background::spawn(move || drop(previous));
     });
 }
 
