@@ -118,6 +118,11 @@ impl Server {
         shared.listen_addrs.store(Arc::new(listen_addrs.clone()));
         let admin_addr = admin.bound;
 
+        // Whether the CPUs have time to spare for the background thread's work.
+        let until_shutdown = Arc::clone(&shared.metrics);
+        tokio::spawn(crate::background::watch_cpus(async move {
+            until_shutdown.events.closed().await;
+        }));
         // The status page's rates and history; ends at shutdown with the event feed.
         tokio::spawn(crate::observe::status::Live::run(Arc::clone(
             &shared.metrics,

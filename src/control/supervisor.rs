@@ -281,7 +281,7 @@ impl Supervisor {
         let previous = self.shared.snapshot.load_full();
         let metrics = Arc::clone(&self.shared.metrics);
         let before = Arc::clone(&previous);
-        let (snapshot, added, removed) = background::run_unless_busy(move || {
+        let (snapshot, added, removed) = background::run(move || {
             let snapshot =
                 Snapshot::build(&effective, &metrics, Some(&before), access_log, listeners);
             let added = added_backends(&before, &snapshot);
@@ -420,7 +420,7 @@ impl Supervisor {
             return Ok(ReloadOutcome::default());
         }
         let origin = path.display().to_string();
-        let (text, parsed) = background::run_unless_busy(move || {
+        let (text, parsed) = background::run(move || {
             let parsed = config::parse(&text, &origin);
             (text, parsed)
         })
@@ -567,7 +567,7 @@ impl Supervisor {
 
         self.rewatch();
         // The last reference to the replaced config: freed after requests, like the snapshot built from it.
-        background::spawn(move || drop(old));
+        background::drop_later(old);
         Ok(outcome)
     }
 
@@ -608,7 +608,7 @@ fn drop_here(previous: Arc<Snapshot>) {
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(1));
         }
-        background::spawn(move || drop(previous));
+        background::drop_later(previous);
     });
 }
 

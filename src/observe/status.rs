@@ -1,7 +1,7 @@
 //! Live figures for the status page and `switchyard status`: request and error rates and latency percentiles per
 //! pool and per backend over the last few seconds, and each pool's rate and errors over the last 15 minutes.
 //!
-//! A control-plane task reads the Prometheus counters once a second (on the [`crate::background`] thread) (the data path does no extra work for the
+//! A control-plane task reads the Prometheus counters once a second (the data path does no extra work for the
 //! page) and keeps, per series, two cumulative readings [`SLOT`] apart: figures are the difference between now
 //! and the older one, so they move every second over a 5–10 s window. Memory is bounded by the series the
 //! registry holds: removed backends' series disappear from it, and from here at the next reading.
@@ -215,11 +215,7 @@ impl Live {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tick.tick() => {
-                    // Tens of milliseconds with 10,000 backends: on the background thread, after requests.
-                    let metrics = std::sync::Arc::clone(&metrics);
-                    crate::background::run(move || metrics.status.read(&metrics, Instant::now())).await;
-                }
+                _ = tick.tick() => metrics.status.read(&metrics, Instant::now()),
                 () = metrics.events.closed() => return,
             }
         }
