@@ -5,10 +5,11 @@
 //! With 10,000 backends that work takes about 20 ms of CPU. At the control plane's own priority (nice 10) a
 //! worker that woke on the same CPU still waited for the rest of the scheduler's slice, and those waits were the
 //! p99 of requests during reloads (benches/reload.py: 1.34× the p99 without reloads). A waking thread of normal
-//! priority preempts a `SCHED_IDLE` one at once (1.16× and 1.35×, docs/performance.md). Health checks, the admin API,
-//! `/metrics` and the status page's reading of the counters stay on the control plane's thread: they must answer
-//! when the CPUs are busy, and they share locks (the metric families') with the workers, which a thread that may
-//! wait seconds for a CPU must not hold.
+//! priority preempts a `SCHED_IDLE` one at once (1.16× and 1.35×, docs/performance.md). The status page's once-a-second
+//! reading of every backend's counters runs here too (through the snapshot's label handles: atomics, and each
+//! histogram's own collect lock, which only `/metrics` shares). Health checks, the admin API and `/metrics` stay
+//! on the control plane's thread: they must answer when the CPUs are busy, and they share locks (the metric
+//! families') with the workers, which a thread that may wait seconds for a CPU must not hold.
 //!
 //! On CPUs that requests keep fully busy this thread gets almost nothing (about 0.3% of one): a reload of 10,000
 //! backends took 10 s there. So [`run`] runs a job on the caller's thread instead while [`busy`]:

@@ -124,9 +124,10 @@ impl Server {
             until_shutdown.events.closed().await;
         }));
         // The status page's rates and history; ends at shutdown with the event feed.
-        tokio::spawn(crate::observe::status::Live::run(Arc::clone(
-            &shared.metrics,
-        )));
+        tokio::spawn(crate::observe::status::Live::run(
+            Arc::clone(&shared.metrics),
+            Arc::clone(&shared.snapshot),
+        ));
         let supervisor =
             Supervisor::new(Arc::clone(&shared), config, proxy, path, listeners, admin);
         let supervisor = tokio::spawn(supervisor.run(commands));

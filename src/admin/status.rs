@@ -67,7 +67,7 @@ pub(crate) fn status_json(shared: &Shared) -> Value {
     })
 }
 
-fn pool_json(pool: &Pool, live: &View<'_>, now: Instant, wall: SystemTime) -> Value {
+fn pool_json(pool: &Pool, live: &View, now: Instant, wall: SystemTime) -> Value {
     let panic = pool.in_panic();
     let backends: Vec<Value> = pool
         .backends

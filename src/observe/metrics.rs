@@ -4,6 +4,7 @@
 //! label handles for its `pool` and `backend` labels, made when the backend is built.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -364,6 +365,8 @@ impl Metrics {
                 .upstream_reused_connection_retries_total
                 .with_label_values(&labels),
             other_codes: Default::default(),
+            other_requests: AtomicU64::new(0),
+            other_errors: AtomicU64::new(0),
             ejected: Some({
                 let g = self.balancing.ejected.with_label_values(&labels);
                 g.set(0);
@@ -396,6 +399,8 @@ impl Metrics {
             connections_opened: unregistered(),
             reused_connection_retries: unregistered(),
             other_codes: Default::default(),
+            other_requests: AtomicU64::new(0),
+            other_errors: AtomicU64::new(0),
             ejected: None,
             ejections: unregistered(),
             events: std::sync::Arc::clone(&self.events),
@@ -447,6 +452,9 @@ pub struct BackendMetrics {
     pub(crate) connections_opened: IntCounter,
     pub(crate) reused_connection_retries: IntCounter,
     other_codes: std::sync::Mutex<Vec<u16>>,
+    /// Requests with a code not in [`COMMON_CODES`], and the 5xx among them (also counted by label).
+    other_requests: AtomicU64,
+    other_errors: AtomicU64,
     /// `None` for the proxy's own answers.
     ejected: Option<IntGauge>,
     pub(crate) ejections: IntCounter,
@@ -465,6 +473,10 @@ impl BackendMetrics {
                 })
                 .inc(),
             None => {
+                self.other_requests.fetch_add(1, Ordering::Relaxed);
+                if status.is_server_error() {
+                    self.other_errors.fetch_add(1, Ordering::Relaxed);
+                }
                 let mut other = self.other_codes.lock().unwrap_or_else(|p| p.into_inner());
                 if !other.contains(&code) {
                     other.push(code);
@@ -475,6 +487,21 @@ impl BackendMetrics {
                     .inc()
             }
         }
+    }
+
+    /// Requests answered and the 5xx among them, without taking a lock: the status page's reading.
+    pub(crate) fn requests_and_errors(&self) -> (u64, u64) {
+        let mut requests = self.other_requests.load(Ordering::Relaxed);
+        let mut errors = self.other_errors.load(Ordering::Relaxed);
+        for (code, counter) in COMMON_CODES.iter().zip(&self.common_codes) {
+            if let Some(c) = counter.get() {
+                requests += c.get();
+                if *code >= 500 {
+                    errors += c.get();
+                }
+            }
+        }
+        (requests, errors)
     }
 
     /// The `pool` label value.

@@ -1,19 +1,21 @@
 //! Live figures for the status page and `switchyard status`: request and error rates and latency percentiles per
 //! pool and per backend over the last few seconds, and each pool's rate and errors over the last 15 minutes.
 //!
-//! A control-plane task reads the Prometheus counters once a second (the data path does no extra work for the
-//! page) and keeps, per series, two cumulative readings [`SLOT`] apart: figures are the difference between now
-//! and the older one, so they move every second over a 5–10 s window. Memory is bounded by the series the
-//! registry holds: removed backends' series disappear from it, and from here at the next reading.
+//! A control-plane task reads the Prometheus counters of the backends in the snapshot in force once a second (the
+//! data path does no extra work for the page) and keeps, per series, two cumulative readings [`SLOT`] apart:
+//! figures are the difference between now and the older one, so they move every second over a 5–10 s window.
+//! Memory is bounded by the snapshot: a backend that leaves it leaves here at the next reading.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus::core::Collector;
+use arc_swap::ArcSwap;
+use prometheus::core::Metric;
 use tokio::time::Instant;
 
-use super::metrics::{DURATION_BUCKETS, Metrics, NONE};
+use super::metrics::{BackendMetrics, DURATION_BUCKETS, Metrics, NONE};
+use crate::router::Snapshot;
 
 /// How far apart the two kept readings of a series are.
 const SLOT: Duration = Duration::from_secs(5);
@@ -24,7 +26,7 @@ const BUCKETS: usize = DURATION_BUCKETS.len() + 1;
 
 /// A series' counters at one moment.
 #[derive(Debug, Clone, Copy, Default)]
-struct Reading {
+pub(crate) struct Reading {
     requests: u64,
     errors: u64,
     /// Cumulative per bucket, `+Inf` last.
@@ -156,100 +158,146 @@ struct PoolSeries {
     point_from: (Instant, Reading),
 }
 
+/// The windows behind the figures, owned by the task that reads the counters ([`Live::run`]).
 #[derive(Default)]
-struct State {
+pub(crate) struct Tracker {
     /// pool → backend (`none` for the proxy's own answers) → window.
     backends: HashMap<String, HashMap<String, Window>>,
     pools: HashMap<String, PoolSeries>,
 }
 
-/// The live figures, written once a second by [`Live::run`] and read by the admin listener.
+/// One pool's counters at one moment: each backend's (`none` for the proxy's own answers).
+pub(crate) struct PoolReading<'a> {
+    pub(crate) pool: &'a str,
+    pub(crate) backends: Vec<(&'a str, Reading)>,
+}
+
+/// The figures as of the last reading, published whole.
+#[derive(Default)]
+struct Published {
+    /// pool → backend → figures.
+    backends: HashMap<String, HashMap<String, Figures>>,
+    /// pool → figures and history, oldest first.
+    pools: HashMap<String, (Figures, Vec<Point>)>,
+}
+
+/// The live figures, replaced once a second by [`Live::run`] and read by the admin listener without a lock.
 #[derive(Default)]
 pub(crate) struct Live {
-    state: Mutex<State>,
+    published: ArcSwap<Published>,
 }
 
-/// What the admin listener reads: every figure under one lock.
-pub(crate) struct View<'a> {
-    state: std::sync::MutexGuard<'a, State>,
+/// What the admin listener reads: every figure of one reading.
+pub(crate) struct View {
+    published: Arc<Published>,
 }
 
-impl View<'_> {
+impl View {
     pub(crate) fn backend(&self, pool: &str, backend: &str) -> Figures {
-        self.state
+        self.published
             .backends
             .get(pool)
             .and_then(|b| b.get(backend))
-            .map(Window::figures)
+            .copied()
             .unwrap_or_default()
     }
 
     pub(crate) fn pool(&self, pool: &str) -> Figures {
-        self.state
+        self.published
             .pools
             .get(pool)
-            .map(|p| p.window.figures())
+            .map(|p| p.0)
             .unwrap_or_default()
     }
 
     /// Oldest first.
-    pub(crate) fn history(&self, pool: &str) -> Vec<Point> {
-        self.state
+    pub(crate) fn history(&self, pool: &str) -> &[Point] {
+        self.published
             .pools
             .get(pool)
-            .map(|p| p.history.iter().copied().collect())
+            .map(|p| p.1.as_slice())
             .unwrap_or_default()
     }
 }
 
 impl Live {
-    pub(crate) fn view(&self) -> View<'_> {
+    pub(crate) fn view(&self) -> View {
         View {
-            state: self.state.lock().unwrap_or_else(|p| p.into_inner()),
+            published: self.published.load_full(),
         }
     }
 
-    /// Reads the counters once a second until the event feed closes (shutdown).
-    pub(crate) async fn run(metrics: std::sync::Arc<Metrics>) {
+    /// Reads the counters of the backends in the snapshot in force once a second, until the event feed closes
+    /// (shutdown). The reading and the figures are made on the background thread: with 10,000 backends they
+    /// take milliseconds of CPU every second, which must not delay requests ([`crate::background`]). Nothing
+    /// there holds a lock a worker or the admin listener waits on: the counters are atomics read through the
+    /// snapshot's handles, the figures are published with one swap.
+    pub(crate) async fn run(metrics: Arc<Metrics>, snapshots: Arc<ArcSwap<Snapshot>>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tracker = Tracker::default();
         loop {
             tokio::select! {
-                _ = tick.tick() => metrics.status.read(&metrics, Instant::now()),
+                _ = tick.tick() => {}
                 () = metrics.events.closed() => return,
             }
+            let snapshot = snapshots.load_full();
+            let (kept, published) = crate::background::run(move || {
+                let now = Instant::now();
+                tracker.read(&readings(&snapshot), now);
+                let published = tracker.publish();
+                // The snapshot may be a replaced one, now freed here.
+                drop(snapshot);
+                (tracker, published)
+            })
+            .await;
+            tracker = kept;
+            crate::background::drop_later(metrics.status.published.swap(Arc::new(published)));
         }
     }
 
-    /// One reading of every series.
-    pub(crate) fn read(&self, metrics: &Metrics, now: Instant) {
-        let readings = readings(metrics);
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let state = &mut *state;
-        state.backends.retain(|pool, _| readings.contains_key(pool));
-        state.pools.retain(|pool, _| readings.contains_key(pool));
-        for (pool, series) in readings {
+    /// Publishes `tracker`'s figures (tests; [`Live::run`] publishes its own).
+    #[cfg(test)]
+    fn publish(&self, tracker: &Tracker) {
+        self.published.store(Arc::new(tracker.publish()));
+    }
+}
+
+impl Tracker {
+    /// Takes one reading of every series: pools and backends not in `readings` are forgotten.
+    pub(crate) fn read(&mut self, readings: &[PoolReading<'_>], now: Instant) {
+        for reading in readings {
             // The pool's counters are its own running sum of its backends' growth, so that a backend added or
             // removed (a reload, DNS) does not move them.
             let mut grown = Reading::default();
-            let windows = state.backends.entry(pool.clone()).or_default();
-            windows.retain(|backend, _| series.contains_key(backend));
-            for (backend, reading) in series {
-                match windows.get_mut(&backend) {
+            let windows = match self.backends.get_mut(reading.pool) {
+                Some(w) => w,
+                None => self.backends.entry(reading.pool.to_owned()).or_default(),
+            };
+            for (backend, r) in &reading.backends {
+                match windows.get_mut(*backend) {
                     Some(w) => {
-                        grown.add(&reading.since(&w.latest.1));
-                        w.advance(now, reading);
+                        grown.add(&r.since(&w.latest.1));
+                        w.advance(now, *r);
                     }
                     None => {
-                        windows.insert(backend, Window::new(now, reading));
+                        windows.insert((*backend).to_owned(), Window::new(now, *r));
                     }
                 }
             }
-            let p = state.pools.entry(pool).or_insert_with(|| PoolSeries {
-                window: Window::new(now, Reading::default()),
-                history: VecDeque::with_capacity(POINTS),
-                point_from: (now, Reading::default()),
-            });
+            // Backends not read now have left the pool.
+            windows.retain(|_, w| w.latest.0 == now);
+            let p = match self.pools.get_mut(reading.pool) {
+                Some(p) => p,
+                None => self
+                    .pools
+                    .entry(reading.pool.to_owned())
+                    .or_insert_with(|| PoolSeries {
+                        window: Window::new(now, Reading::default()),
+                        history: VecDeque::with_capacity(POINTS),
+                        point_from: (now, Reading::default()),
+                    }),
+            };
             let mut total = p.window.latest.1;
             total.add(&grown);
             p.window.advance(now, total);
@@ -268,6 +316,34 @@ impl Live {
                 p.point_from = (now, total);
             }
         }
+        // Pools not read now have left the config.
+        self.pools.retain(|_, p| p.window.latest.0 == now);
+        self.backends
+            .retain(|pool, _| self.pools.contains_key(pool.as_str()));
+    }
+
+    fn publish(&self) -> Published {
+        Published {
+            backends: self
+                .backends
+                .iter()
+                .map(|(pool, windows)| {
+                    let figures = windows
+                        .iter()
+                        .map(|(b, w)| (b.clone(), w.figures()))
+                        .collect();
+                    (pool.clone(), figures)
+                })
+                .collect(),
+            pools: self
+                .pools
+                .iter()
+                .map(|(pool, p)| {
+                    let history = p.history.iter().copied().collect();
+                    (pool.clone(), (p.window.figures(), history))
+                })
+                .collect(),
+        }
     }
 
     /// Bytes held for `pools` pools of `backends` backends each with full histories (for the docs' figure).
@@ -285,55 +361,41 @@ impl Live {
     }
 }
 
-/// pool → backend → reading, from the duration histogram (which every backend has from its start) and the
-/// request counter by code.
-fn readings(metrics: &Metrics) -> HashMap<String, HashMap<String, Reading>> {
-    let mut out: HashMap<String, HashMap<String, Reading>> = HashMap::new();
-    for family in metrics.request_duration_seconds.collect() {
-        for m in family.get_metric() {
-            let (Some(pool), Some(backend)) = (label(m, "pool"), label(m, "backend")) else {
-                continue;
-            };
-            let h = m.get_histogram();
-            let mut reading = Reading::default();
-            for (slot, b) in reading.buckets.iter_mut().zip(h.get_bucket()) {
-                *slot = b.cumulative_count();
+/// Every pool's counters in `snapshot`, read through the label handles its backends hold.
+fn readings(snapshot: &Snapshot) -> Vec<PoolReading<'_>> {
+    snapshot
+        .pools
+        .values()
+        .map(|pool| {
+            let mut backends: Vec<(&str, Reading)> = pool
+                .backends
+                .iter()
+                .map(|b| (b.address.as_str(), reading(&b.metrics)))
+                .collect();
+            backends.push((NONE, reading(&pool.local_metrics)));
+            PoolReading {
+                pool: &pool.name,
+                backends,
             }
-            reading.buckets[BUCKETS - 1] = h.get_sample_count();
-            out.entry(pool.to_owned())
-                .or_default()
-                .insert(backend.to_owned(), reading);
-        }
-    }
-    for family in metrics.requests_total.collect() {
-        for m in family.get_metric() {
-            let (Some(pool), Some(backend), Some(code)) =
-                (label(m, "pool"), label(m, "backend"), label(m, "code"))
-            else {
-                continue;
-            };
-            let count = m.get_counter().get_value() as u64;
-            let reading = out
-                .entry(pool.to_owned())
-                .or_default()
-                .entry(backend.to_owned())
-                .or_default();
-            reading.requests += count;
-            if code.starts_with('5') {
-                reading.errors += count;
-            }
-        }
-    }
-    // No route matched: not a pool.
-    out.remove(NONE);
-    out
+        })
+        .collect()
 }
 
-fn label<'a>(m: &'a prometheus::proto::Metric, name: &str) -> Option<&'a str> {
-    m.get_label()
-        .iter()
-        .find(|l| l.name() == name)
-        .map(|l| l.value())
+/// A series' counters now.
+pub(crate) fn reading(metrics: &BackendMetrics) -> Reading {
+    let (requests, errors) = metrics.requests_and_errors();
+    let mut reading = Reading {
+        requests,
+        errors,
+        ..Reading::default()
+    };
+    let m = metrics.duration.metric();
+    let h = m.get_histogram();
+    for (slot, b) in reading.buckets.iter_mut().zip(h.get_bucket()) {
+        *slot = b.cumulative_count();
+    }
+    reading.buckets[BUCKETS - 1] = h.get_sample_count();
+    reading
 }
 
 #[cfg(test)]
@@ -356,38 +418,53 @@ mod tests {
         assert_eq!(quantile(&slow, 0.99), Some(10_000.0));
     }
 
+    /// The readings of `backends`, all in pool `web`.
+    fn web<'a>(backends: &[(&'a str, &BackendMetrics)]) -> Vec<PoolReading<'a>> {
+        vec![PoolReading {
+            pool: "web",
+            backends: backends.iter().map(|(b, m)| (*b, reading(m))).collect(),
+        }]
+    }
+
     #[test]
     fn rates_and_history_follow_the_counters() {
         let metrics = Metrics::new();
         let b = metrics.for_backend("web", "127.0.0.1:1");
         let live = &metrics.status;
+        let mut tracker = Tracker::default();
         let start = Instant::now();
-        live.read(&metrics, start);
+        tracker.read(&web(&[("127.0.0.1:1", &b)]), start);
         for second in 1..=20u64 {
             for _ in 0..10 {
                 b.count_response(http::StatusCode::OK);
                 b.duration.observe(0.002);
             }
             b.count_response(http::StatusCode::BAD_GATEWAY);
-            live.read(&metrics, start + Duration::from_secs(second));
+            // A code not cached per backend counts too.
+            b.count_response(http::StatusCode::from_u16(599).unwrap());
+            tracker.read(
+                &web(&[("127.0.0.1:1", &b)]),
+                start + Duration::from_secs(second),
+            );
         }
+        live.publish(&tracker);
         let view = live.view();
         let f = view.backend("web", "127.0.0.1:1");
-        assert!((f.rate - 11.0).abs() < 1e-9, "{f:?}");
-        assert!((f.errors - 1.0).abs() < 1e-9, "{f:?}");
+        assert!((f.rate - 12.0).abs() < 1e-9, "{f:?}");
+        assert!((f.errors - 2.0).abs() < 1e-9, "{f:?}");
         let p50 = f.p50_ms.unwrap();
         assert!(p50 > 1.0 && p50 <= 2.5, "{p50}");
         assert_eq!(view.pool("web").rate, f.rate);
         let history = view.history("web");
         assert_eq!(history.len(), 2);
-        assert!((history[0].rate - 11.0).abs() < 1e-3, "{history:?}");
-        assert!((history[0].errors - 1.0).abs() < 1e-3, "{history:?}");
+        assert!((history[0].rate - 12.0).abs() < 1e-3, "{history:?}");
+        assert!((history[0].errors - 2.0).abs() < 1e-3, "{history:?}");
         assert_eq!(view.backend("web", "missing"), Figures::default());
     }
 
     #[test]
     fn fifty_pools_of_twenty_backends_take_under_a_megabyte() {
-        let bytes = Live::size_for(50, 20);
+        let bytes = Tracker::size_for(50, 20);
         println!("status history for 50 pools x 20 backends: {bytes} bytes");
         assert!(bytes < 1 << 20, "{bytes}");
     }
@@ -397,39 +474,52 @@ mod tests {
         let metrics = Metrics::new();
         let a = metrics.for_backend("web", "127.0.0.1:1");
         let b = metrics.for_backend("web", "127.0.0.1:2");
+        let mut tracker = Tracker::default();
         let start = Instant::now();
-        metrics.status.read(&metrics, start);
+        tracker.read(&web(&[("127.0.0.1:1", &a), ("127.0.0.1:2", &b)]), start);
         for second in 1..=12u64 {
             for _ in 0..10 {
                 a.count_response(http::StatusCode::OK);
                 b.count_response(http::StatusCode::OK);
             }
-            if second == 6 {
-                // b leaves the pool: its series go from the registry.
-                let _ = metrics
-                    .requests_total
-                    .remove_label_values(&["web", "127.0.0.1:2", "200"]);
-                let _ = metrics
-                    .request_duration_seconds
-                    .remove_label_values(&["web", "127.0.0.1:2"]);
-            }
-            metrics
-                .status
-                .read(&metrics, start + Duration::from_secs(second));
+            // From second 6 on, b has left the pool.
+            let present: &[(&str, &BackendMetrics)] = if second < 6 {
+                &[("127.0.0.1:1", &a), ("127.0.0.1:2", &b)]
+            } else {
+                &[("127.0.0.1:1", &a)]
+            };
+            tracker.read(&web(present), start + Duration::from_secs(second));
         }
-        let rate = metrics.status.view().pool("web").rate;
-        // From second 7 on only a counts: 10/s; the window (seconds 5-12) holds one second of b's 20/s.
+        assert_eq!(tracker.backends["web"].len(), 1);
+        metrics.status.publish(&tracker);
+        let view = metrics.status.view();
+        let rate = view.pool("web").rate;
+        // From second 6 on only a counts: 10/s; the window (seconds 5-12) holds one second of b's 20/s.
         assert!(rate > 9.0 && rate < 13.0, "{rate}");
+        assert_eq!(view.backend("web", "127.0.0.1:2"), Figures::default());
+    }
+
+    #[test]
+    fn a_pool_that_leaves_is_forgotten() {
+        let metrics = Metrics::new();
+        let a = metrics.for_backend("web", "127.0.0.1:1");
+        let mut tracker = Tracker::default();
+        let start = Instant::now();
+        tracker.read(&web(&[("127.0.0.1:1", &a)]), start);
+        tracker.read(&[], start + Duration::from_secs(1));
+        assert!(tracker.pools.is_empty() && tracker.backends.is_empty());
     }
 
     #[test]
     fn history_is_bounded() {
         let metrics = Metrics::new();
-        let _b = metrics.for_backend("web", "127.0.0.1:1");
+        let b = metrics.for_backend("web", "127.0.0.1:1");
+        let mut tracker = Tracker::default();
         let start = Instant::now();
         for step in 0..(POINTS as u64 * 2) {
-            metrics.status.read(&metrics, start + POINT * step as u32);
+            tracker.read(&web(&[("127.0.0.1:1", &b)]), start + POINT * step as u32);
         }
+        metrics.status.publish(&tracker);
         assert_eq!(metrics.status.view().history("web").len(), POINTS);
     }
 }
