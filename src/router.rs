@@ -18,6 +18,7 @@ use crate::config::HeaderCondition;
 use crate::config::{Config, Limits};
 use crate::observe::access_log::{AccessLog, AccessLogSettings};
 use crate::observe::metrics::{BackendMetrics, Metrics, NONE};
+use crate::observe::status::{PoolReading, Reading, reading};
 use crate::ratelimit::{RateLimit, store::Store};
 use crate::tls::ListenerMode;
 use crate::upstream::PoolConnections;
@@ -50,6 +51,26 @@ impl Snapshot {
     /// The snapshot of `config` alone, with fresh state, no access log and no listeners (the fuzz targets).
     pub fn of(config: &Config) -> Self {
         Self::build(config, &Metrics::new(), None, None, Vec::new())
+    }
+
+    /// Every pool's counters for the status page, read through the label handles its backends hold (the
+    /// proxy's own answers as backend `none`).
+    pub(crate) fn status_readings(&self) -> Vec<PoolReading<'_>> {
+        self.pools
+            .values()
+            .map(|pool| {
+                let mut backends: Vec<(&str, Reading)> = pool
+                    .backends
+                    .iter()
+                    .map(|b| (b.address.as_str(), reading(&b.metrics)))
+                    .collect();
+                backends.push((NONE, reading(&pool.local_metrics)));
+                PoolReading {
+                    pool: &pool.name,
+                    backends,
+                }
+            })
+            .collect()
     }
 
     /// Does a request for `host` and `path` (without headers) match a route?

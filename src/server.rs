@@ -127,6 +127,7 @@ impl Server {
         tokio::spawn(crate::observe::status::Live::run(
             Arc::clone(&shared.metrics),
             Arc::clone(&shared.snapshot),
+            crate::router::Snapshot::status_readings,
         ));
         let supervisor =
             Supervisor::new(Arc::clone(&shared), config, proxy, path, listeners, admin);

@@ -14,8 +14,7 @@ use arc_swap::ArcSwap;
 use prometheus::core::Metric;
 use tokio::time::Instant;
 
-use super::metrics::{BackendMetrics, DURATION_BUCKETS, Metrics, NONE};
-use crate::router::Snapshot;
+use super::metrics::{BackendMetrics, DURATION_BUCKETS, Metrics};
 
 /// How far apart the two kept readings of a series are.
 const SLOT: Duration = Duration::from_secs(5);
@@ -232,7 +231,12 @@ impl Live {
     /// take milliseconds of CPU every second, which must not delay requests ([`crate::background`]). Nothing
     /// there holds a lock a worker or the admin listener waits on: the counters are atomics read through the
     /// snapshot's handles, the figures are published with one swap.
-    pub(crate) async fn run(metrics: Arc<Metrics>, snapshots: Arc<ArcSwap<Snapshot>>) {
+    /// `read` takes a snapshot's readings (the routing snapshot lives above this module).
+    pub(crate) async fn run<S: Send + Sync + 'static>(
+        metrics: Arc<Metrics>,
+        snapshots: Arc<ArcSwap<S>>,
+        read: for<'a> fn(&'a S) -> Vec<PoolReading<'a>>,
+    ) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut tracker = Tracker::default();
@@ -244,7 +248,7 @@ impl Live {
             let snapshot = snapshots.load_full();
             let (kept, published) = crate::background::run(move || {
                 let now = Instant::now();
-                tracker.read(&readings(&snapshot), now);
+                tracker.read(&read(&snapshot), now);
                 let published = tracker.publish();
                 // The snapshot may be a replaced one, now freed here.
                 drop(snapshot);
@@ -359,26 +363,6 @@ impl Tracker {
                     + POINTS * size_of::<Point>()
                     + 48)
     }
-}
-
-/// Every pool's counters in `snapshot`, read through the label handles its backends hold.
-fn readings(snapshot: &Snapshot) -> Vec<PoolReading<'_>> {
-    snapshot
-        .pools
-        .values()
-        .map(|pool| {
-            let mut backends: Vec<(&str, Reading)> = pool
-                .backends
-                .iter()
-                .map(|b| (b.address.as_str(), reading(&b.metrics)))
-                .collect();
-            backends.push((NONE, reading(&pool.local_metrics)));
-            PoolReading {
-                pool: &pool.name,
-                backends,
-            }
-        })
-        .collect()
 }
 
 /// A series' counters now.
