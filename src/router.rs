@@ -702,3 +702,33 @@ mod tests {
         assert_eq!(normalize_host("10.0.0.1:80"), "10.0.0.1");
     }
 }
+
+#[cfg(test)]
+mod status_tests {
+    use super::*;
+
+    #[test]
+    fn the_status_reading_of_a_pools_own_answers_goes_on_across_reloads() {
+        let text = r#"
+            [[listeners]]
+            address = "127.0.0.1:0"
+            [[routes]]
+            path_prefix = "/"
+            pool = "web"
+            [pools.web]
+            backends = [{ address = "127.0.0.1:1" }]
+        "#;
+        let config = crate::config::parse(text, "test.toml").expect("config");
+        let metrics = Metrics::new();
+        let first = Snapshot::build(&config, &metrics, None, None, Vec::new());
+        first.pools["web"]
+            .local_metrics
+            .count_response(http::StatusCode::SERVICE_UNAVAILABLE);
+        let second = Snapshot::build(&config, &metrics, Some(&first), None, Vec::new());
+        let readings = second.status_readings();
+        let web = readings.iter().find(|r| r.pool == "web").expect("web");
+        let (_, own) = web.backends.iter().find(|(b, _)| *b == NONE).expect("none");
+        assert_eq!((own.requests, own.errors), (1, 1));
+        assert!(web.backends.iter().any(|(b, _)| *b == "127.0.0.1:1"));
+    }
+}

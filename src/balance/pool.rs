@@ -54,7 +54,7 @@ pub struct Pool {
     pub(crate) max_response_header_bytes: usize,
     pub(crate) health_check: Option<HealthCheckSettings>,
     /// Label handles for answers the proxy gives itself for this pool (`backend="none"`).
-    pub(crate) local_metrics: BackendMetrics,
+    pub(crate) local_metrics: Arc<BackendMetrics>,
     /// What requests are hashed by, for `consistent_hash`.
     pub(crate) hash_key: Option<HashKey>,
     pub(crate) hash: HashSettings,
@@ -252,7 +252,11 @@ impl Pool {
             panic_threshold: settings.panic_threshold,
             max_response_header_bytes: settings.max_response_header_bytes,
             health_check: settings.health_check.clone(),
-            local_metrics: metrics.for_local(name),
+            // Kept across reloads, so the status page's reading of them goes on.
+            local_metrics: previous.map_or_else(
+                || Arc::new(metrics.for_local(name)),
+                |p| Arc::clone(&p.local_metrics),
+            ),
         }
     }
 

@@ -365,8 +365,8 @@ impl Metrics {
                 .upstream_reused_connection_retries_total
                 .with_label_values(&labels),
             other_codes: Default::default(),
-            other_requests: AtomicU64::new(0),
-            other_errors: AtomicU64::new(0),
+            answered: AtomicU64::new(0),
+            answered_5xx: AtomicU64::new(0),
             ejected: Some({
                 let g = self.balancing.ejected.with_label_values(&labels);
                 g.set(0);
@@ -399,8 +399,8 @@ impl Metrics {
             connections_opened: unregistered(),
             reused_connection_retries: unregistered(),
             other_codes: Default::default(),
-            other_requests: AtomicU64::new(0),
-            other_errors: AtomicU64::new(0),
+            answered: AtomicU64::new(0),
+            answered_5xx: AtomicU64::new(0),
             ejected: None,
             ejections: unregistered(),
             events: std::sync::Arc::clone(&self.events),
@@ -452,9 +452,9 @@ pub struct BackendMetrics {
     pub(crate) connections_opened: IntCounter,
     pub(crate) reused_connection_retries: IntCounter,
     other_codes: std::sync::Mutex<Vec<u16>>,
-    /// Requests with a code not in [`COMMON_CODES`], and the 5xx among them (also counted by label).
-    other_requests: AtomicU64,
-    other_errors: AtomicU64,
+    /// Requests counted through this handle, and the 5xx among them (the status page's reading).
+    answered: AtomicU64,
+    answered_5xx: AtomicU64,
     /// `None` for the proxy's own answers.
     ejected: Option<IntGauge>,
     pub(crate) ejections: IntCounter,
@@ -464,6 +464,10 @@ pub struct BackendMetrics {
 impl BackendMetrics {
     /// Counts one answered request with its status code.
     pub(crate) fn count_response(&self, status: http::StatusCode) {
+        self.answered.fetch_add(1, Ordering::Relaxed);
+        if status.is_server_error() {
+            self.answered_5xx.fetch_add(1, Ordering::Relaxed);
+        }
         let code = status.as_u16();
         match COMMON_CODES.iter().position(|&c| c == code) {
             Some(i) => self.common_codes[i]
@@ -473,10 +477,6 @@ impl BackendMetrics {
                 })
                 .inc(),
             None => {
-                self.other_requests.fetch_add(1, Ordering::Relaxed);
-                if status.is_server_error() {
-                    self.other_errors.fetch_add(1, Ordering::Relaxed);
-                }
                 let mut other = self.other_codes.lock().unwrap_or_else(|p| p.into_inner());
                 if !other.contains(&code) {
                     other.push(code);
@@ -489,19 +489,14 @@ impl BackendMetrics {
         }
     }
 
-    /// Requests answered and the 5xx among them, without taking a lock: the status page's reading.
+    /// Requests this handle counted and the 5xx among them, without a lock: the status page's reading. A new
+    /// handle starts from zero, even where its series already held counts (a backend back in the config before its
+    /// series were removed): the page sees a series that started afresh, never a jump.
     pub(crate) fn requests_and_errors(&self) -> (u64, u64) {
-        let mut requests = self.other_requests.load(Ordering::Relaxed);
-        let mut errors = self.other_errors.load(Ordering::Relaxed);
-        for (code, counter) in COMMON_CODES.iter().zip(&self.common_codes) {
-            if let Some(c) = counter.get() {
-                requests += c.get();
-                if *code >= 500 {
-                    errors += c.get();
-                }
-            }
-        }
-        (requests, errors)
+        (
+            self.answered.load(Ordering::Relaxed),
+            self.answered_5xx.load(Ordering::Relaxed),
+        )
     }
 
     /// The `pool` label value.

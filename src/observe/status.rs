@@ -26,8 +26,8 @@ const BUCKETS: usize = DURATION_BUCKETS.len() + 1;
 /// A series' counters at one moment.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Reading {
-    requests: u64,
-    errors: u64,
+    pub(crate) requests: u64,
+    pub(crate) errors: u64,
     /// Cumulative per bucket, `+Inf` last.
     buckets: [u64; BUCKETS],
 }
@@ -481,6 +481,34 @@ mod tests {
         // From second 6 on only a counts: 10/s; the window (seconds 5-12) holds one second of b's 20/s.
         assert!(rate > 9.0 && rate < 13.0, "{rate}");
         assert_eq!(view.backend("web", "127.0.0.1:2"), Figures::default());
+    }
+
+    #[test]
+    fn a_backend_back_before_its_series_were_removed_does_not_jump() {
+        let metrics = Metrics::new();
+        let first = metrics.for_backend("web", "127.0.0.1:1");
+        for _ in 0..1000 {
+            first.count_response(http::StatusCode::OK);
+        }
+        let mut tracker = Tracker::default();
+        let start = Instant::now();
+        tracker.read(&web(&[("127.0.0.1:1", &first)]), start);
+        // It leaves the config and comes back: a new handle on the same series, which still holds 1000. It is
+        // read once before it answers anything, then answers 10 a second.
+        let again = metrics.for_backend("web", "127.0.0.1:1");
+        for second in 1..=4u64 {
+            for _ in 0..(if second == 1 { 0 } else { 10 }) {
+                again.count_response(http::StatusCode::OK);
+            }
+            tracker.read(
+                &web(&[("127.0.0.1:1", &again)]),
+                start + Duration::from_secs(second),
+            );
+        }
+        metrics.status.publish(&tracker);
+        // 30 requests over the 4 s since the pool's first reading, not the 1000 the series held.
+        let rate = metrics.status.view().pool("web").rate;
+        assert!((rate - 7.5).abs() < 1e-9, "{rate}");
     }
 
     #[test]
