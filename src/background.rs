@@ -6,8 +6,8 @@
 //! worker that woke on the same CPU still waited for the rest of the scheduler's slice, and those waits were the
 //! p99 of requests during reloads (benches/reload.py: 1.34× the p99 without reloads). A waking thread of normal
 //! priority preempts a `SCHED_IDLE` one at once (1.16× and 1.35×, docs/performance.md). The status page's once-a-second
-//! reading of every backend's counters runs here too (through the snapshot's label handles: atomics, and each
-//! histogram's own collect lock, which only `/metrics` shares). Health checks, the admin API and `/metrics` stay
+//! reading of every backend's counters runs here too (counters each label handle keeps for the page: atomics
+//! only, no lock). Health checks, the admin API and `/metrics` stay
 //! on the control plane's thread: they must answer when the CPUs are busy, and they share locks (the metric
 //! families') with the workers, which a thread that may wait seconds for a CPU must not hold.
 //!

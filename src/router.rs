@@ -17,8 +17,8 @@ use crate::balance::pool::Pool;
 use crate::config::HeaderCondition;
 use crate::config::{Config, Limits};
 use crate::observe::access_log::{AccessLog, AccessLogSettings};
-use crate::observe::metrics::{BackendMetrics, Metrics, NONE};
-use crate::observe::status::{PoolReading, Reading, reading};
+use crate::observe::metrics::{BackendMetrics, Metrics, NONE, StatusCounts};
+use crate::observe::status::PoolReading;
 use crate::ratelimit::{RateLimit, store::Store};
 use crate::tls::ListenerMode;
 use crate::upstream::PoolConnections;
@@ -59,12 +59,12 @@ impl Snapshot {
         self.pools
             .values()
             .map(|pool| {
-                let mut backends: Vec<(&str, Reading)> = pool
+                let mut backends: Vec<(&str, &Arc<StatusCounts>)> = pool
                     .backends
                     .iter()
-                    .map(|b| (b.address.as_str(), reading(&b.metrics)))
+                    .map(|b| (b.address.as_str(), &b.metrics.status))
                     .collect();
-                backends.push((NONE, reading(&pool.local_metrics)));
+                backends.push((NONE, &pool.local_metrics.status));
                 PoolReading {
                     pool: &pool.name,
                     backends,
@@ -728,7 +728,9 @@ mod status_tests {
         let readings = second.status_readings();
         let web = readings.iter().find(|r| r.pool == "web").expect("web");
         let (_, own) = web.backends.iter().find(|(b, _)| *b == NONE).expect("none");
-        assert_eq!((own.requests, own.errors), (1, 1));
+        let counted =
+            |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!((counted(&own.answered), counted(&own.answered_5xx)), (1, 1));
         assert!(web.backends.iter().any(|(b, _)| *b == "127.0.0.1:1"));
     }
 }

@@ -3,8 +3,8 @@
 //! The data path never formats label values: each backend (`balance::backend::Backend`) holds [`BackendMetrics`], the
 //! label handles for its `pool` and `backend` labels, made when the backend is built.
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -365,8 +365,7 @@ impl Metrics {
                 .upstream_reused_connection_retries_total
                 .with_label_values(&labels),
             other_codes: Default::default(),
-            answered: AtomicU64::new(0),
-            answered_5xx: AtomicU64::new(0),
+            status: Default::default(),
             ejected: Some({
                 let g = self.balancing.ejected.with_label_values(&labels);
                 g.set(0);
@@ -399,8 +398,7 @@ impl Metrics {
             connections_opened: unregistered(),
             reused_connection_retries: unregistered(),
             other_codes: Default::default(),
-            answered: AtomicU64::new(0),
-            answered_5xx: AtomicU64::new(0),
+            status: Default::default(),
             ejected: None,
             ejections: unregistered(),
             events: std::sync::Arc::clone(&self.events),
@@ -435,6 +433,18 @@ const COMMON_CODES: [u16; 28] = [
     413, 415, 422, 429, 500, 501, 502, 503, 504,
 ];
 
+/// What the status page reads of one label handle: its answers, the 5xx among them and its durations by bucket.
+/// Atomics only, so the page's reading (on a thread that may wait for a CPU) holds no lock anyone waits on; a
+/// handle made again for a series that still holds counts starts from zero, so the page sees a series start
+/// afresh, never a jump.
+#[derive(Debug, Default)]
+pub(crate) struct StatusCounts {
+    pub(crate) answered: AtomicU64,
+    pub(crate) answered_5xx: AtomicU64,
+    /// Per bucket of [`DURATION_BUCKETS`], then above the last (not cumulative).
+    pub(crate) durations: [AtomicU64; DURATION_BUCKETS.len() + 1],
+}
+
 /// A backend's label handles, so the request path never formats or hashes labels for common cases.
 pub struct BackendMetrics {
     pool: String,
@@ -452,9 +462,8 @@ pub struct BackendMetrics {
     pub(crate) connections_opened: IntCounter,
     pub(crate) reused_connection_retries: IntCounter,
     other_codes: std::sync::Mutex<Vec<u16>>,
-    /// Requests counted through this handle, and the 5xx among them (the status page's reading).
-    answered: AtomicU64,
-    answered_5xx: AtomicU64,
+    /// What the status page reads of this handle.
+    pub(crate) status: Arc<StatusCounts>,
     /// `None` for the proxy's own answers.
     ejected: Option<IntGauge>,
     pub(crate) ejections: IntCounter,
@@ -464,9 +473,9 @@ pub struct BackendMetrics {
 impl BackendMetrics {
     /// Counts one answered request with its status code.
     pub(crate) fn count_response(&self, status: http::StatusCode) {
-        self.answered.fetch_add(1, Ordering::Relaxed);
+        self.status.answered.fetch_add(1, Ordering::Relaxed);
         if status.is_server_error() {
-            self.answered_5xx.fetch_add(1, Ordering::Relaxed);
+            self.status.answered_5xx.fetch_add(1, Ordering::Relaxed);
         }
         let code = status.as_u16();
         match COMMON_CODES.iter().position(|&c| c == code) {
@@ -489,14 +498,15 @@ impl BackendMetrics {
         }
     }
 
-    /// Requests this handle counted and the 5xx among them, without a lock: the status page's reading. A new
-    /// handle starts from zero, even where its series already held counts (a backend back in the config before its
-    /// series were removed): the page sees a series that started afresh, never a jump.
-    pub(crate) fn requests_and_errors(&self) -> (u64, u64) {
-        (
-            self.answered.load(Ordering::Relaxed),
-            self.answered_5xx.load(Ordering::Relaxed),
-        )
+    /// Observes one request's duration, from receiving it to the end of its response body.
+    pub(crate) fn observe_duration(&self, elapsed: std::time::Duration) {
+        let seconds = elapsed.as_secs_f64();
+        self.duration.observe(seconds);
+        let slot = DURATION_BUCKETS
+            .iter()
+            .position(|&upper| seconds <= upper)
+            .unwrap_or(DURATION_BUCKETS.len());
+        self.status.durations[slot].fetch_add(1, Ordering::Relaxed);
     }
 
     /// The `pool` label value.

@@ -8,13 +8,13 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use prometheus::core::Metric;
 use tokio::time::Instant;
 
-use super::metrics::{BackendMetrics, DURATION_BUCKETS, Metrics};
+use super::metrics::{DURATION_BUCKETS, Metrics, StatusCounts};
 
 /// How far apart the two kept readings of a series are.
 const SLOT: Duration = Duration::from_secs(5);
@@ -157,18 +157,33 @@ struct PoolSeries {
     point_from: (Instant, Reading),
 }
 
+/// One handle's counters and their window.
+struct Series {
+    counts: Arc<StatusCounts>,
+    window: Window,
+}
+
+/// A handle that left the snapshot (its backend left the config, or was made again) while requests may still
+/// be on it: its answers count toward its pool's figures until nothing else holds it.
+struct Retiring {
+    counts: Arc<StatusCounts>,
+    last: Reading,
+}
+
 /// The windows behind the figures, owned by the task that reads the counters ([`Live::run`]).
 #[derive(Default)]
 pub(crate) struct Tracker {
-    /// pool → backend (`none` for the proxy's own answers) → window.
-    backends: HashMap<String, HashMap<String, Window>>,
+    /// pool → backend (`none` for the proxy's own answers) → series.
+    backends: HashMap<String, HashMap<String, Series>>,
+    /// pool → handles that left it.
+    retiring: HashMap<String, Vec<Retiring>>,
     pools: HashMap<String, PoolSeries>,
 }
 
-/// One pool's counters at one moment: each backend's (`none` for the proxy's own answers).
+/// One pool's handles at one moment: each backend's (`none` for the proxy's own answers).
 pub(crate) struct PoolReading<'a> {
     pub(crate) pool: &'a str,
-    pub(crate) backends: Vec<(&'a str, Reading)>,
+    pub(crate) backends: Vec<(&'a str, &'a Arc<StatusCounts>)>,
 }
 
 /// The figures as of the last reading, published whole.
@@ -268,34 +283,77 @@ impl Live {
 }
 
 impl Tracker {
-    /// Takes one reading of every series: pools and backends not in `readings` are forgotten.
+    /// Takes one reading of every handle in `readings`, and of those that left them while something still
+    /// holds them; pools not in `readings` are forgotten.
     pub(crate) fn read(&mut self, readings: &[PoolReading<'_>], now: Instant) {
-        for reading in readings {
-            // The pool's counters are its own running sum of its backends' growth, so that a backend added or
+        for pool in readings {
+            // The pool's counters are its own running sum of its handles' growth, so that a backend added or
             // removed (a reload, DNS) does not move them.
             let mut grown = Reading::default();
-            let windows = match self.backends.get_mut(reading.pool) {
-                Some(w) => w,
-                None => self.backends.entry(reading.pool.to_owned()).or_default(),
+            let known = self.pools.contains_key(pool.pool);
+            let series = match self.backends.get_mut(pool.pool) {
+                Some(s) => s,
+                None => self.backends.entry(pool.pool.to_owned()).or_default(),
             };
-            for (backend, r) in &reading.backends {
-                match windows.get_mut(*backend) {
-                    Some(w) => {
-                        grown.add(&r.since(&w.latest.1));
-                        w.advance(now, *r);
+            let retiring = match self.retiring.get_mut(pool.pool) {
+                Some(r) => r,
+                None => self.retiring.entry(pool.pool.to_owned()).or_default(),
+            };
+            for &(backend, counts) in &pool.backends {
+                let reading = reading(counts);
+                match series.get_mut(backend) {
+                    Some(s) if Arc::ptr_eq(&s.counts, counts) => {
+                        grown.add(&reading.since(&s.window.latest.1));
+                        s.window.advance(now, reading);
                     }
-                    None => {
-                        windows.insert((*backend).to_owned(), Window::new(now, *r));
+                    found => {
+                        // A new handle counts from zero: all it counted is new, unless the pool itself is (its
+                        // first reading is where its figures start).
+                        if known {
+                            grown.add(&reading);
+                        }
+                        let new = Series {
+                            counts: Arc::clone(counts),
+                            window: Window::new(now, reading),
+                        };
+                        match found {
+                            Some(s) => {
+                                let old = std::mem::replace(s, new);
+                                retiring.push(Retiring {
+                                    counts: old.counts,
+                                    last: old.window.latest.1,
+                                });
+                            }
+                            None => {
+                                series.insert(backend.to_owned(), new);
+                            }
+                        }
                     }
                 }
             }
-            // Backends not read now have left the pool.
-            windows.retain(|_, w| w.latest.0 == now);
-            let p = match self.pools.get_mut(reading.pool) {
+            // Backends not read now have left the pool; what they still answer counts toward it.
+            series.retain(|_, s| {
+                let here = s.window.latest.0 == now;
+                if !here {
+                    retiring.push(Retiring {
+                        counts: Arc::clone(&s.counts),
+                        last: s.window.latest.1,
+                    });
+                }
+                here
+            });
+            retiring.retain_mut(|r| {
+                let reading = reading(&r.counts);
+                grown.add(&reading.since(&r.last));
+                r.last = reading;
+                // Nothing else holds it: nothing more can be counted on it.
+                Arc::strong_count(&r.counts) > 1
+            });
+            let p = match self.pools.get_mut(pool.pool) {
                 Some(p) => p,
                 None => self
                     .pools
-                    .entry(reading.pool.to_owned())
+                    .entry(pool.pool.to_owned())
                     .or_insert_with(|| PoolSeries {
                         window: Window::new(now, Reading::default()),
                         history: VecDeque::with_capacity(POINTS),
@@ -324,6 +382,8 @@ impl Tracker {
         self.pools.retain(|_, p| p.window.latest.0 == now);
         self.backends
             .retain(|pool, _| self.pools.contains_key(pool.as_str()));
+        self.retiring
+            .retain(|pool, _| self.pools.contains_key(pool.as_str()));
     }
 
     fn publish(&self) -> Published {
@@ -334,7 +394,7 @@ impl Tracker {
                 .map(|(pool, windows)| {
                     let figures = windows
                         .iter()
-                        .map(|(b, w)| (b.clone(), w.figures()))
+                        .map(|(b, s)| (b.clone(), s.window.figures()))
                         .collect();
                     (pool.clone(), figures)
                 })
@@ -350,41 +410,48 @@ impl Tracker {
         }
     }
 
-    /// Bytes held for `pools` pools of `backends` backends each with full histories (for the docs' figure).
+    /// Bytes held for `pools` pools of `backends` backends each with full histories (for the docs' figure): the
+    /// windows, and two published copies of the figures (the one in force and the next, while it is made).
     #[cfg(test)]
     fn size_for(pools: usize, backends: usize) -> usize {
         use std::mem::size_of;
         let series = pools * (backends + 1);
-        let per_entry = size_of::<(String, Window)>() + 24; // + the address text, + table overhead
-        series * per_entry
+        // + the address text, + table overhead
+        let windows = series * (size_of::<(String, Series)>() + 24)
             + pools
                 * (size_of::<(String, PoolSeries)>()
-                    + size_of::<(String, HashMap<String, Window>)>()
+                    + size_of::<(String, HashMap<String, Series>)>()
                     + POINTS * size_of::<Point>()
-                    + 48)
+                    + 48);
+        let published = series * (size_of::<(String, Figures)>() + 24)
+            + pools
+                * (size_of::<(String, (Figures, Vec<Point>))>()
+                    + size_of::<(String, HashMap<String, Figures>)>()
+                    + POINTS * size_of::<Point>()
+                    + 48);
+        windows + 2 * published
     }
 }
 
-/// A series' counters now.
-pub(crate) fn reading(metrics: &BackendMetrics) -> Reading {
-    let (requests, errors) = metrics.requests_and_errors();
+/// A handle's counters now.
+fn reading(counts: &StatusCounts) -> Reading {
     let mut reading = Reading {
-        requests,
-        errors,
+        requests: counts.answered.load(Ordering::Relaxed),
+        errors: counts.answered_5xx.load(Ordering::Relaxed),
         ..Reading::default()
     };
-    let m = metrics.duration.metric();
-    let h = m.get_histogram();
-    for (slot, b) in reading.buckets.iter_mut().zip(h.get_bucket()) {
-        *slot = b.cumulative_count();
+    let mut cumulative = 0;
+    for (slot, n) in reading.buckets.iter_mut().zip(&counts.durations) {
+        cumulative += n.load(Ordering::Relaxed);
+        *slot = cumulative;
     }
-    reading.buckets[BUCKETS - 1] = h.get_sample_count();
     reading
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::observe::metrics::BackendMetrics;
 
     #[test]
     fn quantiles_interpolate_within_buckets() {
@@ -403,10 +470,10 @@ mod tests {
     }
 
     /// The readings of `backends`, all in pool `web`.
-    fn web<'a>(backends: &[(&'a str, &BackendMetrics)]) -> Vec<PoolReading<'a>> {
+    fn web<'a>(backends: &[(&'a str, &'a BackendMetrics)]) -> Vec<PoolReading<'a>> {
         vec![PoolReading {
             pool: "web",
-            backends: backends.iter().map(|(b, m)| (*b, reading(m))).collect(),
+            backends: backends.iter().map(|(b, m)| (*b, &m.status)).collect(),
         }]
     }
 
@@ -421,7 +488,7 @@ mod tests {
         for second in 1..=20u64 {
             for _ in 0..10 {
                 b.count_response(http::StatusCode::OK);
-                b.duration.observe(0.002);
+                b.observe_duration(Duration::from_millis(2));
             }
             b.count_response(http::StatusCode::BAD_GATEWAY);
             // A code not cached per backend counts too.
@@ -454,32 +521,41 @@ mod tests {
     }
 
     #[test]
-    fn a_removed_backend_does_not_move_the_pools_figures() {
+    fn a_removed_backend_counts_toward_its_pool_until_it_is_gone() {
         let metrics = Metrics::new();
         let a = metrics.for_backend("web", "127.0.0.1:1");
         let b = metrics.for_backend("web", "127.0.0.1:2");
         let mut tracker = Tracker::default();
         let start = Instant::now();
         tracker.read(&web(&[("127.0.0.1:1", &a), ("127.0.0.1:2", &b)]), start);
-        for second in 1..=12u64 {
+        for second in 1..=5u64 {
             for _ in 0..10 {
                 a.count_response(http::StatusCode::OK);
                 b.count_response(http::StatusCode::OK);
             }
-            // From second 6 on, b has left the pool.
-            let present: &[(&str, &BackendMetrics)] = if second < 6 {
-                &[("127.0.0.1:1", &a), ("127.0.0.1:2", &b)]
-            } else {
-                &[("127.0.0.1:1", &a)]
-            };
-            tracker.read(&web(present), start + Duration::from_secs(second));
+            tracker.read(
+                &web(&[("127.0.0.1:1", &a), ("127.0.0.1:2", &b)]),
+                start + Duration::from_secs(second),
+            );
         }
+        // b leaves the config with 5 requests still in flight; they end, with 502s, after it left.
+        tracker.read(&web(&[("127.0.0.1:1", &a)]), start + Duration::from_secs(6));
+        for _ in 0..5 {
+            b.count_response(http::StatusCode::BAD_GATEWAY);
+        }
+        tracker.read(&web(&[("127.0.0.1:1", &a)]), start + Duration::from_secs(7));
+        assert_eq!(tracker.retiring["web"].len(), 1);
+        // Nothing holds it any more: it is forgotten at the next reading.
+        drop(b);
+        tracker.read(&web(&[("127.0.0.1:1", &a)]), start + Duration::from_secs(8));
+        assert!(tracker.retiring["web"].is_empty());
         assert_eq!(tracker.backends["web"].len(), 1);
         metrics.status.publish(&tracker);
         let view = metrics.status.view();
-        let rate = view.pool("web").rate;
-        // From second 6 on only a counts: 10/s; the window (seconds 5-12) holds one second of b's 20/s.
-        assert!(rate > 9.0 && rate < 13.0, "{rate}");
+        // The window runs from second 0 to 8: 50 answers of a, 50 of b, and b's 5 late ones, all 502.
+        let pool = view.pool("web");
+        assert!((pool.rate - 105.0 / 8.0).abs() < 1e-9, "{pool:?}");
+        assert!((pool.errors - 5.0 / 8.0).abs() < 1e-9, "{pool:?}");
         assert_eq!(view.backend("web", "127.0.0.1:2"), Figures::default());
     }
 

@@ -70,7 +70,7 @@ pub(super) fn ended(
     bytes_out: u64,
 ) {
     if matches!(how, Ending::Request) {
-        metrics.duration.observe(elapsed.as_secs_f64());
+        metrics.observe_duration(elapsed);
     }
     if let Some(log) = log {
         log.finish(elapsed, bytes_out);
