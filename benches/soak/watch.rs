@@ -9,6 +9,22 @@ pub struct Sample {
     pub at: f64,
     pub rss_kib: u64,
     pub fds: u64,
+    /// Open descriptors beyond the client connections the proxy counts open (scraped right after): what a leak
+    /// would raise and the load's connections coming and going do not.
+    pub other_fds: Option<u64>,
+}
+
+/// The descriptors the client connections hold, from a scrape: one per connection being served
+/// (`switchyard_open_connections`), two per upgraded one (its client's and its backend's: a tunnel leaves the
+/// served count when it is handed over).
+pub fn connection_fds(text: &str) -> Option<u64> {
+    let gauge = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|v| v as u64)
+    };
+    Some(gauge("switchyard_open_connections")? + 2 * gauge("switchyard_upgraded_connections")?)
 }
 
 pub fn sample(pid: u32, start: Instant) -> Option<Sample> {
@@ -26,6 +42,7 @@ pub fn sample(pid: u32, start: Instant) -> Option<Sample> {
         at: start.elapsed().as_secs_f64(),
         rss_kib,
         fds,
+        other_fds: None,
     })
 }
 
