@@ -66,11 +66,6 @@ pub struct DrainWatch {
 }
 
 impl DrainWatch {
-    /// Has the drain started?
-    pub(crate) fn draining(&self) -> bool {
-        *self.signal.borrow()
-    }
-
     /// Resolves when the drain starts (never, if the listener is gone without one).
     pub(crate) async fn started(&mut self) {
         if self.signal.wait_for(|draining| *draining).await.is_err() {

@@ -6,7 +6,10 @@
 
 pub mod conn;
 mod drain;
+mod handover;
 mod spread;
+#[cfg(test)]
+mod stop_tests;
 mod version;
 
 use std::convert::Infallible;
@@ -295,7 +298,7 @@ where
                 }
             }
         };
-        drop(listener);
+        self.serve_the_queued(listener, &graceful);
         if let Some((spread, me)) = &self.spread {
             spread.leave(*me);
         }
@@ -304,6 +307,27 @@ where
             .is_err()
         {
             tracing::warn!(?drain, "drain time over with connections still open");
+        }
+    }
+
+    /// Serves the connections the kernel has already queued on the socket, then lets it go. Closing a socket with
+    /// connections in its queue resets them; with `reuse_port` these are the last ones the kernel gave this
+    /// process before a newer one took over, and new ones are handed over first (see `handover`).
+    fn serve_the_queued(&self, listener: TcpListener, graceful: &Drain) {
+        if let Err(e) = handover::stop_taking_handshakes(&listener) {
+            tracing::warn!(error = %e, "cannot hand new connections over to the other sockets on this address");
+        }
+        // Taken straight from the socket: the reactor's readiness may not have seen them yet.
+        let Ok(listener) = listener.into_std() else {
+            return;
+        };
+        while let Ok((tcp, peer)) = listener.accept() {
+            let tcp = tcp
+                .set_nonblocking(true)
+                .and_then(|()| TcpStream::from_std(tcp));
+            if let Ok(tcp) = tcp {
+                self.serve(tcp, peer, graceful);
+            }
         }
     }
 

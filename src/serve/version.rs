@@ -82,9 +82,12 @@ where
 /// HTTP/2's connection preface: a client with prior knowledge starts with it.
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// How long a drain waits for a new connection's first bytes.
+pub(super) const FIRST_BYTES_GRACE: Duration = Duration::from_secs(1);
+
 /// Why a plain connection closes before its version is known.
 pub(super) enum Unsniffed {
-    /// The client closed, sent nothing within `limits.idle_timeout`, or the drain started first.
+    /// The client closed, or sent nothing within `limits.idle_timeout` (or within the grace a drain gives).
     Closed,
     /// Part of the preface, and not the rest within `limits.header_read_timeout`.
     HeaderTimeout,
@@ -134,11 +137,15 @@ pub(super) async fn sniff(
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     };
-    if watcher.draining() {
-        return Err(Unsniffed::Closed);
-    }
+    // A connection the drain finds before its first bytes may have its request on the way: accepted a moment
+    // before the signal, or taken from the accept queue as the listener closed. It gets a short grace to send
+    // them; its first request is then served, and the connection closes after the response.
+    let grace = async {
+        watcher.started().await;
+        tokio::time::sleep(FIRST_BYTES_GRACE).await;
+    };
     tokio::select! {
         versions = peek => versions,
-        () = watcher.started() => Err(Unsniffed::Closed),
+        () = grace => Err(Unsniffed::Closed),
     }
 }

@@ -1,0 +1,114 @@
+//! What a listener does with the connections it has not served yet when it stops.
+
+use super::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: queued.test\r\n\r\n";
+
+/// Everything the server sent on `stream` until it closed the connection, or why reading failed.
+async fn answer(stream: &mut TcpStream) -> Result<String, io::Error> {
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut got))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer within 10 s"))??;
+    Ok(String::from_utf8_lossy(&got).into_owned())
+}
+
+/// Connections the kernel queued on the socket, which no accept loop took before the stop, are served instead
+/// of reset by the socket's closing (with `reuse_port`: the last ones a process gets before a newer one takes
+/// over). One that has sent nothing yet gets a grace to send its request.
+#[test]
+fn connections_queued_when_the_listener_stops_are_served() {
+    // The worker's runtime is driven only once the stop is sent: its accept loop sees the stop first.
+    let worker = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (end_tx, end_rx) = tokio::sync::oneshot::channel::<()>();
+    let answers = rt.block_on(async {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let bound = tcp.local_addr().unwrap();
+        let handler = |_req: Request<Incoming>, _conn: ConnInfo| async {
+            crate::proxy::plain(StatusCode::OK, "served\n")
+        };
+        let listener = ListenerTask::spawn(
+            bound,
+            tcp,
+            ModeSource::Fixed(Arc::new(ListenerMode::Plain)),
+            None,
+            handler,
+            "test",
+            &[worker.handle().clone()],
+        )
+        .unwrap();
+        let mut queued = Vec::new();
+        for _ in 0..4 {
+            let mut stream = TcpStream::connect(bound).await.unwrap();
+            stream.write_all(REQUEST).await.unwrap();
+            queued.push(stream);
+        }
+        let mut silent = TcpStream::connect(bound).await.unwrap();
+        let stopped = listener.stop(Duration::from_secs(10));
+        let driver = std::thread::spawn(move || {
+            worker.block_on(async move {
+                let _ = end_rx.await;
+            })
+        });
+        let mut answers = Vec::new();
+        for stream in &mut queued {
+            answers.push(answer(stream).await);
+        }
+        // The others were served, so the silent one was taken too and waits for its first bytes.
+        let answered = match silent.write_all(REQUEST).await {
+            Ok(()) => answer(&mut silent).await,
+            Err(e) => Err(e),
+        };
+        answers.push(answered);
+        let drained = tokio::time::timeout(Duration::from_secs(10), stopped).await;
+        let _ = end_tx.send(());
+        driver.join().unwrap();
+        assert!(drained.is_ok(), "the drain did not end");
+        answers
+    });
+    for (i, answer) in answers.iter().enumerate() {
+        let text = answer.as_ref().map(String::as_str).unwrap_or("");
+        assert!(
+            text.starts_with("HTTP/1.1 200") && text.ends_with("served\n"),
+            "connection {i}: {answer:?}"
+        );
+    }
+}
+
+/// A stopping listener bound with `reuse_port` takes no new handshakes: a client that connects then sends its SYN
+/// again a second later, and meets the other socket on the address once the stopping one has closed.
+#[tokio::test]
+async fn a_stopping_reuse_port_listener_hands_new_connections_to_the_other_socket() {
+    let old = bind("127.0.0.1:0".parse().unwrap(), "test", true)
+        .await
+        .unwrap();
+    let address = old.local_addr().unwrap();
+    handover::stop_taking_handshakes(&old).unwrap();
+    let connecting = tokio::spawn(TcpStream::connect(address));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !connecting.is_finished(),
+        "the handshake was taken: {connecting:?}"
+    );
+    let new = bind(address, "test", true).await.unwrap();
+    drop(old);
+    let connected = tokio::time::timeout(Duration::from_secs(10), connecting)
+        .await
+        .expect("the client's SYN was not taken again")
+        .unwrap();
+    let client = connected.expect("the client's connection was refused or reset");
+    let (accepted, peer) = tokio::time::timeout(Duration::from_secs(5), new.accept())
+        .await
+        .expect("the new socket did not get the connection")
+        .unwrap();
+    assert_eq!(peer, client.local_addr().unwrap());
+    drop(accepted);
+}
