@@ -413,6 +413,7 @@ async fn shutdown_closes_idle_connections_at_once_and_a_second_signal_exits_now(
         })
         .await
     );
+    let signaled = std::time::Instant::now();
     signal(&proc.0, "TERM");
     // Admin /healthz says so while draining.
     let draining = eventually(Duration::from_secs(5), || async move {
@@ -422,6 +423,8 @@ async fn shutdown_closes_idle_connections_at_once_and_a_second_signal_exits_now(
     .await;
     assert!(draining, "admin /healthz did not say draining");
     // The quiet connection's request, sent after the drain started, is answered.
+    // Sent within the 1 s the drain gives it, unless this machine stalled the test for most of that.
+    let in_time = signaled.elapsed() < Duration::from_millis(800);
     tokio::io::AsyncWriteExt::write_all(&mut quiet, b"GET /fast HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
@@ -432,10 +435,17 @@ async fn shutdown_closes_idle_connections_at_once_and_a_second_signal_exits_now(
     )
     .await;
     let got = String::from_utf8_lossy(&got);
-    assert!(
-        matches!(read, Ok(Ok(_))) && got.starts_with("HTTP/1.1 200") && got.ends_with("fast"),
-        "the request sent after the signal: {read:?} {got:?}"
-    );
+    if in_time {
+        assert!(
+            matches!(read, Ok(Ok(_))) && got.starts_with("HTTP/1.1 200") && got.ends_with("fast"),
+            "the request sent after the signal: {read:?} {got:?}"
+        );
+    } else {
+        eprintln!(
+            "not judged: the request went {:?} after the signal",
+            signaled.elapsed()
+        );
+    }
     // The idle connection was closed by the server while the busy one is still draining.
     let closed = tokio::time::timeout(Duration::from_secs(3), idle_conn).await;
     assert!(

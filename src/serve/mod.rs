@@ -75,7 +75,7 @@ pub(crate) async fn bind(
     socket.set_reuse_port(true).map_err(error)?;
     socket.set_nonblocking(true).map_err(error)?;
     socket.bind(&address.into()).map_err(error)?;
-    socket.listen(4096).map_err(error)?;
+    socket.listen(BACKLOG as i32).map_err(error)?;
     TcpListener::from_std(socket.into()).map_err(error)
 }
 
@@ -298,7 +298,7 @@ where
                 }
             }
         };
-        self.serve_the_queued(listener, &graceful);
+        self.serve_the_queued(listener, &graceful).await;
         if let Some((spread, me)) = &self.spread {
             spread.leave(*me);
         }
@@ -312,8 +312,9 @@ where
 
     /// Serves the connections the kernel has already queued on the socket, then lets it go. Closing a socket with
     /// connections in its queue resets them; with `reuse_port` these are the last ones the kernel gave this
-    /// process before a newer one took over, and new ones are handed over first (see `handover`).
-    fn serve_the_queued(&self, listener: TcpListener, graceful: &Drain) {
+    /// process before a newer one took over, and new ones are handed over first (see `handover`). Without it,
+    /// handshakes go on completing while the socket is open, so the sweep takes at most a backlog's worth.
+    async fn serve_the_queued(&self, listener: TcpListener, graceful: &Drain) {
         if let Err(e) = handover::stop_taking_handshakes(&listener) {
             tracing::warn!(error = %e, "cannot hand new connections over to the other sockets on this address");
         }
@@ -321,12 +322,22 @@ where
         let Ok(listener) = listener.into_std() else {
             return;
         };
-        while let Ok((tcp, peer)) = listener.accept() {
-            let tcp = tcp
-                .set_nonblocking(true)
-                .and_then(|()| TcpStream::from_std(tcp));
-            if let Ok(tcp) = tcp {
-                self.serve(tcp, peer, graceful);
+        for taken in 1..=BACKLOG {
+            match listener.accept() {
+                Ok((tcp, peer)) => {
+                    let tcp = tcp
+                        .set_nonblocking(true)
+                        .and_then(|()| TcpStream::from_std(tcp));
+                    if let Ok(tcp) = tcp {
+                        self.serve(tcp, peer, graceful);
+                    }
+                }
+                // One connection that failed before it was taken: the next may be fine.
+                Err(e) if accept_skips(&e) => {}
+                Err(_) => break,
+            }
+            if taken % 64 == 0 {
+                tokio::task::yield_now().await;
             }
         }
     }
@@ -577,6 +588,29 @@ fn rejection(error: &(dyn std::error::Error + 'static)) -> Option<&'static str> 
         None
     }
 }
+
+/// The length of a listening socket's queue of connections not yet accepted.
+const BACKLOG: u32 = 4096;
+
+/// Errors `accept` reports for one connection that failed before it was taken (Linux passes pending network
+/// errors this way), after which the next `accept` may succeed.
+fn accept_skips(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+    ) || matches!(
+        e.raw_os_error(),
+        Some(EPROTO | ENETDOWN | EHOSTUNREACH | ENETUNREACH)
+    )
+}
+
+/// Linux's numbers for the network errors `accept` may pass on from a connection.
+const EPROTO: i32 = 71;
+const ENETDOWN: i32 = 100;
+const ENETUNREACH: i32 = 101;
+const EHOSTUNREACH: i32 = 113;
 
 /// `EMFILE` and `ENFILE` on Linux (and the BSDs): the process's or the system's descriptors are all in use.
 const EMFILE: i32 = 24;

@@ -85,6 +85,7 @@ fn connections_queued_when_the_listener_stops_are_served() {
 
 /// A stopping listener bound with `reuse_port` takes no new handshakes: a client that connects then sends its SYN
 /// again a second later, and meets the other socket on the address once the stopping one has closed.
+#[cfg(any(target_os = "linux", target_os = "android"))]
 #[tokio::test]
 async fn a_stopping_reuse_port_listener_hands_new_connections_to_the_other_socket() {
     let old = bind("127.0.0.1:0".parse().unwrap(), "test", true)
@@ -111,4 +112,41 @@ async fn a_stopping_reuse_port_listener_hands_new_connections_to_the_other_socke
         .unwrap();
     assert_eq!(peer, client.local_addr().unwrap());
     drop(accepted);
+}
+
+/// The filter keeps everything but a new handshake: a connection with the filter on both ends (as sockets accepted
+/// after it went on inherit it) carries data both ways and closes normally.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+#[tokio::test]
+async fn the_handover_filter_keeps_an_established_connections_packets() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut client = TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (mut server, _) = listener.accept().await.unwrap();
+    for end in [&client, &server] {
+        socket2::SockRef::from(end)
+            .attach_filter(&handover::program::DROP_NEW_HANDSHAKES)
+            .unwrap();
+    }
+    let mut got = [0u8; 4];
+    client.write_all(b"ping").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got, b"ping");
+    server.write_all(b"pong").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), client.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got, b"pong");
+    client.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), server.read_to_end(&mut rest))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(n, 0, "the client's FIN did not arrive");
 }
