@@ -152,6 +152,7 @@ impl ListenerTask {
                 limits_from,
                 handler,
                 spread: None,
+                last_mode: None,
             };
             vec![tokio::spawn(accept.run(tcp, stopped))]
         } else {
@@ -168,6 +169,7 @@ impl ListenerTask {
                     limits_from: limits_from.clone(),
                     handler: handler.clone(),
                     spread: spread.clone().map(|s| (s, me)),
+                    last_mode: None,
                 };
                 tasks.push(worker.spawn(async move {
                     match TcpListener::from_std(socket) {
@@ -243,6 +245,9 @@ struct Acceptor<H> {
     handler: H,
     /// With several workers: this worker's place among them.
     spread: Option<(Arc<Spread>, usize)>,
+    /// The mode this listener last served with (published modes): what a connection accepted after a reload
+    /// removed the listener, before its accept loop stopped, is served with.
+    last_mode: Option<Arc<ListenerMode>>,
 }
 
 impl<H, F> Acceptor<H>
@@ -251,8 +256,11 @@ where
     F: Future<Output = Response<ProxyBody>> + Send + 'static,
 {
     /// Accepts and serves connections until stopped, then drains them.
-    async fn run(self, listener: TcpListener, mut stop: watch::Receiver<Option<Duration>>) {
+    async fn run(mut self, listener: TcpListener, mut stop: watch::Receiver<Option<Duration>>) {
         let graceful = Drain::new();
+        if let (ModeSource::Published(configured), Some(proxy)) = (&self.mode, &self.limits_from) {
+            self.last_mode = proxy.snapshot.load().listener(*configured).cloned();
+        }
         // A descriptor held in reserve: out of descriptors, it is given up for a moment to take a waiting
         // connection and close it, so the client sees a close instead of hanging in the backlog.
         let mut spare = open_spare();
@@ -314,7 +322,7 @@ where
     /// connections in its queue resets them; with `reuse_port` these are the last ones the kernel gave this
     /// process before a newer one took over, and new ones are handed over first (see `handover`). Without it,
     /// handshakes go on completing while the socket is open, so the sweep takes at most a backlog's worth.
-    async fn serve_the_queued(&self, listener: TcpListener, graceful: &Drain) {
+    async fn serve_the_queued(&mut self, listener: TcpListener, graceful: &Drain) {
         if let Err(e) = handover::stop_taking_handshakes(&listener) {
             tracing::warn!(error = %e, "cannot hand new connections over to the other sockets on this address");
         }
@@ -350,16 +358,29 @@ where
         listener.accept().await
     }
 
-    fn serve(&self, tcp: TcpStream, peer: SocketAddr, graceful: &Drain) {
+    fn serve(&mut self, tcp: TcpStream, peer: SocketAddr, graceful: &Drain) {
         // One snapshot load for the connection's limits and mode.
         let snapshot = self.limits_from.as_ref().map(|p| p.snapshot.load_full());
         let mode = match &self.mode {
             ModeSource::Fixed(mode) => Arc::clone(mode),
             ModeSource::Published(configured) => {
                 match snapshot.as_ref().and_then(|s| s.listener(*configured)) {
-                    Some(mode) => Arc::clone(mode),
-                    // The listener left the config and is about to stop accepting.
-                    None => return,
+                    Some(mode) => {
+                        if !self
+                            .last_mode
+                            .as_ref()
+                            .is_some_and(|m| Arc::ptr_eq(m, mode))
+                        {
+                            self.last_mode = Some(Arc::clone(mode));
+                        }
+                        Arc::clone(mode)
+                    }
+                    // The listener left the config and is about to stop accepting: a connection the kernel
+                    // already gave it arrived while it was configured, and is served as it would have been.
+                    None => match &self.last_mode {
+                        Some(mode) => Arc::clone(mode),
+                        None => return,
+                    },
                 }
             }
         };

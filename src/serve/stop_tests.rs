@@ -150,3 +150,63 @@ async fn the_handover_filter_keeps_an_established_connections_packets() {
         .unwrap();
     assert_eq!(n, 0, "the client's FIN did not arrive");
 }
+
+/// A reload that takes a listener out of the config publishes the snapshot first and stops the listener's accept
+/// loop after: a connection the loop takes in between (or from the queue as it stops) arrived while the listener
+/// was configured, and is served with the listener's last mode instead of being closed unanswered.
+#[tokio::test]
+async fn a_connection_taken_after_the_listener_left_the_config_is_served() {
+    use crate::router::Snapshot;
+    const CLOSING: &[u8] = b"GET / HTTP/1.1\r\nHost: queued.test\r\nConnection: close\r\n\r\n";
+    let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let bound = tcp.local_addr().unwrap();
+    let snapshot = |listener: SocketAddr, metrics: &Metrics, before: Option<&Snapshot>| {
+        let text = format!(
+            "[[listeners]]\naddress = \"{listener}\"\n[[routes]]\npath_prefix = \"/\"\npool = \"web\"\n\
+             [pools.web]\nbackends = [{{ address = \"127.0.0.1:1\" }}]\n"
+        );
+        let config = crate::config::parse(&text, "test.toml").unwrap();
+        let modes = vec![(listener, Arc::new(ListenerMode::Plain))];
+        Snapshot::build(&config, metrics, before, None, modes)
+    };
+    let metrics = Arc::new(Metrics::new());
+    let first = snapshot(bound, &metrics, None);
+    let published = Arc::new(arc_swap::ArcSwap::from_pointee(first));
+    let proxy = Arc::new(Proxy::new(Arc::clone(&published), Arc::clone(&metrics)));
+    let handler = |_req: Request<Incoming>, _conn: ConnInfo| async {
+        crate::proxy::plain(StatusCode::OK, "served\n")
+    };
+    let listener = ListenerTask::spawn(
+        bound,
+        tcp,
+        ModeSource::Published(bound),
+        Some(proxy),
+        handler,
+        "test",
+        &[],
+    )
+    .unwrap();
+    let mut before = TcpStream::connect(bound).await.unwrap();
+    before.write_all(CLOSING).await.unwrap();
+    let answered = answer(&mut before).await.unwrap();
+    assert!(answered.ends_with("served\n"), "{answered:?}");
+
+    let elsewhere: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let second = snapshot(elsewhere, &metrics, Some(&published.load()));
+    published.store(Arc::new(second));
+    let mut after = TcpStream::connect(bound).await.unwrap();
+    after.write_all(CLOSING).await.unwrap();
+    let answered = answer(&mut after).await;
+    assert!(
+        answered
+            .as_ref()
+            .is_ok_and(|a| a.starts_with("HTTP/1.1 200") && a.ends_with("served\n")),
+        "{answered:?}"
+    );
+    let drained = tokio::time::timeout(
+        Duration::from_secs(10),
+        listener.stop(Duration::from_secs(5)),
+    )
+    .await;
+    assert!(drained.is_ok(), "the drain did not end");
+}
