@@ -20,11 +20,27 @@ pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwa
 pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub(crate) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
+/// The same names as [`HOP_BY_HOP`], made once: removing by a ready `HeaderName` parses nothing.
+static HOP_BY_HOP_NAMES: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+const CONNECTION_AT: usize = 0;
+const TE_AT: usize = 3;
+
 /// Removes the hop-by-hop headers and every header that `Connection` names; `TE: trailers` stays (gRPC needs
 /// it, and HTTP/2 allows it).
 ///
-/// Runs twice per request: one pass over the names finds what is there, so a message without hop-by-hop
-/// headers costs no lookups, and nothing allocates.
+/// Runs twice per request. One pass over the names finds what is there, so a message without hop-by-hop
+/// headers costs no lookups; a `Connection` token names another header only if a pass over the names finds
+/// it, so the usual `Connection: keep-alive` or `close` costs the removal of `Connection` alone. Nothing
+/// allocates unless `Connection` names a header that is there.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let mut present = [false; 7];
     let mut any = false;
@@ -37,25 +53,34 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !any {
         return;
     }
-    let te_trailers = headers.get(header::TE).is_some_and(|v| {
-        v.to_str().is_ok_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        })
-    });
-    if present[0] {
-        // Owned copies (a reference count each), as removing needs the map; the first apart, so the usual single
-        // `Connection` header allocates nothing.
-        let mut values = headers.get_all(header::CONNECTION).iter();
-        let first = values.next().cloned();
-        let more: Vec<HeaderValue> = values.cloned().collect();
-        for value in first.iter().chain(&more) {
-            for token in value.to_str().unwrap_or("").split(',') {
-                headers.remove(token.trim());
+    let te_trailers = present[TE_AT]
+        && headers.get(header::TE).is_some_and(|v| {
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
+        });
+    let mut named: Vec<HeaderName> = Vec::new();
+    if present[CONNECTION_AT] {
+        for value in headers.get_all(header::CONNECTION) {
+            for token in value.to_str().unwrap_or("").split(',').map(str::trim) {
+                let is_hop_by_hop = HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(token));
+                if token.is_empty() || is_hop_by_hop {
+                    continue;
+                }
+                if let Some(name) = headers
+                    .keys()
+                    .find(|n| n.as_str().eq_ignore_ascii_case(token))
+                {
+                    named.push(name.clone());
+                }
             }
         }
     }
-    for (name, here) in HOP_BY_HOP.into_iter().zip(present) {
+    for name in &named {
+        headers.remove(name);
+    }
+    for (name, here) in HOP_BY_HOP_NAMES.iter().zip(present) {
         if here {
             headers.remove(name);
         }
@@ -208,6 +233,36 @@ mod tests {
         }
         assert_eq!(hop_by_hop_index(&header::CONNECTION), Some(0));
         assert_eq!(hop_by_hop_index(&header::CONTENT_LENGTH), None);
+        let names: Vec<&str> = HOP_BY_HOP_NAMES.iter().map(HeaderName::as_str).collect();
+        assert_eq!(names, HOP_BY_HOP);
+        assert_eq!(HOP_BY_HOP[CONNECTION_AT], "connection");
+        assert_eq!(HOP_BY_HOP[TE_AT], "te");
+    }
+
+    #[test]
+    fn connection_options_that_name_no_header_remove_only_connection() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Keep-Alive, close"),
+        );
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        h.insert("closer", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["closer", "content-length"]);
+
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("CLOSE"));
+        h.insert("close", HeaderValue::from_static("1"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(
+            h.keys().collect::<Vec<_>>(),
+            ["te"],
+            "a header the options name goes too"
+        );
     }
 
     #[test]
