@@ -12,6 +12,7 @@
 //! and `Content-Length` given twice. hyper reads such a request safely (as chunked, closing the connection), but
 //! the request is ambiguous to other hops, so the service answers it 400 ([`RequestGuard::ambiguous_framing`]).
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -55,6 +56,11 @@ pub struct ConnClock {
     awaiting_client: AtomicUsize,
     /// Bumped by every poll of a response body, and its end: a stall shows as no change.
     body_moves: AtomicU64,
+    /// The connection's own task is being polled ([`ConnClock::drive`]).
+    polling: AtomicBool,
+    /// The last request in flight ended; whoever takes this arms the idle deadline (the connection's poll as it
+    /// returns, or a wake of the waiting read).
+    went_idle: AtomicBool,
 }
 
 impl ConnClock {
@@ -74,7 +80,42 @@ impl ConnClock {
             ambiguous_head: AtomicU64::new(0),
             awaiting_client: AtomicUsize::new(0),
             body_moves: AtomicU64::new(0),
+            polling: AtomicBool::new(false),
+            went_idle: AtomicBool::new(false),
         })
+    }
+
+    /// Polls the connection's future `served` (its whole task), and arms the idle deadline when a request ended
+    /// during the poll.
+    ///
+    /// The deadline is armed by [`TimedIo`] when a read waits, and hyper's HTTP/1.1 server often polls its read
+    /// before the response's end drops the request's guard. A guard that ends the last request from another task
+    /// (an HTTP/2 stream's) wakes the waiting read, which then arms it. One that ends it inside this task's own
+    /// poll leaves it to this function, which registers `idle` for the deadline as the poll returns: a wake would
+    /// poll hyper's whole connection again, once per request, to do the same.
+    pub fn drive<F: Future>(
+        &self,
+        served: Pin<&mut F>,
+        idle: &mut Option<Pin<Box<Sleep>>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<F::Output> {
+        self.polling.store(true, Ordering::SeqCst);
+        let polled = served.poll(cx);
+        self.polling.store(false, Ordering::SeqCst);
+        if polled.is_pending() && self.went_idle.swap(false, Ordering::SeqCst) {
+            if let Some((deadline, _)) = self.deadline() {
+                let timer =
+                    idle.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                // Early is harmless (the read checks the deadline in force when it wakes), late is not.
+                if timer.is_elapsed() || deadline < timer.deadline() {
+                    timer.as_mut().reset(deadline);
+                }
+                if timer.as_mut().poll(cx).is_ready() {
+                    cx.waker().wake_by_ref();
+                }
+            }
+        }
+        polled
     }
 
     /// The connection now carries an upgraded protocol: no more HTTP deadlines.
@@ -139,6 +180,14 @@ impl Drop for RequestGuard {
         clock.idle_since.store(clock.now_ms(), Ordering::Relaxed);
         if clock.active.fetch_sub(1, Ordering::Relaxed) == 1 {
             clock.awaiting_head.store(true, Ordering::Relaxed);
+            // Left to the connection's poll when it is running (it checks `went_idle` after setting `polling`
+            // back), else taken here: one of the two arms the deadline.
+            clock.went_idle.store(true, Ordering::SeqCst);
+            if clock.polling.load(Ordering::SeqCst)
+                || !clock.went_idle.swap(false, Ordering::SeqCst)
+            {
+                return;
+            }
             let waiting = clock.reader.lock().ok().and_then(|mut w| w.take());
             if let Some(waker) = waiting {
                 waker.wake();
@@ -681,5 +730,83 @@ mod tests {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod idle_tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+    use std::task::Wake;
+
+    struct Wakes(AtomicUsize);
+
+    impl Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn counted() -> (Arc<Wakes>, Waker) {
+        let wakes = Arc::new(Wakes(AtomicUsize::new(0)));
+        (Arc::clone(&wakes), Waker::from(Arc::clone(&wakes)))
+    }
+
+    /// A request whose end drops its guard inside the connection's own poll (hyper's HTTP/1.1 server, writing
+    /// the response's end) costs no wake: the poll arms the idle deadline as it returns, and the deadline wakes
+    /// the connection when it comes.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_ending_inside_the_connections_poll_arms_the_idle_deadline_without_a_wake() {
+        let clock = ConnClock::new(Duration::from_millis(300), Duration::from_secs(1));
+        let (wakes, waker) = counted();
+        *clock.reader.lock().unwrap() = Some(waker.clone());
+        let mut guard = Some(clock.request_started());
+        let mut served = std::pin::pin!(std::future::poll_fn(|_| {
+            drop(guard.take());
+            Poll::<()>::Pending
+        }));
+        let mut idle = None;
+        let mut cx = Context::from_waker(&waker);
+        assert!(
+            clock
+                .drive(served.as_mut(), &mut idle, &mut cx)
+                .is_pending()
+        );
+        assert_eq!(
+            wakes.0.load(Ordering::SeqCst),
+            0,
+            "no wake for the poll's own request"
+        );
+        let armed = idle.as_ref().map(|t| t.deadline());
+        assert_eq!(armed, clock.deadline().map(|(at, _)| at));
+        tokio::time::advance(Duration::from_millis(900)).await;
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 0);
+        tokio::time::advance(Duration::from_millis(200)).await;
+        tokio::task::yield_now().await;
+        assert_eq!(
+            wakes.0.load(Ordering::SeqCst),
+            1,
+            "the idle deadline wakes the connection"
+        );
+    }
+
+    /// A request that ends elsewhere (an HTTP/2 stream's task) wakes the read the connection waits in, which
+    /// arms the deadline.
+    #[tokio::test]
+    async fn a_request_ending_outside_the_connections_poll_wakes_its_read() {
+        let clock = ConnClock::new(Duration::from_millis(300), Duration::from_secs(1));
+        let (wakes, waker) = counted();
+        *clock.reader.lock().unwrap() = Some(waker);
+        let first = clock.request_started();
+        let second = clock.request_started();
+        drop(first);
+        assert_eq!(
+            wakes.0.load(Ordering::SeqCst),
+            0,
+            "a request is still in flight"
+        );
+        drop(second);
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+        assert!(!clock.went_idle.load(Ordering::SeqCst), "taken by the wake");
     }
 }

@@ -416,9 +416,10 @@ where
         let metrics = limits.map(|(_, m)| Arc::clone(m));
         let limits = limits.map(|(l, _)| l);
         let mut watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let timing = limits.unwrap_or_default();
-            let clock = ConnClock::new(timing.header_read_timeout, timing.idle_timeout);
+        let timing = limits.unwrap_or_default();
+        let clock = ConnClock::new(timing.header_read_timeout, timing.idle_timeout);
+        let driving = Arc::clone(&clock);
+        let served = async move {
             let requests = Arc::clone(&clock);
             let counted = metrics.clone();
             let service = service_fn(move |req| {
@@ -472,6 +473,11 @@ where
             };
             finish(served, peer, metrics, count);
             drop(held);
+        };
+        tokio::spawn(async move {
+            let mut served = std::pin::pin!(served);
+            let mut idle = None;
+            std::future::poll_fn(|cx| driving.drive(served.as_mut(), &mut idle, cx)).await
         });
     }
 }
