@@ -6,6 +6,7 @@
 
 pub mod conn;
 mod drain;
+mod framing;
 mod handover;
 mod spread;
 #[cfg(test)]
