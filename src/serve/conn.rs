@@ -21,10 +21,10 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use http_body::{Body, Frame, SizeHint};
-
-use super::framing::{BodyFraming, Framing, framing, plain_head};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
+
+use super::framing::{BodyFraming, Framing, framing, plain_head};
 
 /// The error a timed-out read reports; `header` tells a slow request head from an idle connection.
 #[derive(Debug, thiserror::Error)]
