@@ -373,7 +373,7 @@ async fn show_demo(server: &Server) {
     println!();
     println!("switchyard is balancing the demo upstreams. Try:");
     println!("  curl http://{proxy}/            (pool \"web\", weighted round-robin)");
-    println!("  curl http://{proxy}/api/hello   (pool \"api\", least-connections)");
+    println!("  curl http://{proxy}/api/hello   (pool \"api\", peak-EWMA)");
     println!("  curl http://{admin}/api/pools   (pools and backends)");
     println!("  curl http://{admin}/metrics     (Prometheus metrics)");
     println!();
