@@ -5,15 +5,17 @@
 # Bounded: every step has a fixed duration or size.
 #
 # Usage (from the project root): benches/e2e.sh [--workers N] [--duration S] [--connections C] [--idle N]
+#                                 [--binary PATH]   (default: cargo build --release, then target/release/switchyard)
 # Needs nginx, wrk and curl (Debian: apt-get install -y nginx wrk curl). Everything it starts, it stops (by PID).
 set -euo pipefail
-workers=1 duration=10 connections=50 idle=10000
+workers=1 duration=10 connections=50 idle=10000 binary=
 while [ $# -gt 0 ]; do
     case $1 in
         --workers) workers=$2; shift 2 ;;
         --duration) duration=$2; shift 2 ;;
         --connections) connections=$2; shift 2 ;;
         --idle) idle=$2; shift 2 ;;
+        --binary) binary=$2; shift 2 ;;
         *) echo "unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -22,7 +24,10 @@ for tool in nginx wrk curl; do
 done
 PATH=$PATH:/usr/sbin
 
-cargo build --release --quiet
+if [ -z "$binary" ]; then
+    cargo build --release --quiet
+    binary=target/release/switchyard
+fi
 work=$(mktemp -d -t switchyard-e2e.XXXXXX)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$work"; }
@@ -59,7 +64,7 @@ pool = "bench"
 [pools.bench]
 backends = [{ address = "127.0.0.1:$b1" }, { address = "127.0.0.1:$b2" }]
 CONF
-target/release/switchyard run --config "$work/switchyard.toml" --workers "$workers" 2>"$work/switchyard.log" &
+"$binary" run --config "$work/switchyard.toml" --workers "$workers" 2>"$work/switchyard.log" &
 sy=$!; pids+=($sy)
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$admin/healthz" >/dev/null && break; sleep 0.1; done
 rss() { awk "/^$1:/ {print \$2}" /proc/$sy/status; }
