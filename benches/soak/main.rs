@@ -455,7 +455,7 @@ fn report(
         check: "no panic, no ERROR line the run did not cause",
         pass: log.panics.is_empty() && log.unexpected_errors.is_empty(),
         detail: format!(
-            "{} log lines: {} panics, {} ERROR from the invalid configs (on purpose), {} other ERROR, {} WARN{}",
+            "{} log lines: {} panics, {} ERROR from invalid configs and half-written certificate pairs (on purpose), {} other ERROR, {} WARN{}",
             log.lines,
             log.panics.len(),
             log.expected_errors,
