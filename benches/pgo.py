@@ -4,7 +4,8 @@ training. `python3 benches/pgo.py` leaves it at target/pgo/switchyard (about 10 
 
 Usage: python3 benches/pgo.py [--train-seconds 30] [--no-bolt] [--keep-profiles]
 
-Same code, same features and cargo's own release profile; only the compiler gets to see which paths are hot:
+Same code and features as `cargo build --release`, built with Cargo.toml's `dist` profile (the release profile with
+one codegen unit and fat LTO, which pay only with a profile), and the compiler gets to see which paths are hot:
   1. an instrumented build (RUSTFLAGS=-Cprofile-generate) into target/pgo-gen;
   2. a training run (below); SIGTERM drains the proxy and it writes its profile as it exits;
   3. `llvm-profdata merge`, and the build that uses the profile (-Cprofile-use, linked with --emit-relocs so
@@ -59,10 +60,10 @@ def llvm_tool(tool, package):
 
 def cargo_build(target_dir, rustflags):
     env = dict(os.environ, RUSTFLAGS=rustflags)
-    print(f"# cargo build --release --target-dir {target_dir}  (RUSTFLAGS={rustflags})", file=sys.stderr)
-    subprocess.run(["cargo", "build", "--release", "--locked", "--target-dir", target_dir], cwd=ROOT, env=env,
-                   check=True)
-    return os.path.join(target_dir, "release", "switchyard")
+    print(f"# cargo build --profile dist --target-dir {target_dir}  (RUSTFLAGS={rustflags})", file=sys.stderr)
+    subprocess.run(["cargo", "build", "--profile", "dist", "--locked", "--target-dir", target_dir], cwd=ROOT,
+                   env=env, check=True)
+    return os.path.join(target_dir, "dist", "switchyard")
 
 
 def write_config(d):

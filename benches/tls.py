@@ -2,6 +2,7 @@
 """TLS and HTTP/2 side by side: switchyard (--workers 1) vs HAProxy (nbthread 1), same certificate, same upstreams.
 
 Usage: benches/tls.py [--switchyard target/release/switchyard] [--rounds 3] [--duration 8] [--connections 50]
+                      [--loads handshake,tls-ka,h2]
 
 Measures, on 127.0.0.1 only, with the proxy pinned to CPU 0 and the load generator and two NGINX upstreams on
 CPU 1 (as ../shared/bench/compare.sh does for plain HTTP):
@@ -130,6 +131,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=int, default=8)
     ap.add_argument("--connections", type=int, default=50)
+    ap.add_argument("--loads", default="handshake,tls-ka,h2",
+                    help="which loads to run, comma-separated (default: all three)")
     args = ap.parse_args()
     if not os.access(args.switchyard, os.X_OK):
         sys.exit(f"no switchyard binary at {args.switchyard}; build it with cargo build --release")
@@ -189,6 +192,11 @@ def main():
             "tls-ka": lambda port: (["wrk", "-t1", "-c", c, "-d", d + "s", url(port)], parse_wrk),
             "h2": lambda port: (["h2load", "-c", c, "-m", "10", "-D", d, url(port)], parse_h2load),
         }
+        wanted = args.loads.split(",")
+        unknown = [w for w in wanted if w not in loads]
+        if unknown:
+            sys.exit(f"unknown load {', '.join(unknown)}: the loads are {', '.join(loads)}")
+        loads = {name: make for name, make in loads.items() if name in wanted}
         results = {}  # (load, proxy) -> list of (rps, per_cpu)
         for rnd in range(args.rounds):
             for load, make in loads.items():
