@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The release build we measure: profile-guided (PGO) and then laid out by BOLT from a profile of the same
-training. `python3 benches/pgo.py` leaves it at target/pgo/switchyard (about 10 minutes on 2 cores).
+training. `python3 benches/pgo.py` leaves it at target/pgo/switchyard (about 14 minutes on 2 cores).
 
 Usage: python3 benches/pgo.py [--train-seconds 30] [--no-bolt] [--keep-profiles]
 
