@@ -28,7 +28,6 @@ import argparse
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -113,12 +112,7 @@ def train(binary, data_dir, seconds):
         run(["h2load", "--h1", "-n200", "-c2", f"http://127.0.0.1:{A}/metrics"], 5)
         run(["h2load", "--h1", "-n200", "-c2", f"http://127.0.0.1:{A}/api/pools"], 5)
     finally:
-        sy.send_signal(signal.SIGTERM)
-        try:
-            sy.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            sy.kill()
-            sy.wait()
+        procs.stop(sy, 30)
         shutil.rmtree(d, ignore_errors=True)
     if sy.returncode != 0:
         raise SystemExit(f"the instrumented proxy exited with {sy.returncode}: no profile")

@@ -1,5 +1,5 @@
 """Helpers the Python benches share: missing tools installed with apt-get, a process's CPU time and RSS from /proc,
-waiting for a port, and headless
+waiting for a port, stopping a proxy (SIGTERM, then SIGKILL), and headless
 Chromium tabs kept open on a page (each in a session of its own, so it can be stopped with all its children)."""
 import os, shutil, signal, socket, subprocess, sys, time
 
@@ -37,6 +37,17 @@ def wait_port(p):
         except OSError:
             time.sleep(0.05)
     raise SystemExit(f"port {p} not up")
+
+
+def stop(p, timeout):
+    """Stops process `p` with SIGTERM (a proxy drains and exits), and SIGKILL if it is still there after `timeout`
+    seconds."""
+    p.send_signal(signal.SIGTERM)
+    try:
+        p.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
 
 
 def open_browsers(n, url, profile_dir):

@@ -19,7 +19,6 @@ import argparse
 import os
 import re
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -142,12 +141,12 @@ def main():
     load_cpu = ["taskset", "-c", "1"] if two_cpus else []
 
     tmp = tempfile.mkdtemp(prefix="switchyard-tls-bench.")
-    procs = []
+    started = []
 
     def spawn(argv, cpu, log):
         with open(os.path.join(tmp, log), "ab") as out:
             p = subprocess.Popen(cpu + argv, stdout=out, stderr=out)
-        procs.append(p)
+        started.append(p)
         return p
 
     try:
@@ -219,13 +218,8 @@ def main():
                     results.setdefault((load, which), []).append((rps, per_cpu, errors))
                     print(f"# round {rnd + 1} {load:9} {which:10} {rps:9.0f} req/s  {per_cpu:9.0f} req/CPU-s"
                           f"{'  ' + errors if errors else ''}", file=sys.stderr)
-                    p.send_signal(signal.SIGTERM)
-                    try:
-                        p.wait(timeout=10)
-                    except subprocess.TimeoutExpired:
-                        p.kill()
-                        p.wait()
-                    procs.remove(p)
+                    procs.stop(p, 10)
+                    started.remove(p)
 
         print("\n| load | proxy | req/s (median) | req / proxy CPU-s (median) |")
         print("|---|---|---:|---:|")
@@ -244,9 +238,9 @@ def main():
             line.append(f"{load.replace('-', '_')}_rps={rps:.3f} {load.replace('-', '_')}_per_cpu={cpu:.3f}")
         print("TLS_RATIO " + " ".join(line))
     finally:
-        for p in procs:
+        for p in started:
             p.terminate()
-        for p in procs:
+        for p in started:
             try:
                 p.wait(timeout=5)
             except subprocess.TimeoutExpired:
