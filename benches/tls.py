@@ -112,6 +112,9 @@ backends = [{{ address = "127.0.0.1:{b1}" }}, {{ address = "127.0.0.1:{b2}" }}]
 """
 
 
+LOADS = ("handshake", "tls-ka", "h2")
+
+
 def parse_wrk(out):
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)|Socket errors: (.*)", out)
@@ -133,6 +136,10 @@ def main():
     ap.add_argument("--loads", default="handshake,tls-ka,h2",
                     help="which loads to run, comma-separated (default: all three)")
     args = ap.parse_args()
+    wanted = args.loads.split(",")
+    unknown = [w for w in wanted if w not in LOADS]
+    if unknown:
+        sys.exit(f"unknown load {', '.join(unknown)}: the loads are {', '.join(LOADS)}")
     if not os.access(args.switchyard, os.X_OK):
         sys.exit(f"no switchyard binary at {args.switchyard}; build it with cargo build --release")
     ensure_tools()
@@ -191,10 +198,6 @@ def main():
             "tls-ka": lambda port: (["wrk", "-t1", "-c", c, "-d", d + "s", url(port)], parse_wrk),
             "h2": lambda port: (["h2load", "-c", c, "-m", "10", "-D", d, url(port)], parse_h2load),
         }
-        wanted = args.loads.split(",")
-        unknown = [w for w in wanted if w not in loads]
-        if unknown:
-            sys.exit(f"unknown load {', '.join(unknown)}: the loads are {', '.join(loads)}")
         loads = {name: make for name, make in loads.items() if name in wanted}
         results = {}  # (load, proxy) -> list of (rps, per_cpu)
         for rnd in range(args.rounds):
