@@ -5,7 +5,7 @@
 
 use prometheus::{GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 
-use super::metrics::must;
+use super::metrics::{BACKEND, must};
 
 pub(crate) struct BalancingMetrics {
     pub(crate) latency_ewma_seconds: GaugeVec,
@@ -17,8 +17,6 @@ pub(crate) struct BalancingMetrics {
     pub(crate) hash_overflow_total: IntCounterVec,
     pub(crate) sticky_total: IntCounterVec,
 }
-
-const BACKEND: &[&str] = &["pool", "backend"];
 
 impl BalancingMetrics {
     pub(crate) fn register(registry: &Registry) -> Self {

@@ -6,6 +6,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -62,240 +63,178 @@ pub(crate) fn must<T>(result: prometheus::Result<T>) -> T {
     }
 }
 
+pub(crate) const BACKEND: &[&str] = &["pool", "backend"];
+
+/// Makes a labelled collector and registers it in one step.
+struct Register<'a>(&'a Registry);
+
+impl Register<'_> {
+    fn add<C: Collector + Clone + 'static>(&self, made: prometheus::Result<C>) -> C {
+        let collector = must(made);
+        must(self.0.register(Box::new(collector.clone())));
+        collector
+    }
+
+    fn counter_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+        self.add(IntCounterVec::new(Opts::new(name, help), labels))
+    }
+
+    fn gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+        self.add(IntGaugeVec::new(Opts::new(name, help), labels))
+    }
+}
+
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let requests_total = must(IntCounterVec::new(
-            Opts::new(
-                "switchyard_requests_total",
-                "Requests answered, by pool, backend and status code.",
-            ),
+        let reg = Register(&registry);
+        let requests_total = reg.counter_vec(
+            "switchyard_requests_total",
+            "Requests answered, by pool, backend and status code.",
             &["pool", "backend", "code"],
-        ));
-        let request_duration_seconds = must(HistogramVec::new(
+        );
+        let request_duration_seconds = reg.add(HistogramVec::new(
             HistogramOpts::new(
                 "switchyard_request_duration_seconds",
                 "Time from receiving a request to the end of its response body.",
             )
             .buckets(DURATION_BUCKETS.to_vec()),
-            &["pool", "backend"],
+            BACKEND,
         ));
-        let backend_active_requests = must(IntGaugeVec::new(
-            Opts::new(
-                "switchyard_backend_active_requests",
-                "Requests in flight to a backend.",
-            ),
-            &["pool", "backend"],
-        ));
-        let upstream_errors_total = must(IntCounterVec::new(
-            Opts::new(
-                "switchyard_upstream_errors_total",
-                "Failed attempts to a backend, by kind: connect, timeout, protocol.",
-            ),
-            &["pool", "backend", "kind"],
-        ));
-        let open_connections = must(IntGauge::new(
-            "switchyard_open_connections",
-            "Client connections currently open on the proxy listeners.",
-        ));
-        let backend_up = must(IntGaugeVec::new(
-            Opts::new(
-                "switchyard_backend_up",
-                "1 while the backend passes its health checks (or has none), else 0.",
-            ),
-            &["pool", "backend"],
-        ));
-        let health_checks_total = must(IntCounterVec::new(
-            Opts::new(
-                "switchyard_health_checks_total",
-                "Active health checks, by result: success, failure.",
-            ),
-            &["pool", "backend", "result"],
-        ));
-        let circuit_breaker_state = must(IntGaugeVec::new(
-            Opts::new(
-                "switchyard_circuit_breaker_state",
-                "1 for the breaker's current state (closed, open, half_open), 0 for the others.",
-            ),
-            &["pool", "backend", "state"],
-        ));
-        let circuit_breaker_transitions_total = must(IntCounterVec::new(
-            Opts::new(
-                "switchyard_circuit_breaker_transitions_total",
-                "Circuit breaker state changes, by the state entered.",
-            ),
-            &["pool", "backend", "to"],
-        ));
-        let retries_total = must(IntCounterVec::new(
-            Opts::new(
-                "switchyard_retries_total",
-                "Retries sent (attempts after the first).",
-            ),
-            &["pool"],
-        ));
-        let circuit_breaker_capped_total = must(IntCounterVec::new(
-            Opts::new(
-                "switchyard_circuit_breaker_capped_total",
-                "Times a backend's circuit would have opened but was held closed by circuit_breaker.max_open_percent \
-                 (or because it was the pool's last usable backend).",
-            ),
-            &["pool"],
-        ));
-        let upstream_reused_connection_retries_total = must(IntCounterVec::new(
-            Opts::new(
-                "switchyard_upstream_reused_connection_retries_total",
-                "Requests sent again on a new connection because the reused one closed before any response came \
-                 (not counted as retries or upstream errors).",
-            ),
-            &["pool", "backend"],
-        ));
-        let upstream_connections_opened_total = must(IntCounterVec::new(
-            Opts::new(
-                "switchyard_upstream_connections_opened_total",
-                "Connections opened to a backend (requests on reused connections do not count).",
-            ),
-            &["pool", "backend"],
-        ));
-        let config_reloads_total = must(IntCounterVec::new(
-            Opts::new(
-                "switchyard_config_reloads_total",
-                "Config reloads, by result: success, failure.",
-            ),
+        let config_reloads_total = reg.counter_vec(
+            "switchyard_config_reloads_total",
+            "Config reloads, by result: success, failure.",
             &["result"],
-        ));
+        );
         for result in ["success", "failure"] {
             config_reloads_total.with_label_values(&[result]);
         }
-        let config_last_reload_successful = must(IntGauge::new(
+        let config_last_reload_successful = reg.add(IntGauge::new(
             "switchyard_config_last_reload_successful",
             "1 if the last config reload (or the start) succeeded, 0 if it failed.",
         ));
         config_last_reload_successful.set(1);
-        let config_last_reload_success_timestamp_seconds = must(prometheus::Gauge::new(
+        let config_last_reload_success_timestamp_seconds = reg.add(prometheus::Gauge::new(
             "switchyard_config_last_reload_success_timestamp_seconds",
             "Unix time of the last successful config load.",
         ));
         config_last_reload_success_timestamp_seconds.set(unix_now());
-        let access_log_dropped_total = must(IntCounter::new(
+        let open_connections = reg.add(IntGauge::new(
+            "switchyard_open_connections",
+            "Client connections currently open on the proxy listeners.",
+        ));
+        let access_log_dropped_total = reg.add(IntCounter::new(
             "switchyard_access_log_dropped_total",
             "Access log lines dropped because the writer fell behind.",
         ));
-        let rejected_requests_total = must(IntCounterVec::new(
-            Opts::new(
-                "switchyard_rejected_requests_total",
-                "Requests and connections refused by a limit or as malformed, by reason.",
-            ),
-            &["reason"],
+        let upgraded_connections = reg.add(IntGauge::new(
+            "switchyard_upgraded_connections",
+            "Upgraded connections (WebSocket and other upgrades) currently open.",
         ));
-        let tls_certificate_reloads_total = must(IntCounterVec::new(
-            Opts::new(
-                "switchyard_tls_certificate_reloads_total",
-                "Certificate re-reads that changed something, by result: success, error (the old ones stay).",
-            ),
-            &["result"],
-        ));
-        let tls_handshake_errors_total = must(IntCounterVec::new(
-            Opts::new(
-                "switchyard_tls_handshake_errors_total",
-                "Client TLS handshakes that failed, by reason.",
-            ),
-            &["reason"],
-        ));
-        let tls_certificate_expiry = must(prometheus::GaugeVec::new(
+        let tls_certificate_expiry = reg.add(prometheus::GaugeVec::new(
             Opts::new(
                 "switchyard_tls_certificate_expiry_timestamp_seconds",
                 "Unix time when a listener's certificate expires (its notAfter).",
             ),
             &["listener", "name"],
         ));
-        let upgraded_connections = must(IntGauge::new(
-            "switchyard_upgraded_connections",
-            "Upgraded connections (WebSocket and other upgrades) currently open.",
-        ));
-        let discovery_lookups_total = must(IntCounterVec::new(
-            Opts::new(
-                "switchyard_discovery_lookups_total",
-                "DNS discovery lookups, by result: success, empty (NXDOMAIN or no records), failure.",
-            ),
-            &["pool", "result"],
-        ));
-        let discovery_backends = must(IntGaugeVec::new(
-            Opts::new(
-                "switchyard_discovery_backends",
-                "Backends a pool currently has from DNS discovery.",
-            ),
-            &["pool"],
-        ));
-        for c in [
-            Box::new(discovery_lookups_total.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(discovery_backends.clone()),
-            Box::new(tls_certificate_reloads_total.clone()),
-            Box::new(tls_handshake_errors_total.clone()),
-            Box::new(tls_certificate_expiry.clone()),
-            Box::new(upgraded_connections.clone()),
-        ] {
-            must(registry.register(c));
-        }
-        for c in [
-            Box::new(requests_total.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(request_duration_seconds.clone()),
-            Box::new(backend_active_requests.clone()),
-            Box::new(upstream_errors_total.clone()),
-            Box::new(open_connections.clone()),
-            Box::new(backend_up.clone()),
-            Box::new(health_checks_total.clone()),
-            Box::new(circuit_breaker_state.clone()),
-            Box::new(circuit_breaker_transitions_total.clone()),
-            Box::new(retries_total.clone()),
-            Box::new(circuit_breaker_capped_total.clone()),
-            Box::new(upstream_reused_connection_retries_total.clone()),
-            Box::new(upstream_connections_opened_total.clone()),
-            Box::new(config_reloads_total.clone()),
-            Box::new(config_last_reload_successful.clone()),
-            Box::new(config_last_reload_success_timestamp_seconds.clone()),
-            Box::new(access_log_dropped_total.clone()),
-            Box::new(rejected_requests_total.clone()),
-        ] {
-            must(registry.register(c));
-        }
         #[cfg(target_os = "linux")]
         must(registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         )));
-        let balancing = super::balancing::BalancingMetrics::register(&registry);
-        let rate_limits = super::rate_limits::RateLimitMetrics::register(&registry);
-        let routes = super::routes::RouteMetrics::register(&registry);
         Self {
-            balancing,
-            rate_limits,
-            routes,
-            events: Default::default(),
-            status: Default::default(),
-            registry,
             requests_total,
             request_duration_seconds,
-            backend_active_requests,
-            upstream_errors_total,
+            backend_active_requests: reg.gauge_vec(
+                "switchyard_backend_active_requests",
+                "Requests in flight to a backend.",
+                BACKEND,
+            ),
+            upstream_errors_total: reg.counter_vec(
+                "switchyard_upstream_errors_total",
+                "Failed attempts to a backend, by kind: connect, timeout, protocol.",
+                &["pool", "backend", "kind"],
+            ),
             open_connections,
-            backend_up,
-            health_checks_total,
-            circuit_breaker_state,
-            circuit_breaker_transitions_total,
-            retries_total,
-            circuit_breaker_capped_total,
-            upstream_reused_connection_retries_total,
-            upstream_connections_opened_total,
+            backend_up: reg.gauge_vec(
+                "switchyard_backend_up",
+                "1 while the backend passes its health checks (or has none), else 0.",
+                BACKEND,
+            ),
+            health_checks_total: reg.counter_vec(
+                "switchyard_health_checks_total",
+                "Active health checks, by result: success, failure.",
+                &["pool", "backend", "result"],
+            ),
+            circuit_breaker_state: reg.gauge_vec(
+                "switchyard_circuit_breaker_state",
+                "1 for the breaker's current state (closed, open, half_open), 0 for the others.",
+                &["pool", "backend", "state"],
+            ),
+            circuit_breaker_transitions_total: reg.counter_vec(
+                "switchyard_circuit_breaker_transitions_total",
+                "Circuit breaker state changes, by the state entered.",
+                &["pool", "backend", "to"],
+            ),
+            retries_total: reg.counter_vec(
+                "switchyard_retries_total",
+                "Retries sent (attempts after the first).",
+                &["pool"],
+            ),
+            circuit_breaker_capped_total: reg.counter_vec(
+                "switchyard_circuit_breaker_capped_total",
+                "Times a backend's circuit would have opened but was held closed by circuit_breaker.max_open_percent \
+                 (or because it was the pool's last usable backend).",
+                &["pool"],
+            ),
+            upstream_reused_connection_retries_total: reg.counter_vec(
+                "switchyard_upstream_reused_connection_retries_total",
+                "Requests sent again on a new connection because the reused one closed before any response came \
+                 (not counted as retries or upstream errors).",
+                BACKEND,
+            ),
+            upstream_connections_opened_total: reg.counter_vec(
+                "switchyard_upstream_connections_opened_total",
+                "Connections opened to a backend (requests on reused connections do not count).",
+                BACKEND,
+            ),
             config_reloads_total,
             config_last_reload_successful,
             config_last_reload_success_timestamp_seconds,
             access_log_dropped_total,
-            rejected_requests_total,
-            tls_certificate_reloads_total,
-            tls_handshake_errors_total,
+            rejected_requests_total: reg.counter_vec(
+                "switchyard_rejected_requests_total",
+                "Requests and connections refused by a limit or as malformed, by reason.",
+                &["reason"],
+            ),
+            tls_certificate_reloads_total: reg.counter_vec(
+                "switchyard_tls_certificate_reloads_total",
+                "Certificate re-reads that changed something, by result: success, error (the old ones stay).",
+                &["result"],
+            ),
+            tls_handshake_errors_total: reg.counter_vec(
+                "switchyard_tls_handshake_errors_total",
+                "Client TLS handshakes that failed, by reason.",
+                &["reason"],
+            ),
             tls_certificate_expiry,
             upgraded_connections,
-            discovery_lookups_total,
-            discovery_backends,
+            discovery_lookups_total: reg.counter_vec(
+                "switchyard_discovery_lookups_total",
+                "DNS discovery lookups, by result: success, empty (NXDOMAIN or no records), failure.",
+                &["pool", "result"],
+            ),
+            discovery_backends: reg.gauge_vec(
+                "switchyard_discovery_backends",
+                "Backends a pool currently has from DNS discovery.",
+                &["pool"],
+            ),
+            balancing: super::balancing::BalancingMetrics::register(&registry),
+            rate_limits: super::rate_limits::RateLimitMetrics::register(&registry),
+            routes: super::routes::RouteMetrics::register(&registry),
+            events: Default::default(),
+            status: Default::default(),
+            registry,
         }
     }
 
