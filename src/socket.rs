@@ -5,6 +5,9 @@
 //! the two writes every proxied request makes, that is measurable (docs/performance.md). Reads already use
 //! `recv`. Plain HTTP/1 connections report no vectored writes, so hyper joins a response's head and a small
 //! body into one buffer and one `send`; a TLS stream above still gets `sendmsg` for its records.
+//!
+//! A client connection may carry the bytes already read from it to tell its HTTP version (`serve::version`):
+//! they come out of the first reads before the socket is read again.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -14,11 +17,20 @@ use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
-pub(crate) struct Tcp(TcpStream);
+pub(crate) struct Tcp {
+    stream: TcpStream,
+    /// Read from the socket before hyper took it; empty (unallocated) once handed on.
+    first: Vec<u8>,
+}
 
 impl Tcp {
     pub(crate) fn new(stream: TcpStream) -> Self {
-        Self(stream)
+        Self::with_first(stream, Vec::new())
+    }
+
+    /// A stream whose reads return `first` before anything more from the socket.
+    pub(crate) fn with_first(stream: TcpStream, first: Vec<u8>) -> Self {
+        Self { stream, first }
     }
 
     fn poll_send<R>(
@@ -27,10 +39,10 @@ impl Tcp {
         mut send: impl FnMut(SockRef<'_>) -> io::Result<R>,
     ) -> Poll<io::Result<R>> {
         loop {
-            ready!(self.0.poll_write_ready(cx))?;
+            ready!(self.stream.poll_write_ready(cx))?;
             match self
-                .0
-                .try_io(Interest::WRITABLE, || send(SockRef::from(&self.0)))
+                .stream
+                .try_io(Interest::WRITABLE, || send(SockRef::from(&self.stream)))
             {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 result => return Poll::Ready(result),
@@ -45,7 +57,18 @@ impl AsyncRead for Tcp {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+        let this = self.get_mut();
+        if this.first.is_empty() {
+            return Pin::new(&mut this.stream).poll_read(cx, buf);
+        }
+        let n = this.first.len().min(buf.remaining());
+        buf.put_slice(this.first.get(..n).unwrap_or_default());
+        if n == this.first.len() {
+            this.first = Vec::new();
+        } else {
+            this.first.drain(..n);
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -75,6 +98,6 @@ impl AsyncWrite for Tcp {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }

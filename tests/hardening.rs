@@ -221,7 +221,7 @@ async fn slowloris_is_cut_off_after_the_header_read_timeout() {
     );
 }
 
-/// The proxy peeks at a plain connection's first bytes to tell HTTP/2's preface from HTTP/1.1: a client that
+/// The proxy reads a plain connection's first bytes to tell HTTP/2's preface from HTTP/1.1: a client that
 /// sends nothing is closed at the idle timeout, and one that sends part of the preface and stops, at the header
 /// read timeout; an HTTP/1.1 request that starts like the preface (`PRI` is a method name) is still served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -269,6 +269,116 @@ async fn silent_and_half_preface_connections_are_cut_by_their_timeouts() {
     let answer = String::from_utf8_lossy(&buf[..n]);
     assert!(answer.starts_with("HTTP/1.1 "), "{answer}");
     still_serves(proxy).await;
+}
+
+/// The first bytes, read to tell the version, are handed to hyper before anything more from the socket: a
+/// request head longer than that first read (8 KiB) and a second request pipelined behind it, sent in one
+/// write, both arrive whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_longer_than_the_first_read_and_a_pipelined_request_arrive_whole() {
+    let echo = echo_backend().await;
+    let server = start_proxy(&config_top(
+        "[limits]\nmax_header_bytes = 65536\n",
+        &format!("[[routes]]\npool = \"p\"\n[pools.p]\nbackends = [{{ address = \"{echo}\" }}]\n"),
+    ))
+    .await;
+    let proxy = server.listen_addrs[0];
+    let big = "y".repeat(20_000);
+    let requests = format!(
+        "GET /one HTTP/1.1\r\nHost: a\r\nX-Big: {big}\r\n\r\nGET /two HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+    );
+    let answers = raw(proxy, requests.as_bytes(), WAIT).await;
+    assert_eq!(answers.matches("HTTP/1.1 200").count(), 2, "{answers:.300}");
+    let one = answers.find("\"/one\"").expect("the first request's echo");
+    let two = answers
+        .find("\"/two\"")
+        .expect("the pipelined request's echo");
+    assert!(one < two, "{answers:.300}");
+    assert!(
+        answers.contains(&format!("[\"x-big\",\"{big}\"]")),
+        "the long header did not arrive whole"
+    );
+}
+
+/// Writes its first `split` bytes, then holds the rest back for `pause`: HTTP/2's preface in two pieces.
+struct SplitFirstWrite {
+    inner: TcpStream,
+    split: usize,
+    pause: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl tokio::io::AsyncWrite for SplitFirstWrite {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::future::Future;
+        use std::task::{Poll, ready};
+        if self.split > 0 {
+            let n = buf.len().min(self.split);
+            let written = ready!(std::pin::Pin::new(&mut self.inner).poll_write(cx, &buf[..n]))?;
+            self.split -= written;
+            if self.split == 0 {
+                self.pause = Some(Box::pin(tokio::time::sleep(Duration::from_millis(150))));
+            }
+            return Poll::Ready(Ok(written));
+        }
+        if let Some(pause) = self.pause.as_mut() {
+            ready!(pause.as_mut().poll(cx));
+            self.pause = None;
+        }
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl tokio::io::AsyncRead for SplitFirstWrite {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+/// HTTP/2's preface arriving in two pieces (10 bytes, then the rest 150 ms later) is still HTTP/2 with prior
+/// knowledge, and the bytes of both reads reach hyper.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_preface_in_two_pieces_is_still_http2() {
+    let (server, b) = proxy_with("").await;
+    let proxy = server.listen_addrs[0];
+    let io = SplitFirstWrite {
+        inner: TcpStream::connect(proxy).await.unwrap(),
+        split: 10,
+        pause: None,
+    };
+    let mut sender = h2(io).await;
+    let resp = sender
+        .send_request(
+            http::Request::get(format!("http://{proxy}/split"))
+                .body(full(""))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(b.hits(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -359,7 +359,7 @@ where
         listener.accept().await
     }
 
-    fn serve(&mut self, tcp: TcpStream, peer: SocketAddr, graceful: &Drain) {
+    fn serve(&mut self, mut tcp: TcpStream, peer: SocketAddr, graceful: &Drain) {
         // One snapshot load for the connection's limits and mode.
         let snapshot = self.limits_from.as_ref().map(|p| p.snapshot.load_full());
         let mode = match &self.mode {
@@ -451,9 +451,9 @@ where
                 }
             });
             let served = match mode.tls() {
-                None => match sniff(&tcp, &timing, &mut watcher).await {
-                    Ok(versions) => {
-                        let io = TimedIo::new(Tcp::new(tcp), clock);
+                None => match sniff(&mut tcp, &timing, &mut watcher).await {
+                    Ok((versions, first)) => {
+                        let io = TimedIo::new(Tcp::with_first(tcp, first), clock);
                         serve_http(io, versions, service, limits.as_ref(), watcher).await
                     }
                     Err(Unsniffed::HeaderTimeout) => Err(ReadTimeout { header: true }.into()),

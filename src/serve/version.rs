@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use super::conn::TimedIo;
@@ -93,48 +94,49 @@ pub(super) enum Unsniffed {
     HeaderTimeout,
 }
 
-/// Tells HTTP/2 with prior knowledge from HTTP/1.1 on a plain connection by peeking at its first bytes (they stay
-/// in the socket for hyper to read).
+/// The most a plain connection's first read takes (hyper's own first read is as large).
+const FIRST_READ: usize = 8 * 1024;
+
+/// Tells HTTP/2 with prior knowledge from HTTP/1.1 on a plain connection by its first bytes, and returns them
+/// for hyper to read first (`socket::Tcp::with_first`): one read, where a peek and hyper's read took two.
 ///
-/// hyper-util's auto builder does the same by reading the bytes and handing them back in front of the socket;
-/// hyper's read buffer then grows to twice its size to hold them, for the connection's whole life.
+/// hyper-util's auto builder also reads the first bytes and hands them back in front of the socket, but hyper's
+/// read buffer then grows to twice its size to hold them, for the connection's whole life; here they are
+/// copied into hyper's buffer and freed. A connection waiting for its first bytes holds no buffer.
 pub(super) async fn sniff(
-    tcp: &TcpStream,
+    tcp: &mut TcpStream,
     limits: &Limits,
     watcher: &mut DrainWatch,
-) -> Result<Versions, Unsniffed> {
-    let mut first = [0u8; 24];
-    let peek = async {
+) -> Result<(Versions, Vec<u8>), Unsniffed> {
+    let read = async {
+        let mut first = Vec::new();
         let mut wait = limits.idle_timeout;
         let mut partial_since = None;
         loop {
-            let timed_out = match partial_since {
-                None => Unsniffed::Closed,
-                Some(_) => Unsniffed::HeaderTimeout,
+            let more = async {
+                tcp.readable().await?;
+                if first.capacity() == 0 {
+                    first.reserve_exact(FIRST_READ);
+                }
+                // Through `AsyncRead`: a short read tells the reactor the socket is drained, so hyper's next
+                // read waits instead of trying the socket.
+                tcp.read_buf(&mut first).await
             };
-            let n = match tokio::time::timeout(wait, tcp.peek(&mut first)).await {
-                Ok(Ok(n)) => n,
-                Ok(Err(_)) => return Err(Unsniffed::Closed),
-                Err(_) => return Err(timed_out),
-            };
-            let seen = first.get(..n).ok_or(Unsniffed::Closed)?;
-            if n == 0 {
-                return Err(Unsniffed::Closed);
+            match tokio::time::timeout(wait, more).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return Err(Unsniffed::Closed),
+                Ok(Ok(_)) => {}
+                Err(_) if first.is_empty() => return Err(Unsniffed::Closed),
+                Err(_) => return Err(Unsniffed::HeaderTimeout),
             }
-            if H2_PREFACE.get(..n) != Some(seen) {
-                return Ok(Versions::Http1);
+            if let Some(versions) = version_of(&first) {
+                return Ok((versions, first));
             }
-            if n == H2_PREFACE.len() {
-                return Ok(Versions::Http2);
-            }
-            // Part of the preface: peeking again returns at once, so wait a little for the rest, within the
-            // header deadline.
+            // Part of the preface: the rest must come within the header deadline.
             let since = *partial_since.get_or_insert_with(tokio::time::Instant::now);
             wait = limits
                 .header_read_timeout
                 .checked_sub(since.elapsed())
                 .ok_or(Unsniffed::HeaderTimeout)?;
-            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     };
     // A connection the drain finds before its first bytes may have its request on the way: accepted a moment
@@ -145,7 +147,21 @@ pub(super) async fn sniff(
         tokio::time::sleep(FIRST_BYTES_GRACE).await;
     };
     tokio::select! {
-        versions = peek => versions,
+        versions = read => versions,
         () = grace => Err(Unsniffed::Closed),
+    }
+}
+
+/// The version the first bytes tell, or `None` while they are all a part of HTTP/2's preface.
+fn version_of(first: &[u8]) -> Option<Versions> {
+    let n = first.len().min(H2_PREFACE.len());
+    if n == 0 {
+        None
+    } else if H2_PREFACE.get(..n) != first.get(..n) {
+        Some(Versions::Http1)
+    } else if n == H2_PREFACE.len() {
+        Some(Versions::Http2)
+    } else {
+        None
     }
 }
