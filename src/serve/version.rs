@@ -1,5 +1,5 @@
-//! HTTP on one client connection: which version it speaks (by ALPN, or by peeking at a plain connection's first
-//! bytes), and hyper's server for it with the listener's limits.
+//! HTTP on one client connection: which version it speaks (by ALPN, or by a plain connection's first bytes),
+//! and hyper's server for it with the listener's limits.
 
 use std::time::Duration;
 
