@@ -5,7 +5,7 @@
 
 use prometheus::{GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 
-use super::metrics::{BACKEND, must};
+use super::metrics::{BACKEND, Register};
 
 pub(crate) struct BalancingMetrics {
     pub(crate) latency_ewma_seconds: GaugeVec,
@@ -20,77 +20,65 @@ pub(crate) struct BalancingMetrics {
 
 impl BalancingMetrics {
     pub(crate) fn register(registry: &Registry) -> Self {
-        let m = Self {
-            latency_ewma_seconds: must(GaugeVec::new(
+        let reg = Register(registry);
+        Self {
+            latency_ewma_seconds: reg.add(GaugeVec::new(
                 Opts::new(
                     "switchyard_backend_latency_ewma_seconds",
                     "The backend's peak-EWMA latency estimate (time to the response head), as peak_ewma balances on it.",
                 ),
                 BACKEND,
             )),
-            effective_weight: must(GaugeVec::new(
+            effective_weight: reg.add(GaugeVec::new(
                 Opts::new(
                     "switchyard_backend_effective_weight",
                     "The backend's weight now: below its configured weight while it ramps up (slow_start).",
                 ),
                 BACKEND,
             )),
-            outlier_ejections_total: must(IntCounterVec::new(
+            outlier_ejections_total: reg.add(IntCounterVec::new(
                 Opts::new(
                     "switchyard_outlier_ejections_total",
                     "Times outlier detection ejected the backend for its failure rate.",
                 ),
                 BACKEND,
             )),
-            ejected: must(IntGaugeVec::new(
+            ejected: reg.add(IntGaugeVec::new(
                 Opts::new(
                     "switchyard_backend_ejected",
                     "1 while outlier detection keeps the backend out of rotation.",
                 ),
                 BACKEND,
             )),
-            queue_waiting: must(IntGaugeVec::new(
+            queue_waiting: reg.add(IntGaugeVec::new(
                 Opts::new(
                     "switchyard_queue_waiting",
                     "Requests waiting in the pool's queue for a backend under max_active_requests.",
                 ),
                 &["pool"],
             )),
-            queue_rejections_total: must(IntCounterVec::new(
+            queue_rejections_total: reg.add(IntCounterVec::new(
                 Opts::new(
                     "switchyard_queue_rejections_total",
                     "Requests refused 503 by the pool's queue: full (max_waiting) or timeout.",
                 ),
                 &["pool", "reason"],
             )),
-            hash_overflow_total: must(IntCounterVec::new(
+            hash_overflow_total: reg.add(IntCounterVec::new(
                 Opts::new(
                     "switchyard_hash_overflow_total",
                     "Consistent-hash picks moved off the key's backend because it was at its load bound (balance_factor).",
                 ),
                 &["pool"],
             )),
-            sticky_total: must(IntCounterVec::new(
+            sticky_total: reg.add(IntCounterVec::new(
                 Opts::new(
                     "switchyard_sticky_total",
                     "Sticky-cookie outcomes: hit (followed), missing (no cookie), invalid (tampered or naming no backend of the pool), unavailable (its backend cannot serve now) per request; new per cookie set.",
                 ),
                 &["pool", "result"],
             )),
-        };
-        for c in [
-            Box::new(m.latency_ewma_seconds.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(m.effective_weight.clone()),
-            Box::new(m.outlier_ejections_total.clone()),
-            Box::new(m.ejected.clone()),
-            Box::new(m.queue_waiting.clone()),
-            Box::new(m.queue_rejections_total.clone()),
-            Box::new(m.hash_overflow_total.clone()),
-            Box::new(m.sticky_total.clone()),
-        ] {
-            must(registry.register(c));
         }
-        m
     }
 
     /// Deletes a removed backend's series.

@@ -66,20 +66,20 @@ pub(crate) fn must<T>(result: prometheus::Result<T>) -> T {
 pub(crate) const BACKEND: &[&str] = &["pool", "backend"];
 
 /// Makes a labelled collector and registers it in one step.
-struct Register<'a>(&'a Registry);
+pub(crate) struct Register<'a>(pub(crate) &'a Registry);
 
 impl Register<'_> {
-    fn add<C: Collector + Clone + 'static>(&self, made: prometheus::Result<C>) -> C {
+    pub(crate) fn add<C: Collector + Clone + 'static>(&self, made: prometheus::Result<C>) -> C {
         let collector = must(made);
         must(self.0.register(Box::new(collector.clone())));
         collector
     }
 
-    fn counter_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    pub(crate) fn counter_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
         self.add(IntCounterVec::new(Opts::new(name, help), labels))
     }
 
-    fn gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    pub(crate) fn gauge_vec(&self, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
         self.add(IntGaugeVec::new(Opts::new(name, help), labels))
     }
 }

@@ -2,7 +2,7 @@
 
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 
-use super::metrics::must;
+use super::metrics::Register;
 
 pub(crate) struct RateLimitMetrics {
     pub(crate) rate_limited_total: IntCounterVec,
@@ -11,21 +11,19 @@ pub(crate) struct RateLimitMetrics {
 
 impl RateLimitMetrics {
     pub(crate) fn register(registry: &Registry) -> Self {
-        let m = Self {
-            rate_limited_total: must(IntCounterVec::new(
+        let reg = Register(registry);
+        Self {
+            rate_limited_total: reg.add(IntCounterVec::new(
                 Opts::new(
                     "switchyard_rate_limited_total",
                     "Requests refused 429 by a rate limit (route is the route's host and path prefix).",
                 ),
                 &["route", "limit"],
             )),
-            store_errors_total: must(IntCounter::with_opts(Opts::new(
+            store_errors_total: reg.add(IntCounter::with_opts(Opts::new(
                 "switchyard_rate_limit_store_errors_total",
                 "Syncs with the rate limit store (Redis) that failed or timed out; global limits use each instance's own buckets meanwhile.",
             ))),
-        };
-        must(registry.register(Box::new(m.rate_limited_total.clone())));
-        must(registry.register(Box::new(m.store_errors_total.clone())));
-        m
+        }
     }
 }

@@ -2,7 +2,7 @@
 
 use prometheus::{IntCounterVec, Opts, Registry};
 
-use super::metrics::must;
+use super::metrics::Register;
 
 pub(crate) struct RouteMetrics {
     pub(crate) route_requests_total: IntCounterVec,
@@ -11,24 +11,22 @@ pub(crate) struct RouteMetrics {
 
 impl RouteMetrics {
     pub(crate) fn register(registry: &Registry) -> Self {
-        let m = Self {
-            route_requests_total: must(IntCounterVec::new(
+        let reg = Register(registry);
+        Self {
+            route_requests_total: reg.add(IntCounterVec::new(
                 Opts::new(
                     "switchyard_route_requests_total",
                     "Requests a route sent to each of its pools (the split arm that served; route is the route's host, path prefix and header conditions).",
                 ),
                 &["route", "pool"],
             )),
-            mirror_requests_total: must(IntCounterVec::new(
+            mirror_requests_total: reg.add(IntCounterVec::new(
                 Opts::new(
                     "switchyard_mirror_requests_total",
                     "Requests a route mirrored: sent (answered, whatever the status), skipped_body (body over max_body_bytes), dropped (max_in_flight mirrors already in flight), failed (no backend, connect error, timeout).",
                 ),
                 &["route", "result"],
             )),
-        };
-        must(registry.register(Box::new(m.route_requests_total.clone())));
-        must(registry.register(Box::new(m.mirror_requests_total.clone())));
-        m
+        }
     }
 }
