@@ -581,7 +581,8 @@ impl Exchange<'_> {
         let error = match self.send(req).await {
             Some(Ok((resp, sender))) if head_size(&resp) <= pool.max_response_header_bytes => {
                 let status = resp.status();
-                outcome.record(!status.is_server_error(), &status);
+                let now = Instant::now();
+                outcome.record(!status.is_server_error(), &status, now);
                 let done = Completion {
                     started: self.started,
                     in_flight,
@@ -589,7 +590,7 @@ impl Exchange<'_> {
                     connections: Arc::clone(self.connections),
                     idle_cap: upstream::keep_alive_cap(resp.headers()),
                     log: None,
-                    wait_left: self.wait_left(),
+                    wait_left: self.wait_left(now),
                 };
                 if matches!(status.as_u16(), 502..=504) {
                     return Err((Failure::Response(Box::new((resp, done))), None));
@@ -601,7 +602,7 @@ impl Exchange<'_> {
             Some(Err(SendError::Connect(e, back))) => {
                 let error = ProxyError::Connect(e);
                 backend.metrics.count_error("connect");
-                outcome.record(false, &error);
+                outcome.record(false, &error, Instant::now());
                 log_failure(backend, &error);
                 return Err((Failure::Error(error), Some(back)));
             }
@@ -617,16 +618,15 @@ impl Exchange<'_> {
         if let Some(kind) = error.upstream_kind() {
             backend.metrics.count_error(kind);
         }
-        outcome.record(false, &error);
+        outcome.record(false, &error, Instant::now());
         log_failure(backend, &error);
         Err((Failure::Error(error), None))
     }
 
     /// What is left of the pool's request timeout once the response head has come: the body may keep the
     /// proxy waiting that much longer in all (`timeouts.request` bounds the backend's whole exchange).
-    fn wait_left(&self) -> Duration {
+    fn wait_left(&self, now: Instant) -> Duration {
         let timeout = self.pool.timeouts.request;
-        let now = Instant::now();
         let due = self.watch.map_or(self.attempt_started + timeout, |w| {
             w.answer_due(timeout, now)
         });
@@ -709,9 +709,9 @@ impl<'a> OutcomeGuard<'a> {
         }
     }
 
-    fn record(&mut self, ok: bool, what: &dyn std::fmt::Display) {
+    /// Feeds the outcome, as of `now` (the caller's clock reading: it may need the same one).
+    fn record(&mut self, ok: bool, what: &dyn std::fmt::Display, now: Instant) {
         if let Some((pool, backend)) = self.attempt.take() {
-            let now = Instant::now();
             let took = now.saturating_duration_since(*self.started);
             if ok {
                 pool.record_success(backend, now, self.sample.then_some(took));

@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
-use http::uri::{Authority, Uri};
+use http::uri::{Authority, PathAndQuery, Uri};
 use http::{Request, Version};
 use hyper::body::{Body as _, Incoming};
 use tokio::time::Instant;
@@ -116,8 +116,16 @@ pub(super) fn prepare(
             );
         }
         if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
-            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-            parts.uri = Uri::try_from(path).map_err(|_| ProxyError::BadRequest)?;
+            // Origin form from the parsed path: a clone shares its bytes, where a parse of the text copied them.
+            let mut origin = http::uri::Parts::default();
+            origin.path_and_query = Some(
+                parts
+                    .uri
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| PathAndQuery::from_static("/")),
+            );
+            parts.uri = Uri::from_parts(origin).map_err(|_| ProxyError::BadRequest)?;
         }
     }
     if body.is_end_stream() {

@@ -453,7 +453,9 @@ fn closed_unanswered(e: &hyper::Error) -> bool {
 /// less a margin (half of it, at most a second), so the proxy lets go first; zero when `max` says this was
 /// the last request. `Duration::MAX` when it says nothing.
 pub(crate) fn keep_alive_cap(headers: &http::HeaderMap) -> Duration {
-    let Some(value) = headers.get("keep-alive").and_then(|v| v.to_str().ok()) else {
+    // A ready name: looking up by `&str` parses and checks the name on every response.
+    static KEEP_ALIVE: http::HeaderName = http::HeaderName::from_static("keep-alive");
+    let Some(value) = headers.get(&KEEP_ALIVE).and_then(|v| v.to_str().ok()) else {
         return Duration::MAX;
     };
     let mut cap = Duration::MAX;
