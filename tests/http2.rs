@@ -35,17 +35,24 @@ async fn h2_over_tls_and_h2c_reach_an_http1_upstream() {
     let mut sender = h2(stream).await;
     let mut answers = Vec::new();
     for i in 0..10 {
-        let req = Request::get(format!("https://api.test/h2/{i}"))
+        let req = Request::get(format!("https://api.test/h2/{i}?n={i}&q=a%20b"))
             .version(Version::HTTP_2)
             .body(full(""))
             .unwrap();
         answers.push(sender.send_request(req));
     }
-    for a in answers {
+    for (i, a) in answers.into_iter().enumerate() {
         let resp = a.await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
         assert_eq!(resp.version(), Version::HTTP_2);
-        let (version, host, proto) = echoed(&text(resp).await);
+        let body = text(resp).await;
+        let (version, host, proto) = echoed(&body);
+        let target = serde_json::from_str::<serde_json::Value>(&body).unwrap()["uri"].clone();
+        assert_eq!(
+            target,
+            format!("/h2/{i}?n={i}&q=a%20b").as_str(),
+            "origin form, path and query as sent"
+        );
         assert_eq!(version, "HTTP/1.1", "the upstream speaks HTTP/1.1");
         assert_eq!(host, vec!["api.test".to_owned()], "Host from :authority");
         assert_eq!(proto, vec!["https".to_owned()]);
