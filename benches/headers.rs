@@ -7,7 +7,7 @@ use std::hint::black_box;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::header::{self, HeaderMap, HeaderValue};
 
-use switchyard::proxy::headers::{add_forwarded, peer_value, strip_hop_by_hop};
+use switchyard::proxy::headers::{Scheme, add_forwarded, peer_value, strip_hop_by_hop};
 
 fn response() -> HeaderMap {
     let mut h = HeaderMap::new();
@@ -53,7 +53,7 @@ fn rewriting(c: &mut Criterion) {
             || request.clone(),
             |h| {
                 strip_hop_by_hop(black_box(h));
-                add_forwarded(h, &peer, "http", Some(host.clone()), false);
+                add_forwarded(h, &peer, Scheme::Http, Some(host.clone()), false);
             },
             criterion::BatchSize::SmallInput,
         )

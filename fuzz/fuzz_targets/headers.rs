@@ -23,7 +23,7 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let trusted = data.first().is_some_and(|b| b % 2 == 0);
     headers::strip_hop_by_hop(&mut map);
     let peer = headers::peer_value([192, 0, 2, 1].into());
-    headers::add_forwarded(&mut map, &peer, "http", host, trusted);
+    headers::add_forwarded(&mut map, &peer, headers::Scheme::Http, host, trusted);
     for name in [
         "connection",
         "keep-alive",

@@ -24,7 +24,7 @@ pub(super) struct Forwarding {
     /// The peer is in `trusted_proxies`.
     pub(super) trusted: bool,
     /// `X-Forwarded-Proto` for this hop.
-    pub(super) proto: &'static str,
+    pub(super) proto: headers::Scheme,
     /// An upgrade request: `Connection: upgrade` and `Upgrade` stay.
     pub(super) upgrade: bool,
     pub(super) protocol: Protocol,

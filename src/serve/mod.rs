@@ -99,16 +99,7 @@ impl ListenerTask {
     ) -> Result<Self, BindError> {
         let limits_from = Arc::clone(proxy);
         let proxy = Arc::clone(proxy);
-        let handler = move |req: Request<Incoming>, conn: ConnInfo| {
-            let proxy = Arc::clone(&proxy);
-            async move {
-                if conn.redirect_https {
-                    proxy.redirect_https(&req)
-                } else {
-                    proxy.handle(req, conn).await
-                }
-            }
-        };
+        let handler = move |req: Request<Incoming>, conn: ConnInfo| proxy.handle(req, conn);
         Self::spawn(
             configured,
             tcp,
