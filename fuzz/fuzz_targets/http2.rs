@@ -73,12 +73,12 @@ thread_local! {
         .expect("a current-thread runtime");
 }
 
-fn proxy() -> &'static Proxy {
-    static PROXY: OnceLock<Proxy> = OnceLock::new();
+fn proxy() -> &'static Arc<Proxy> {
+    static PROXY: OnceLock<Arc<Proxy>> = OnceLock::new();
     PROXY.get_or_init(|| {
         let config = switchyard::config::parse(CONFIG, "fuzz.toml").expect("fixed config");
         let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::of(&config)));
-        Proxy::new(snapshot, Arc::new(Metrics::new()))
+        Arc::new(Proxy::new(snapshot, Arc::new(Metrics::new())))
     })
 }
 
