@@ -67,8 +67,9 @@ pub async fn spawn_with(
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         loop {
             if let Some((status, _)) = try_get(admin_addr, "/healthz").await {
-                // 401: up, with an admin token.
-                if status == 200 || status == 401 {
+                // 401: up, with an admin token. The answer must come from this child: another test's process
+                // may hold the port this one picked, and this child then exits (or has exited) unable to bind.
+                if (status == 200 || status == 401) && listens_on(child.0.id(), admin) {
                     return (child, port, admin);
                 }
             }
@@ -79,6 +80,30 @@ pub async fn spawn_with(
         }
     }
     panic!("switchyard did not come up");
+}
+
+/// Does process `pid` hold the listening socket on `port` (IPv4)? Read from `/proc/net/tcp` and the process's
+/// open files: a listening socket's inode, and a descriptor that links to it.
+fn listens_on(pid: u32, port: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let listening: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = u16::from_str_radix(fields.get(1)?.rsplit(':').next()?, 16).ok()?;
+            let listen = *fields.get(3)? == "0A";
+            let inode = fields.get(9)?;
+            (local_port == port && listen).then(|| format!("socket:[{inode}]"))
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .is_ok_and(|target| listening.iter().any(|s| target.as_os_str() == s.as_str()))
+    })
 }
 
 pub async fn spawn(dir: &std::path::Path, make: impl Fn(u16, u16) -> String) -> (Proc, u16, u16) {
