@@ -306,11 +306,10 @@ mod tests {
             "x",
             "",
         ] {
-            let name = HeaderName::from_bytes(other.as_bytes());
-            assert!(
-                name.is_err() || hop_by_hop_index(&name.unwrap()).is_none(),
-                "{other}"
-            );
+            let found = HeaderName::from_bytes(other.as_bytes())
+                .ok()
+                .and_then(|name| hop_by_hop_index(&name));
+            assert_eq!(found, None, "{other}");
         }
         assert_eq!(hop_by_hop_index(&header::REFERER), None);
         let names: Vec<&str> = HOP_BY_HOP_NAMES.iter().map(HeaderName::as_str).collect();
