@@ -20,7 +20,7 @@ everything started is stopped.
 """
 import os, subprocess, sys, time, re, signal, statistics, socket, tempfile
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from procs import close_browsers, open_browsers
+from procs import HAPROXY_1, close_browsers, open_browsers
 D = tempfile.mkdtemp(prefix="switchyard-ab-")
 B1, B2, P, A = 18081, 18082, 18080, 18089
 def nginx_conf():
@@ -40,25 +40,7 @@ pool = "bench"
 algorithm = "round_robin"
 backends = [ {{ address = "127.0.0.1:{B1}" }}, {{ address = "127.0.0.1:{B2}" }} ]
 """
-HA = f"""global
-    nbthread 1
-    maxconn 8192
-defaults
-    mode http
-    option http-keep-alive
-    http-reuse always
-    timeout connect 2s
-    timeout client 30s
-    timeout server 30s
-    timeout http-keep-alive 30s
-frontend fe
-    bind 127.0.0.1:{P}
-    default_backend be
-backend be
-    balance roundrobin
-    server s1 127.0.0.1:{B1}
-    server s2 127.0.0.1:{B2}
-"""
+HA = HAPROXY_1.format(p=P, b1=B1, b2=B2)
 REDIS = 18088
 VARIANTS = {
     "": "",

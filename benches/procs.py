@@ -4,6 +4,29 @@ Chromium tabs kept open on a page (each in a session of its own, so it can be st
 import os, shutil, signal, socket, subprocess, sys, time
 
 
+# HAProxy as the benches' yardstick: one thread, round-robin over two upstreams with kept-alive (reused) upstream
+# connections, configured as ../shared/bench/compare.sh configures it. Placeholders: {p} (its port), {b1}, {b2}.
+HAPROXY_1 = """global
+    nbthread 1
+    maxconn 8192
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    timeout http-keep-alive 30s
+frontend fe
+    bind 127.0.0.1:{p}
+    default_backend be
+backend be
+    balance roundrobin
+    server s1 127.0.0.1:{b1}
+    server s2 127.0.0.1:{b2}
+"""
+
+
 def ensure_tools(tools):
     """Installs with apt-get the Debian packages of the `tools` ({command: package}) not on PATH."""
     missing = sorted({pkg for tool, pkg in tools.items() if not shutil.which(tool)})

@@ -19,7 +19,6 @@ package linux-perf), nginx, haproxy and h2load (installed with apt-get when miss
 """
 import argparse
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -29,6 +28,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import procs  # noqa: E402
+from instructions import NGINX, SWITCHYARD, completed  # noqa: E402  (the same upstreams and proxy config)
 
 P, B1, B2, A = 18160, 18161, 18162, 18169
 CONNECTIONS = 50
@@ -36,48 +36,6 @@ WARM_UP = 5000
 CALLS = ["sendto", "recvfrom", "sendmsg", "recvmsg", "read", "write", "writev", "readv", "epoll_wait",
          "epoll_pwait", "epoll_ctl", "futex"]
 EVENTS = ",".join(f"syscalls:sys_enter_{c}" for c in CALLS) + ",raw_syscalls:sys_enter"
-
-NGINX = """worker_processes 1; daemon off; master_process on; pid {d}/ng.pid; error_log {d}/ng.err warn;
-worker_rlimit_nofile 16384;
-events {{ worker_connections 8192; multi_accept on; }}
-http {{ access_log off; client_body_temp_path {d}/b; proxy_temp_path {d}/p; fastcgi_temp_path {d}/f;
-  uwsgi_temp_path {d}/u; scgi_temp_path {d}/s; keepalive_requests 1000000; keepalive_timeout 65s;
-  server {{ listen 127.0.0.1:{b1} backlog=4096; default_type text/plain; location / {{ return 200 "ok\\n"; }} }}
-  server {{ listen 127.0.0.1:{b2} backlog=4096; default_type text/plain; location / {{ return 200 "ok\\n"; }} }}
-}}
-"""
-
-SWITCHYARD = """[[listeners]]
-address = "127.0.0.1:{p}"
-[admin]
-address = "127.0.0.1:{a}"
-[[routes]]
-path_prefix = "/"
-pool = "bench"
-[pools.bench]
-algorithm = "round_robin"
-backends = [{{ address = "127.0.0.1:{b1}" }}, {{ address = "127.0.0.1:{b2}" }}]
-"""
-
-HAPROXY = """global
-    nbthread 1
-    maxconn 8192
-defaults
-    mode http
-    option http-keep-alive
-    http-reuse always
-    timeout connect 2s
-    timeout client 30s
-    timeout server 30s
-    timeout http-keep-alive 30s
-frontend fe
-    bind 127.0.0.1:{p}
-    default_backend be
-backend be
-    balance roundrobin
-    server s1 127.0.0.1:{b1}
-    server s2 127.0.0.1:{b2}
-"""
 
 
 def pinned(cpu, argv):
@@ -106,13 +64,6 @@ def read_counts(path):
         name = f[2]
         counts["all" if name == "raw_syscalls:sys_enter" else name.rsplit("sys_enter_", 1)[-1]] = int(f[0])
     return counts
-
-
-def completed(out):
-    m = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded", out)
-    if not m or m.group(1) != m.group(3):
-        return None
-    return int(m.group(3))
 
 
 def load_argv(rate, n):
@@ -193,7 +144,7 @@ def main():
         with open(os.path.join(tmp, "switchyard.toml"), "w") as f:
             f.write(SWITCHYARD.format(p=P, a=A, b1=B1, b2=B2))
         with open(os.path.join(tmp, "haproxy.cfg"), "w") as f:
-            f.write(HAPROXY.format(p=P, b1=B1, b2=B2))
+            f.write(procs.HAPROXY_1.format(p=P, b1=B1, b2=B2))
         nginx = subprocess.Popen(pinned(1, ["nginx", "-p", tmp + "/", "-e", os.path.join(tmp, "ng.early.log"),
                                             "-c", os.path.join(tmp, "nginx.conf")]),
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
