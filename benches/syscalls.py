@@ -9,7 +9,11 @@ its threads) while `h2load` sends exactly `--requests` requests at a fixed rate,
 the same arrivals; the same counts for the two NGINX upstreams and for `h2load` tell what the proxy costs its
 peers. CPU time per request (user and system, from /proc) is printed beside them, for reference only.
 
-Usage: python3 benches/syscalls.py BUILD [BUILD ...] [haproxy] [--requests 90000] [--rate 300] [--rounds 2]
+Usage: python3 benches/syscalls.py BUILD [BUILD ...] [haproxy] [--load h1|h2] [--requests 90000] [--rate 300]
+                                   [--rounds 2]
+  --load h1 (the default) is HTTP/1.1 kept alive on a plain listener; h2 is HTTP/2 over TLS negotiated by ALPN with
+  10 streams per connection, `tls.py`'s h2 load (a new self-signed P-256 certificate; HAProxy's listener as in
+  `tls.py`).
   --rate is per client connection (h2load --rps; 50 connections: 300 gives 15,000 req/s); --rate 0 sends as fast
   as the proxy answers. `haproxy` runs HAProxy with one thread, configured as `ab.py` and compare.sh configure it.
 Each BUILD runs with `--workers 1` on CPU 0; the upstreams and h2load share CPU 1. Needs perf (the Debian
@@ -66,11 +70,40 @@ def read_counts(path):
     return counts
 
 
-def load_argv(rate, n):
-    argv = ["h2load", "--h1", "-c", str(CONNECTIONS), "-n", str(n)]
+def load_argv(load, rate, n):
+    if load == "h2":
+        argv = ["h2load", "-c", str(CONNECTIONS), "-m", "10", "-n", str(n)]
+        url = f"https://127.0.0.1:{P}/"
+    else:
+        argv = ["h2load", "--h1", "-c", str(CONNECTIONS), "-n", str(n)]
+        url = f"http://127.0.0.1:{P}/"
     if rate > 0:
         argv += ["--rps", str(rate)]
-    return argv + [f"http://127.0.0.1:{P}/"]
+    return argv + [url]
+
+
+def write_configs(load, tmp):
+    """The proxies' configs for `load`: a plain listener, or TLS with a new certificate (as `tls.py` has it)."""
+    sy = SWITCHYARD.format(p=P, a=A, b1=B1, b2=B2)
+    ha = procs.HAPROXY_1.format(p=P, b1=B1, b2=B2)
+    if load == "h2":
+        cert, key, pem = (os.path.join(tmp, n) for n in ("cert.pem", "key.pem", "haproxy.pem"))
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                        "-nodes", "-days", "30", "-subj", "/CN=bench.test", "-addext",
+                        "subjectAltName=DNS:bench.test", "-keyout", key, "-out", cert],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with open(pem, "w") as f:
+            f.write(open(cert).read() + open(key).read())
+        listener = f'address = "127.0.0.1:{P}"\n'
+        tls = f'[listeners.tls]\ncertificates = [{{ cert = "{cert}", key = "{key}" }}]\n'
+        sy = sy.replace(listener, listener + tls)
+        ha = ha.replace(f"bind 127.0.0.1:{P}\n", f"bind 127.0.0.1:{P} ssl crt {pem} alpn h2,http/1.1\n")
+        if "ssl crt" not in ha or "[listeners.tls]" not in sy:
+            raise SystemExit("the TLS listener could not be written into the configs")
+    with open(os.path.join(tmp, "switchyard.toml"), "w") as f:
+        f.write(sy)
+    with open(os.path.join(tmp, "haproxy.cfg"), "w") as f:
+        f.write(ha)
 
 
 def measure(build, args, tmp, upstream_pids):
@@ -84,7 +117,8 @@ def measure(build, args, tmp, upstream_pids):
     watchers = []
     try:
         procs.wait_port(P)
-        warm = subprocess.run(pinned(1, load_argv(0, WARM_UP)), capture_output=True, text=True, timeout=300)
+        warm = subprocess.run(pinned(1, load_argv(args.load, 0, WARM_UP)), capture_output=True, text=True,
+                              timeout=300)
         if completed(warm.stdout) is None:
             raise SystemExit(f"{build}: the warm-up failed:\n{warm.stdout[-1500:]}")
         files = {k: os.path.join(tmp, f"{k}.perf") for k in ("proxy", "upstreams", "loadgen")}
@@ -92,7 +126,7 @@ def measure(build, args, tmp, upstream_pids):
         time.sleep(0.5)  # perf attaches
         cpu0 = procs.cpu(proxy.pid)
         run = subprocess.run(pinned(1, ["perf", "stat", "-x", ",", "-e", EVENTS, "-o", files["loadgen"], "--"]
-                                    + load_argv(args.rate, args.requests)),
+                                    + load_argv(args.load, args.rate, args.requests)),
                              capture_output=True, text=True, timeout=3600)
         cpu1 = procs.cpu(proxy.pid)
         done = completed(run.stdout)
@@ -124,6 +158,7 @@ def check_perf(tmp):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("builds", nargs="+", help="switchyard binaries, or `haproxy`")
+    ap.add_argument("--load", choices=("h1", "h2"), default="h1")
     ap.add_argument("--requests", type=int, default=90000)
     ap.add_argument("--rate", type=int, default=300, help="requests per second per connection; 0: closed loop")
     ap.add_argument("--rounds", type=int, default=2)
@@ -131,7 +166,8 @@ def main():
     for b in args.builds:
         if b != "haproxy" and not (os.path.isfile(b) and os.access(b, os.X_OK)):
             raise SystemExit(f"not an executable: {b}")
-    tools = {"perf": "linux-perf", "nginx": "nginx", "h2load": "nghttp2-client", "taskset": "util-linux"}
+    tools = {"perf": "linux-perf", "nginx": "nginx", "h2load": "nghttp2-client", "taskset": "util-linux",
+             "openssl": "openssl"}
     if "haproxy" in args.builds:
         tools["haproxy"] = "haproxy"
     procs.ensure_tools(tools)
@@ -141,10 +177,7 @@ def main():
         check_perf(tmp)
         with open(os.path.join(tmp, "nginx.conf"), "w") as f:
             f.write(NGINX.format(d=tmp, b1=B1, b2=B2))
-        with open(os.path.join(tmp, "switchyard.toml"), "w") as f:
-            f.write(SWITCHYARD.format(p=P, a=A, b1=B1, b2=B2))
-        with open(os.path.join(tmp, "haproxy.cfg"), "w") as f:
-            f.write(procs.HAPROXY_1.format(p=P, b1=B1, b2=B2))
+        write_configs(args.load, tmp)
         nginx = subprocess.Popen(pinned(1, ["nginx", "-p", tmp + "/", "-e", os.path.join(tmp, "ng.early.log"),
                                             "-c", os.path.join(tmp, "nginx.conf")]),
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -152,7 +185,8 @@ def main():
         procs.wait_port(B2)
         upstream_pids = children(nginx.pid) or [nginx.pid]  # the workers (taskset execs nginx: the same PID)
         mode = f"{args.rate * CONNECTIONS:,} req/s offered" if args.rate > 0 else "closed loop"
-        print(f"# {args.requests:,} requests per run, HTTP/1.1 kept alive, {CONNECTIONS} connections, {mode}",
+        what = "HTTP/2 over TLS, 10 streams each" if args.load == "h2" else "HTTP/1.1 kept alive"
+        print(f"# {args.requests:,} requests per run, {what}, {CONNECTIONS} connections, {mode}",
               flush=True)
         results = {}
         for rnd in range(args.rounds):
