@@ -39,6 +39,19 @@ def ensure_tools(tools):
                        stdout=subprocess.DEVNULL)
 
 
+def self_signed(tmp):
+    """A new self-signed P-256 certificate for bench.test in `tmp`: (cert, key, pem), pem being both in one file
+    (HAProxy's `crt`)."""
+    cert, key, pem = (os.path.join(tmp, n) for n in ("cert.pem", "key.pem", "haproxy.pem"))
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "30", "-subj", "/CN=bench.test",
+                    "-addext", "subjectAltName=DNS:bench.test", "-keyout", key, "-out", cert],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with open(pem, "w") as f:
+        f.write(open(cert).read() + open(key).read())
+    return cert, key, pem
+
+
 def cpu(pid):
     """User + system CPU seconds of `pid`."""
     f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()

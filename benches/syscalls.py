@@ -87,13 +87,7 @@ def write_configs(load, tmp):
     sy = SWITCHYARD.format(p=P, a=A, b1=B1, b2=B2)
     ha = procs.HAPROXY_1.format(p=P, b1=B1, b2=B2)
     if load == "h2":
-        cert, key, pem = (os.path.join(tmp, n) for n in ("cert.pem", "key.pem", "haproxy.pem"))
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                        "-nodes", "-days", "30", "-subj", "/CN=bench.test", "-addext",
-                        "subjectAltName=DNS:bench.test", "-keyout", key, "-out", cert],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        with open(pem, "w") as f:
-            f.write(open(cert).read() + open(key).read())
+        cert, key, pem = procs.self_signed(tmp)
         listener = f'address = "127.0.0.1:{P}"\n'
         tls = f'[listeners.tls]\ncertificates = [{{ cert = "{cert}", key = "{key}" }}]\n'
         sy = sy.replace(listener, listener + tls)

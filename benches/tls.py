@@ -157,13 +157,7 @@ def main():
         return p
 
     try:
-        cert, key, pem = (os.path.join(tmp, n) for n in ("cert.pem", "key.pem", "haproxy.pem"))
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                        "-nodes", "-days", "30", "-subj", "/CN=bench.test",
-                        "-addext", "subjectAltName=DNS:bench.test", "-keyout", key, "-out", cert],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        with open(pem, "w") as f:
-            f.write(open(cert).read() + open(key).read())
+        cert, key, pem = procs.self_signed(tmp)
 
         b1, b2 = free_port(), free_port()
         for name, port in (("up1", b1), ("up2", b2)):
