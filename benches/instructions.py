@@ -70,8 +70,8 @@ def completed(out):
     return int(m.group(3))
 
 
-def count(build, load, requests, tmp):
-    """Instructions per request of `build` under `load`."""
+def count(build, load, requests, tmp, keep=None):
+    """Instructions per request of `build` under `load`; the dump is copied to `keep` (a path) when given."""
     out_file = os.path.join(tmp, "callgrind.out")
     for old in os.listdir(tmp):
         if old.startswith("callgrind.out"):
@@ -105,7 +105,10 @@ def count(build, load, requests, tmp):
             dumps = [f for f in os.listdir(tmp) if f.startswith("callgrind.out.")]
         if not dumps:
             raise SystemExit("callgrind wrote no dump")
-        text = open(os.path.join(tmp, sorted(dumps)[0])).read()
+        dump = os.path.join(tmp, sorted(dumps)[0])
+        if keep:
+            shutil.copyfile(dump, keep)
+        text = open(dump).read()
         m = re.search(r"^(?:totals|summary): (\d+)", text, re.M)
         if not m:
             raise SystemExit("no instruction total in callgrind's dump")
@@ -121,6 +124,8 @@ def main():
     ap.add_argument("--loads", default="h1,h2")
     ap.add_argument("--requests", type=int, default=20000)
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--keep", metavar="DIR",
+                    help="keep each run's callgrind dump in DIR (for callgrind_annotate)")
     args = ap.parse_args()
     loads = [x for x in args.loads.split(",") if x]
     unknown = [x for x in loads if x not in LOADS]
@@ -147,7 +152,11 @@ def main():
         for rnd in range(args.rounds):
             for load in loads:
                 for build in args.builds:
-                    per = count(build, load, args.requests, tmp)
+                    keep = None
+                    if args.keep:
+                        os.makedirs(args.keep, exist_ok=True)
+                        keep = os.path.join(args.keep, f"callgrind.{load}.{len(results)}.r{rnd}.out")
+                    per = count(build, load, args.requests, tmp, keep)
                     results.setdefault((load, build), []).append(per)
                     print(f"r{rnd} {load} {build}: {per:,.0f} instructions per request", flush=True)
         base = args.builds[0]

@@ -11,6 +11,7 @@ mod handover;
 mod spread;
 #[cfg(test)]
 mod stop_tests;
+mod streams;
 mod version;
 
 use std::convert::Infallible;

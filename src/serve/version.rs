@@ -3,12 +3,13 @@
 
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use super::conn::TimedIo;
+use super::streams::Streams;
 use super::{BoxError, ClientService, DrainWatch, Versions};
 use crate::config::Limits;
 
@@ -63,19 +64,26 @@ where
             let conn = http1.serve_connection(io, service).with_upgrades();
             Ok(watcher.watch(conn, |c| c.graceful_shutdown()).await?)
         }
+        // The connection's streams run in its own task (`streams`).
         Versions::Http2 => {
-            let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            let streams = Streams::default();
+            let mut http2 = hyper::server::conn::http2::Builder::new(streams.clone());
             http2_settings!(http2);
             let conn = http2.serve_connection(io, service);
-            Ok(watcher.watch(conn, |c| c.graceful_shutdown()).await?)
+            Ok(streams
+                .run(watcher.watch(conn, |c| c.graceful_shutdown()))
+                .await?)
         }
         // TLS without ALPN: hyper-util reads the first bytes to tell.
         Versions::Any => {
-            let mut builder = auto::Builder::new(TokioExecutor::new());
+            let streams = Streams::default();
+            let mut builder = auto::Builder::new(streams.clone());
             http1_settings!(builder.http1());
             http2_settings!(builder.http2());
             let conn = builder.serve_connection_with_upgrades(io, service);
-            watcher.watch(conn, |c| c.graceful_shutdown()).await
+            streams
+                .run(watcher.watch(conn, |c| c.graceful_shutdown()))
+                .await
         }
     }
 }
